@@ -1,0 +1,197 @@
+"""TCPServer: the original simpleTCP API over simpletcp's compiled epoll loop.
+
+This module checks arguments, binds the socket and manages threads; the serving
+itself happens in :mod:`simpletcp._loop` (Cython). There is no pure-Python loop to
+fall back to: if the extension is missing, importing this module fails.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any, Callable, Optional
+
+from simpletcp import _address, _callback
+from simpletcp._loop import BACKENDS, ConnectionQueue, Loop, ShutDown
+
+__all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
+
+#: How long stop() waits for queued replies to go out before closing connections.
+DEFAULT_GRACE_PERIOD = 5.0
+
+
+class TCPServer:
+    """A TCP server that calls ``read_callback`` with each chunk of bytes it receives.
+
+    ``TCPServer(mode, port, read_callback)`` binds and listens at once;
+    ``run()`` serves until ``stop()`` or Ctrl-C.
+
+    - ``mode``: ``"localhost"`` (127.0.0.1), ``"public"`` (0.0.0.0), or any IPv4/IPv6
+      address or host name to bind.
+    - ``port``: 0-65535; 0 picks a free port (read it back from ``server.port``).
+    - ``read_callback(queue, data)`` or ``read_callback(ip, queue, data)``: ``data`` is
+      the bytes received; bytes put into ``queue`` are sent back to that peer, in order.
+    - ``maximum_connections``: the listen backlog (default ``socket.SOMAXCONN``); it
+      does not limit how many connections are served at once.
+    - ``recv_bytes``: the most bytes one callback receives (default 2048).
+    - ``backend``: ``"auto"`` (epoll on Linux), ``"epoll"`` or ``"poll"``.
+    - ``grace_period``: seconds ``stop()`` waits for queued replies to be sent.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        port: int,
+        read_callback: Callable[..., Any],
+        maximum_connections: Optional[int] = None,
+        recv_bytes: int = 2048,
+        *,
+        backend: str = "auto",
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+    ) -> None:
+        takes_ip = _callback.takes_ip(read_callback)
+        if maximum_connections is None:
+            maximum_connections = socket.SOMAXCONN
+        _address.check_positive_int(maximum_connections, "maximum_connections")
+        _address.check_positive_int(recv_bytes, "recv_bytes")
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        if backend != "auto" and backend not in BACKENDS:
+            raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        grace_period = _address.check_timeout(grace_period, "grace_period", allow_none=False)
+
+        family, sockaddr = _address.resolve(mode, port, passive=True)
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # Restarting a server must not wait out TIME_WAIT on its own port.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                listener.bind(sockaddr)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"cannot bind {sockaddr[0]}:{sockaddr[1]} (mode {mode!r}, "
+                    f"port {port}): {exc.strerror}"
+                ) from exc
+            listener.listen(maximum_connections)
+            listener.setblocking(False)
+            self._loop = Loop(listener, read_callback, takes_ip, recv_bytes, backend, grace_period)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        bound = listener.getsockname()
+        self._ip: str = bound[0]
+        self._port: int = bound[1]
+        self.mode = mode
+        self.read_callback = read_callback
+        self.maximum_connections = maximum_connections
+        self.recv_bytes = recv_bytes
+        self.grace_period = grace_period
+        self._state = threading.Lock()
+        self._started = False
+        self._serving = threading.Event()
+        self._finished = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._loop_thread_id: Optional[int] = None
+
+    # ---- properties ----------------------------------------------------------------
+
+    @property
+    def ip(self) -> str:
+        """The address the server is bound to."""
+        return self._ip
+
+    @property
+    def port(self) -> int:
+        """The port the server is bound to (the real one when created with port 0)."""
+        return self._port
+
+    @property
+    def backend(self) -> str:
+        """The poller in use: ``"epoll"`` or ``"poll"``."""
+        return self._loop.backend
+
+    @property
+    def connection_count(self) -> int:
+        """How many connections are open now."""
+        return self._loop.connection_count
+
+    @property
+    def running(self) -> bool:
+        """True while the loop is serving."""
+        return self._serving.is_set() and not self._finished.is_set()
+
+    # ---- serving -------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve in this thread until stop() is called or Ctrl-C is pressed.
+
+        On return every connection and the listening socket are closed. A server
+        runs once: create a new one to serve again.
+        """
+        with self._state:
+            if self._started:
+                raise RuntimeError("this TCPServer has already been run; create a new one")
+            self._started = True
+        self._loop_thread_id = threading.get_ident()
+        try:
+            self._loop.run(self._serving.set)
+        finally:
+            self._finished.set()
+
+    serve_forever = run
+
+    def start(self) -> "TCPServer":
+        """Serve in a background thread; returns once the loop is serving."""
+        with self._state:
+            if self._started:
+                raise RuntimeError("this TCPServer has already been run; create a new one")
+            thread = threading.Thread(
+                target=self.run, name=f"simpletcp {self._ip}:{self._port}", daemon=True
+            )
+            self._thread = thread
+        thread.start()
+        # run() may fail before serving (it then sets _finished): wait for either.
+        while not self._serving.wait(0.05):
+            if self._finished.is_set() or not thread.is_alive():
+                thread.join()
+                raise RuntimeError("the server thread ended before serving")
+        return self
+
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Stop serving: stop accepting, send what is queued, close everything.
+
+        Safe from any thread, from a callback and from a signal handler. Called from a
+        thread other than the loop's, it waits (up to ``timeout`` seconds) for run() to
+        return, and returns whether it did; from the loop's own thread (a callback, or a
+        signal handler while run() serves in the main thread) it returns at once.
+        """
+        self._loop.request_stop()
+        with self._state:
+            if not self._started:
+                # Never served: just release the port.
+                self._started = True
+                self._finished.set()
+                self._listener.close()
+                return True
+        if threading.get_ident() == self._loop_thread_id:
+            return self._finished.is_set()
+        return self._finished.wait(timeout)
+
+    shutdown = stop
+
+    def close(self) -> None:
+        """Stop if serving and release the port (stop() already does both)."""
+        self.stop()
+
+    def __enter__(self) -> "TCPServer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def __repr__(self) -> str:
+        state = "serving" if self.running else ("stopped" if self._finished.is_set() else "ready")
+        return f"<TCPServer {self._ip}:{self._port} {state} backend={self.backend}>"

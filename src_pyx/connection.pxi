@@ -1,0 +1,209 @@
+# Connection: one accepted socket, its output buffer, and the queue the user sees.
+#
+# Every method runs with the GIL held and calls no Python code between reading and
+# writing its state, so a put() from any thread is atomic against the loop without a
+# lock. Only the loop thread touches the descriptor: a put from elsewhere appends to
+# the buffer and hands the connection to the loop (Loop.schedule) to be sent.
+
+
+cdef class Connection:
+    cdef int fd
+    cdef Loop loop
+    cdef OutputBuffer out
+    cdef object queue         # the ConnectionQueue handed to the callback, made lazily
+    cdef object peer_ip       # str, made at accept only when the callback asks for it
+    cdef int interest         # READABLE/WRITABLE as registered with the poller now
+    cdef bint reading         # False after EOF, shutdown() or stop(): drain, then close
+    cdef bint closing         # close as soon as the output buffer is empty
+    cdef bint shut_by_user    # queue.shutdown() was called: further puts raise
+    cdef bint scheduled       # sitting in loop.scheduled, waiting to be serviced
+
+    def __dealloc__(self):
+        outbuf_clear(&self.out)
+
+    cdef object get_queue(self):
+        if self.queue is None:
+            self.queue = ConnectionQueue(self)
+        return self.queue
+
+    # ---- producing output (any thread) ------------------------------------------
+
+    cdef int put(self, object item) except -1:
+        cdef bytes chunk
+        if PyBytes_CheckExact(item):
+            chunk = <bytes>item
+        else:
+            chunk = as_chunk(item)
+        if self.shut_by_user:
+            raise ShutDown("put() on a connection queue after shutdown()")
+        if self.fd < 0:
+            # The peer is gone; a late reply (typically from a worker thread) has
+            # nowhere to go. Not an error for the caller: the server may close any time.
+            logger.debug("dropped %d bytes put after connection %s closed",
+                         PyBytes_GET_SIZE(chunk), self.describe())
+            return 0
+        if PyBytes_GET_SIZE(chunk) == 0:
+            return 0
+        outbuf_push(&self.out, chunk)
+        if self is not self.loop.dispatching:
+            # The running callback's own connection is flushed as soon as it returns;
+            # anything else goes through the loop.
+            self.loop.schedule(self)
+        return 0
+
+    cdef int shutdown(self, bint immediate) except -1:
+        """The user's queue.shutdown(): send what is queued (or not), then close."""
+        self.shut_by_user = True
+        if self.fd < 0:
+            return 0
+        if immediate:
+            outbuf_clear(&self.out)
+        self.reading = False
+        self.closing = True
+        if self is not self.loop.dispatching:
+            self.loop.schedule(self)
+        return 0
+
+    # ---- I/O (loop thread only) ---------------------------------------------------
+
+    cdef int on_readable(self) except -1:
+        cdef Loop loop = self.loop
+        cdef ssize_t n
+        if not self.reading:
+            return 0
+        n = recv(self.fd, loop.read_buffer, loop.recv_bytes, 0)
+        if n > 0:
+            loop.dispatch(self, PyBytes_FromStringAndSize(loop.read_buffer, n))
+            return self.service()
+        if n == 0:
+            # EOF or a half-close: the peer has said all it will, but may still be
+            # reading, so what is queued goes out before the socket is closed.
+            self.reading = False
+            self.closing = True
+            return self.service()
+        if would_block(errno) or errno == EINTR:
+            return 0
+        return self.fail(errno, "recv")
+
+    cdef int service(self) except -1:
+        """Send what can be sent now, then bring the registration up to date."""
+        cdef Py_ssize_t sent
+        cdef int wanted
+        if self.fd < 0:
+            return 0
+        while self.out.pending:
+            sent = outbuf_send(&self.out, self.fd)
+            if sent < 0:
+                if would_block(errno):
+                    break
+                if errno == EINTR:
+                    continue
+                return self.fail(errno, "send")
+        if self.closing and not self.out.pending:
+            self.close()
+            return 0
+        wanted = 0
+        if self.reading:
+            wanted = READABLE
+        if self.out.pending:
+            wanted |= WRITABLE
+        if wanted != self.interest:
+            self.loop.poller.modify(self.fd, wanted)
+            self.interest = wanted
+        return 0
+
+    cdef int fail(self, int error, str operation) except -1:
+        # A peer that resets or vanishes is ordinary life for a server: debug only.
+        if error == ECONNRESET or error == EPIPE or error == ETIMEDOUT or error == ENOTCONN:
+            logger.debug("connection %s: %s: %s", self.describe(), operation, strerror(error).decode())
+        else:
+            logger.warning("connection %s: %s failed: %s", self.describe(), operation,
+                           strerror(error).decode())
+        self.close()
+        return 0
+
+    cdef void close(self):
+        cdef int fd = self.fd
+        if fd < 0:
+            return
+        self.fd = -1
+        self.reading = False
+        outbuf_clear(&self.out)
+        self.loop.forget(self, fd)
+
+    cdef str describe(self):
+        if self.peer_ip is not None:
+            return f"{self.peer_ip} (fd {self.fd})"
+        return f"fd {self.fd}"
+
+
+cdef bytes as_chunk(object item):
+    """A bytes snapshot of a bytes-like `item`, or TypeError naming what was given."""
+    if isinstance(item, str):
+        raise TypeError("queue.put() takes a bytes-like object, not str: "
+                        "encode it first, e.g. queue.put(text.encode())")
+    if isinstance(item, bytes):
+        return bytes(item)  # a bytes subclass: keep only the bytes
+    try:
+        # A copy, so that mutating a bytearray after put() cannot change what is sent.
+        return bytes(memoryview(item))
+    except TypeError:
+        raise TypeError("queue.put() takes a bytes-like object (bytes, bytearray, "
+                        f"memoryview), not {type(item).__name__}") from None
+
+
+class ConnectionQueue(_queue.Queue):
+    """The queue a callback is given: what is put into it is sent to that peer.
+
+    It is a ``queue.Queue`` so code written for the original simpleTCP keeps working,
+    but it is consumed by the server, not by get(): put() and put_nowait() queue bytes
+    for sending, from the callback or from any thread; shutdown() closes the connection
+    once what was queued is sent (shutdown(immediate=True): at once).
+    """
+
+    # Queue.__init__ is skipped on purpose: its lock and three Conditions would cost
+    # about a kilobyte per connection, and nothing here needs them.
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection):
+        self._connection = connection
+
+    def put(self, item, block=True, timeout=None):
+        """Queue bytes-like ``item`` to be sent, in order, to this connection's peer."""
+        if timeout is not None and timeout < 0:
+            raise ValueError("'timeout' must be a non-negative number")
+        (<Connection>self._connection).put(item)
+
+    def put_nowait(self, item):
+        """Same as put(): a connection queue never blocks the callback."""
+        (<Connection>self._connection).put(item)
+
+    def shutdown(self, immediate=False):
+        """Close the connection once what is queued is sent (or now, if immediate)."""
+        (<Connection>self._connection).shutdown(immediate)
+
+    def qsize(self):
+        """How many queued chunks are not yet wholly sent."""
+        return outbuf_chunks(&(<Connection>self._connection).out)
+
+    def empty(self):
+        return outbuf_chunks(&(<Connection>self._connection).out) == 0
+
+    def full(self):
+        return False
+
+    @property
+    def pending_bytes(self):
+        """How many queued bytes the peer has not been sent yet."""
+        return (<Connection>self._connection).out.pending
+
+    def _consumed_by_server(self, *args, **kwargs):
+        raise NotImplementedError(
+            "a connection queue is consumed by the server: only put(), put_nowait(), "
+            "shutdown(), qsize(), empty() and full() are available")
+
+    get = get_nowait = task_done = join = _consumed_by_server
+
+    def __repr__(self):
+        connection = <Connection>self._connection
+        return f"<ConnectionQueue {connection.describe()} pending={connection.out.pending}>"

@@ -1,0 +1,63 @@
+# cython: language_level=3
+"""simpletcp._loop: the compiled event loop behind simpletcp.tcpserver.TCPServer.
+
+One module, in the manner of uvloop's loop.pyx: the concepts live in their own
+files (poller.pxi, outbuf.pxi, connection.pxi, serverloop.pxi) and are included
+here so the C compiler sees the whole hot path at once.
+"""
+
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
+                            PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport PyThread_get_thread_ident
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from libc.errno cimport (EAGAIN, ECONNABORTED, ECONNRESET, EINTR, EMFILE, ENFILE,
+                         ENOBUFS, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT,
+                         EPROTO, EPERM, errno)
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memmove, memset, strerror
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport close, read, write
+
+from includes.epoll cimport *
+from includes.eventfd cimport *
+from includes.poll cimport *
+from includes.socket cimport *
+
+import logging
+import queue as _queue
+
+logger = logging.getLogger("simpletcp")
+
+#: Raised by put() after queue.shutdown(); the standard library's own class where
+#: it has one (Python 3.13+), so `except queue.ShutDown` works there.
+ShutDown = getattr(_queue, "ShutDown", None)
+if ShutDown is None:
+    class ShutDown(Exception):
+        """put() was called on a connection queue after shutdown()."""
+
+
+cdef int raise_errno(str what) except -1:
+    cdef int error = errno
+    raise OSError(error, f"{what}: {strerror(error).decode()}")
+
+
+cdef inline bint would_block(int error) noexcept nogil:
+    # Two tests, not one `or`: where EWOULDBLOCK == EAGAIN, Cython's switch would repeat a case.
+    if error == EAGAIN:
+        return True
+    return error == EWOULDBLOCK
+
+
+cdef double monotonic() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
+
+cdef class Loop
+include "poller.pxi"
+include "outbuf.pxi"
+include "connection.pxi"
+include "serverloop.pxi"

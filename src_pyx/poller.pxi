@@ -1,0 +1,240 @@
+# The Poller: one small interface over epoll and poll, in the manner of selectors.py.
+#
+# The loop speaks only READABLE/WRITABLE. A backend reports errors and hang-ups as
+# both, because the loop learns what went wrong from the recv()/send() that follows;
+# that keeps one error path, whatever the backend.
+
+cdef enum:
+    READABLE = 1
+    WRITABLE = 2
+
+# How many ready descriptors one wait hands back; the rest wait for the next turn.
+DEF MAX_READY = 512
+
+
+cdef class Poller:
+    """Waits for descriptors to become ready. Results land in ready_fd/ready_events."""
+
+    cdef int ready_fd[MAX_READY]
+    cdef int ready_events[MAX_READY]
+    cdef readonly str name
+
+    cdef int register(self, int fd, int events) except -1:
+        raise NotImplementedError
+
+    cdef int modify(self, int fd, int events) except -1:
+        raise NotImplementedError
+
+    cdef int unregister(self, int fd) except -1:
+        raise NotImplementedError
+
+    cdef int wait(self, int timeout_ms) except -2:
+        """Number of ready descriptors, or -1 if a signal interrupted the wait.
+
+        A timeout of 0 polls without releasing the GIL (cheap when busy); any other
+        timeout releases the GIL while blocked so other threads run.
+        """
+        raise NotImplementedError
+
+    cdef void close(self):
+        pass
+
+
+cdef inline unsigned int _epoll_mask(int events) nogil:
+    cdef unsigned int mask = 0
+    if events & READABLE:
+        mask |= EPOLLIN
+    if events & WRITABLE:
+        mask |= EPOLLOUT
+    return mask
+
+
+cdef class EpollPoller(Poller):
+    cdef int epfd
+    cdef epoll_event events[MAX_READY]
+
+    def __cinit__(self):
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise_errno("epoll_create1")
+        self.name = "epoll"
+
+    def __dealloc__(self):
+        self.close()
+
+    cdef void close(self):
+        if self.epfd >= 0:
+            close(self.epfd)
+            self.epfd = -1
+
+    cdef inline int _ctl(self, int op, int fd, int events) except -1:
+        cdef epoll_event ev
+        ev.events = _epoll_mask(events)
+        ev.data.u64 = 0
+        ev.data.fd = fd
+        if epoll_ctl(self.epfd, op, fd, &ev) < 0:
+            raise_errno("epoll_ctl")
+        return 0
+
+    cdef int register(self, int fd, int events) except -1:
+        return self._ctl(EPOLL_CTL_ADD, fd, events)
+
+    cdef int modify(self, int fd, int events) except -1:
+        return self._ctl(EPOLL_CTL_MOD, fd, events)
+
+    cdef int unregister(self, int fd) except -1:
+        # Closing the descriptor would also remove it; an explicit DEL keeps the
+        # interest list right even if someone else holds a dup() of it.
+        cdef epoll_event ev
+        epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev)
+        return 0
+
+    cdef int wait(self, int timeout_ms) except -2:
+        cdef int n, i
+        cdef unsigned int e
+        cdef int ready
+        if timeout_ms == 0:
+            n = epoll_wait(self.epfd, self.events, MAX_READY, 0)
+        else:
+            with nogil:
+                n = epoll_wait(self.epfd, self.events, MAX_READY, timeout_ms)
+        if n < 0:
+            if errno == EINTR:
+                return -1
+            raise_errno("epoll_wait")
+        for i in range(n):
+            e = self.events[i].events
+            ready = 0
+            if e & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                ready = READABLE
+            if e & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                ready |= WRITABLE
+            self.ready_fd[i] = self.events[i].data.fd
+            self.ready_events[i] = ready
+        return n
+
+
+cdef class PollPoller(Poller):
+    # A dense pollfd array for poll(), and each descriptor's slot in it, so that
+    # register/modify/unregister are O(1); wait is O(n), as poll() itself is.
+    cdef pollfd *fds
+    cdef Py_ssize_t count
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t *slot_of_fd
+    cdef Py_ssize_t slot_capacity
+
+    def __cinit__(self):
+        self.fds = NULL
+        self.slot_of_fd = NULL
+        self.count = self.capacity = self.slot_capacity = 0
+        self.name = "poll"
+
+    def __dealloc__(self):
+        free(self.fds)
+        free(self.slot_of_fd)
+
+    cdef int _reserve_fd(self, int fd) except -1:
+        cdef Py_ssize_t new_capacity, i
+        cdef Py_ssize_t *grown
+        if fd < self.slot_capacity:
+            return 0
+        new_capacity = max(64, self.slot_capacity * 2, fd + 1)
+        grown = <Py_ssize_t *>realloc(self.slot_of_fd, new_capacity * sizeof(Py_ssize_t))
+        if grown == NULL:
+            raise MemoryError()
+        for i in range(self.slot_capacity, new_capacity):
+            grown[i] = -1
+        self.slot_of_fd = grown
+        self.slot_capacity = new_capacity
+        return 0
+
+    cdef int register(self, int fd, int events) except -1:
+        cdef pollfd *grown
+        cdef Py_ssize_t new_capacity
+        self._reserve_fd(fd)
+        if self.slot_of_fd[fd] >= 0:
+            raise FileExistsError(f"descriptor {fd} is already registered")
+        if self.count == self.capacity:
+            new_capacity = max(64, self.capacity * 2)
+            grown = <pollfd *>realloc(self.fds, new_capacity * sizeof(pollfd))
+            if grown == NULL:
+                raise MemoryError()
+            self.fds = grown
+            self.capacity = new_capacity
+        self.fds[self.count].fd = fd
+        self.fds[self.count].events = _poll_mask(events)
+        self.fds[self.count].revents = 0
+        self.slot_of_fd[fd] = self.count
+        self.count += 1
+        return 0
+
+    cdef int modify(self, int fd, int events) except -1:
+        if fd >= self.slot_capacity or self.slot_of_fd[fd] < 0:
+            raise FileNotFoundError(f"descriptor {fd} is not registered")
+        self.fds[self.slot_of_fd[fd]].events = _poll_mask(events)
+        return 0
+
+    cdef int unregister(self, int fd) except -1:
+        cdef Py_ssize_t slot, last
+        if fd >= self.slot_capacity or self.slot_of_fd[fd] < 0:
+            return 0
+        slot = self.slot_of_fd[fd]
+        last = self.count - 1
+        if slot != last:
+            self.fds[slot] = self.fds[last]
+            self.slot_of_fd[self.fds[slot].fd] = slot
+        self.slot_of_fd[fd] = -1
+        self.count = last
+        return 0
+
+    cdef int wait(self, int timeout_ms) except -2:
+        cdef int n, found = 0
+        cdef Py_ssize_t i
+        cdef short e
+        cdef int ready
+        if timeout_ms == 0:
+            n = poll(self.fds, <nfds_t>self.count, 0)
+        else:
+            with nogil:
+                n = poll(self.fds, <nfds_t>self.count, timeout_ms)
+        if n < 0:
+            if errno == EINTR:
+                return -1
+            raise_errno("poll")
+        i = 0
+        while i < self.count and found < n and found < MAX_READY:
+            e = self.fds[i].revents
+            if e:
+                ready = 0
+                if e & (POLLIN | POLLERR | POLLHUP | POLLNVAL):
+                    ready = READABLE
+                if e & (POLLOUT | POLLERR | POLLHUP | POLLNVAL):
+                    ready |= WRITABLE
+                self.ready_fd[found] = self.fds[i].fd
+                self.ready_events[found] = ready
+                found += 1
+            i += 1
+        return found
+
+
+cdef inline short _poll_mask(int events) nogil:
+    cdef short mask = 0
+    if events & READABLE:
+        mask |= POLLIN
+    if events & WRITABLE:
+        mask |= POLLOUT
+    return mask
+
+
+BACKENDS = ("epoll", "poll")
+
+
+cdef Poller make_poller(str backend):
+    """The poller for ``backend``; "auto" picks epoll where the system has it."""
+    if backend == "auto" or backend == "epoll":
+        try:
+            return EpollPoller()
+        except OSError:
+            if backend == "epoll":
+                raise
+    return PollPoller()
