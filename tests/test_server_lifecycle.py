@@ -1,0 +1,185 @@
+"""run(), start(), stop(), Ctrl-C, signals, the context manager and the GIL."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from simpletcp.tcpserver import TCPServer
+from support import BACKENDS, backend, connect, recv_exactly, recv_until_eof, serve, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def echo(queue, data):
+    queue.put(data)
+
+
+def test_run_blocks_until_stop_from_another_thread(backend):
+    server = TCPServer("localhost", 0, echo, backend=backend)
+    assert server.backend == backend
+    runner = threading.Thread(target=server.run)
+    runner.start()
+    wait_for(lambda: server.running)
+    with connect(server) as client:
+        client.sendall(b"ping")
+        assert client.recv(10) == b"ping"
+        assert server.stop(timeout=10) is True
+        assert recv_until_eof(client) == b""
+    runner.join(5)
+    assert not runner.is_alive() and not server.running
+    with pytest.raises(RuntimeError, match="already been run"):
+        server.run()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((server.ip, server.port), timeout=5)
+
+
+def test_stop_from_a_callback(backend):
+    holder = []
+
+    def stop_on_quit(queue, data):
+        queue.put(b"bye")
+        if data == b"quit":
+            holder[0].stop()
+
+    server = TCPServer("localhost", 0, stop_on_quit, backend=backend)
+    holder.append(server)
+    runner = threading.Thread(target=server.run)
+    runner.start()
+    wait_for(lambda: server.running)
+    with connect(server) as client:
+        client.sendall(b"quit")
+        assert recv_until_eof(client) == b"bye"
+    runner.join(10)
+    assert not runner.is_alive()
+
+
+def test_stop_from_a_signal_handler_while_run_serves_the_main_thread(backend):
+    server = TCPServer("localhost", 0, echo, backend=backend)
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: server.stop())
+    try:
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.start()
+        started = time.monotonic()
+        server.run()  # the signal handler's stop() makes this return
+        timer.join()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert time.monotonic() - started < 10
+    assert not server.running
+
+
+CTRL_C_SERVER = textwrap.dedent(
+    """
+    import sys
+    from simpletcp.tcpserver import TCPServer
+
+    def echo(queue, data):
+        queue.put(data)
+
+    server = TCPServer("localhost", 0, echo, backend=sys.argv[1])
+    print(server.port, flush=True)
+    server.run()
+    print("run returned", flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_run_quietly(backend):
+    child = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_SERVER, backend],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        port = int(child.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(b"before ctrl-c")
+            assert recv_exactly(client, 13) == b"before ctrl-c"
+            child.send_signal(signal.SIGINT)
+            assert recv_until_eof(client) == b""
+        out, err = child.communicate(timeout=10)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "run returned" in out
+    assert "Traceback" not in err
+
+
+def test_start_returns_once_serving_and_context_manager_stops(backend):
+    with TCPServer("localhost", 0, echo, backend=backend) as server:
+        assert server.start() is server
+        assert server.running
+        with connect(server) as client:
+            client.sendall(b"started")
+            assert client.recv(10) == b"started"
+        with pytest.raises(RuntimeError):
+            server.start()
+    assert not server.running
+    # The port is free again.
+    TCPServer("localhost", server.port, echo).stop()
+
+
+def test_stop_before_run_releases_the_port():
+    server = TCPServer("localhost", 0, echo)
+    assert server.stop() is True
+    TCPServer("localhost", server.port, echo).stop()
+    with pytest.raises(RuntimeError):
+        server.run()
+
+
+def test_stop_sends_what_is_already_queued(serve):
+    payload = b"q" * (30 * 1024 * 1024)
+    queued = threading.Event()
+
+    def big_reply(queue, data):
+        queue.put(payload)
+        queued.set()
+
+    server = serve(big_reply)
+    with connect(server, timeout=30) as client:
+        client.sendall(b"go")
+        assert queued.wait(5)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()  # while most of the 30 MB is still in the output buffer
+        assert recv_until_eof(client) == payload
+        stopper.join(10)
+        assert not stopper.is_alive()
+
+
+def test_grace_period_bounds_stop_when_a_peer_never_reads(serve):
+    queued = threading.Event()
+
+    def big_reply(queue, data):
+        queue.put(b"x" * (50 * 1024 * 1024))
+        queued.set()
+
+    server = serve(big_reply, grace_period=0.5)
+    with connect(server) as client:
+        client.sendall(b"go")
+        assert queued.wait(5)
+        started = time.monotonic()
+        assert server.stop(timeout=10) is True
+        assert time.monotonic() - started < 5
+    assert server.connection_count == 0
+
+
+def _count_for(seconds):
+    count = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        count += 1
+    return count
+
+
+def test_gil_is_released_while_the_loop_waits(serve):
+    alone = _count_for(0.3)
+    server = serve(echo)
+    with connect(server):  # an idle connection: the loop sits in the poller
+        shared = _count_for(0.3)
+    # A loop holding the GIL while it waits would halve this or worse.
+    assert shared > 0.7 * alone, (shared, alone)
