@@ -1,0 +1,637 @@
+#!/usr/bin/env python3
+"""Run the simpletcp benchmark suite: python bench/run.py [--smoke] [options]
+
+Builds the C load generator and the C floor server, then for each workload runs
+every server in turn, in rounds (servers interleaved within a round), with the
+server pinned to one core and the load generator to another. Reports medians
+over the rounds as markdown tables (stdout and bench/results/) and raw figures
+as JSON. See bench/README.md for what each figure means.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+BUILD_DIR = BENCH_DIR / "build"
+SERVERS_DIR = BENCH_DIR / "servers"
+RESULTS_DIR = BENCH_DIR / "results"
+LOADGEN = BUILD_DIR / "loadgen"
+C_SERVER = BUILD_DIR / "c_epoll_echo"
+
+SERVER_CORE = 0
+LOADGEN_CORE = 1
+# Same for every server: the load generator never has more than its
+# --connect-concurrency (128) handshakes unanswered, so 1024 never overflows.
+LISTEN_BACKLOG = 1024
+SERVER_START_TIMEOUT_S = 20.0
+# Time to let a server settle after it printed its port, before idle RSS is read.
+SERVER_SETTLE_S = 0.3
+STOP_GRACE_S = 2.0
+
+FLOOR = "c_epoll"
+
+
+# ----------------------------------------------------------------------------- servers
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    label: str
+    argv: tuple            # command line; the runner appends --port 0 --backlog N
+    requires: tuple = ()   # Python modules that must import for the server to run
+    # Connections past which the server is known to fail (select(): FD_SETSIZE).
+    # Failing beyond it is reported but is not an error of the suite.
+    connection_limit: int | None = None
+    # Workloads this server variant is meant for; empty = all.
+    workloads: tuple = ()
+
+
+def python_server(script: str, *args: str) -> tuple:
+    return (sys.executable, str(SERVERS_DIR / script), *args)
+
+
+SERVERS = [
+    Server("c_epoll", "C epoll (floor)", (str(C_SERVER),)),
+    # Bulk transfer is bounded by the read size: these show what 64 KiB reads buy.
+    Server("c_epoll_64k", "C epoll, 64 KiB reads", (str(C_SERVER), "--recv-bytes", "65536"),
+           workloads=("W3",)),
+    Server("simpletcp", "simpletcp epoll", python_server("simpletcp_echo.py", "--backend", "epoll"),
+           requires=("simpletcp.tcpserver",)),
+    Server("simpletcp_poll", "simpletcp poll", python_server("simpletcp_echo.py", "--backend", "poll"),
+           requires=("simpletcp.tcpserver",)),
+    Server("simpletcp_64k", "simpletcp epoll, recv_bytes=65536",
+           python_server("simpletcp_echo.py", "--backend", "epoll", "--recv-bytes", "65536"),
+           requires=("simpletcp.tcpserver",), workloads=("W3",)),
+    Server("uvloop", "uvloop Protocol", python_server("uvloop_protocol.py"), requires=("uvloop",)),
+    Server("asyncio_protocol", "asyncio Protocol", python_server("asyncio_protocol.py")),
+    Server("asyncio_streams", "asyncio streams", python_server("asyncio_streams.py")),
+    Server("socketserver_threading", "socketserver threads", python_server("socketserver_threading.py")),
+    Server("original_select", "original select()", python_server("original_select.py"),
+           connection_limit=1000),
+]
+SERVERS_BY_NAME = {server.name: server for server in SERVERS}
+
+
+# ----------------------------------------------------------------------------- workloads
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    connections: int
+    message_bytes: int
+    columns: tuple               # metric keys shown in its table, see METRICS
+    smoke_connections: int | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    header: str
+    fmt: str
+    vs_floor: bool = False       # add a "× C" column: value / C floor's value
+    vs_uvloop: bool = False      # listed in the "simpletcp ÷ uvloop" line
+
+
+METRICS = {
+    "requests_per_s": Metric("req/s", "{:,.0f}", vs_floor=True, vs_uvloop=True),
+    "echo_mb_per_s": Metric("echo MB/s", "{:,.1f}", vs_floor=True, vs_uvloop=True),
+    "cpu_us_per_request": Metric("server CPU µs/req", "{:,.2f}", vs_floor=True, vs_uvloop=True),
+    "p50_us": Metric("p50 µs", "{:,.1f}", vs_floor=True, vs_uvloop=True),
+    "p99_us": Metric("p99 µs", "{:,.1f}", vs_floor=True, vs_uvloop=True),
+    "server_cpu_pct": Metric("server CPU %", "{:.0f}"),
+    "loadgen_cpu_pct": Metric("loadgen CPU %", "{:.0f}"),
+    "established": Metric("connections", "{:,.0f}"),
+    "rss_idle_mib": Metric("RSS idle MiB", "{:,.1f}"),
+    "rss_loaded_mib": Metric("RSS loaded MiB", "{:,.1f}"),
+    # The C floor keeps almost nothing per connection: a ratio to it says nothing.
+    "kib_per_connection": Metric("KiB/conn", "{:,.2f}", vs_uvloop=True),
+}
+
+WORKLOADS = [
+    Workload("W1", "100 connections × 1 KiB ping-pong", 100, 1024,
+             ("requests_per_s", "cpu_us_per_request", "p50_us", "p99_us",
+              "server_cpu_pct", "loadgen_cpu_pct")),
+    Workload("W2", "1 connection × 64 B ping-pong (latency)", 1, 64,
+             ("p50_us", "p99_us", "requests_per_s", "cpu_us_per_request",
+              "server_cpu_pct", "loadgen_cpu_pct")),
+    Workload("W3", "10 connections × 256 KiB (bulk)", 10, 256 * 1024,
+             ("echo_mb_per_s", "cpu_us_per_request", "p50_us", "p99_us",
+              "server_cpu_pct", "loadgen_cpu_pct")),
+    Workload("W4", "10,000 concurrent connections × 64 B", 10_000, 64,
+             ("established", "requests_per_s", "cpu_us_per_request", "rss_idle_mib",
+              "rss_loaded_mib", "kib_per_connection", "p99_us", "server_cpu_pct",
+              "loadgen_cpu_pct"),
+             smoke_connections=500),
+]
+WORKLOADS_BY_NAME = {workload.name: workload for workload in WORKLOADS}
+
+
+# ----------------------------------------------------------------------------- processes
+
+# Every child still running; killed on the way out whatever happens.
+live_processes: set[subprocess.Popen] = set()
+
+
+def child_setup(core: int | None):
+    """Return a preexec_fn: pin the child to `core` and let it open as many sockets as allowed."""
+    def setup():
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return setup
+
+
+def stop_process(proc: subprocess.Popen):
+    """SIGTERM, then SIGKILL after a grace period; the whole process group either way."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=STOP_GRACE_S)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    live_processes.discard(proc)
+
+
+def stop_all_processes():
+    for proc in list(live_processes):
+        stop_process(proc)
+
+
+def terminate_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def read_first_line(proc: subprocess.Popen, timeout: float) -> str | None:
+    """The first stdout line of `proc`, or None if it exits or says nothing in time."""
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(proc.stdout.fileno(), 1)
+        if not chunk:
+            return None
+        line += chunk
+    return line.decode().strip()
+
+
+def vm_rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+# ----------------------------------------------------------------------------- one run
+
+@dataclass
+class RunResult:
+    status: str                  # "ok" or "failed"
+    reason: str = ""
+    metrics: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+
+def derive_metrics(raw: dict, rss_idle_kib: int | None) -> dict:
+    window = raw["window_s"]
+    requests = raw["requests"]
+    metrics = {
+        "requests_per_s": raw["requests_per_s"],
+        "echo_mb_per_s": raw["echo_mb_per_s"],
+        "p50_us": raw["latency_us"]["p50"],
+        "p99_us": raw["latency_us"]["p99"],
+        "established": raw["connections_established"],
+        "loadgen_cpu_pct": 100 * raw["loadgen_cpu_s"] / window if window else None,
+    }
+    if raw["server_cpu_s"] >= 0 and requests:
+        metrics["cpu_us_per_request"] = 1e6 * raw["server_cpu_s"] / requests
+        metrics["server_cpu_pct"] = 100 * raw["server_cpu_s"] / window
+    if rss_idle_kib is not None and raw["server_rss_kib"] > 0:
+        metrics["rss_idle_mib"] = rss_idle_kib / 1024
+        metrics["rss_loaded_mib"] = raw["server_rss_kib"] / 1024
+        if raw["connections_established"]:
+            metrics["kib_per_connection"] = (
+                (raw["server_rss_kib"] - rss_idle_kib) / raw["connections_established"])
+    return metrics
+
+
+def describe_errors(raw: dict) -> str:
+    parts = [f"{name.replace('_', ' ')} {count:,}" for name, count in raw["errors"].items() if count]
+    return ", ".join(parts)
+
+
+def run_once(server: Server, workload: Workload, connections: int, args, pin: bool) -> RunResult:
+    with tempfile.NamedTemporaryFile(prefix=f"{server.name}-", suffix=".stderr",
+                                     delete=False) as stderr_file:
+        stderr_path = Path(stderr_file.name)
+    proc = None
+    try:
+        with open(stderr_path, "wb") as stderr_sink:
+            proc = subprocess.Popen(
+                [*server.argv, "--port", "0", "--backlog", str(LISTEN_BACKLOG)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_sink,
+                preexec_fn=child_setup(SERVER_CORE if pin else None),
+                start_new_session=True, cwd=SERVERS_DIR)
+        live_processes.add(proc)
+        port_line = read_first_line(proc, SERVER_START_TIMEOUT_S)
+        if not port_line or not port_line.isdigit():
+            return RunResult("failed", f"server did not start: {tail(stderr_path) or port_line}")
+        time.sleep(SERVER_SETTLE_S)
+        rss_idle_kib = vm_rss_kib(proc.pid)
+
+        loadgen_argv = [
+            str(LOADGEN), "--port", port_line, "--connections", str(connections),
+            "--size", str(workload.message_bytes), "--duration", str(args.duration),
+            "--warmup", str(args.warmup), "--ramp-timeout", str(args.ramp_timeout),
+            "--server-pid", str(proc.pid),
+        ]
+        if pin:
+            loadgen_argv += ["--server-core", str(SERVER_CORE)]
+        time_limit = args.ramp_timeout + args.warmup + args.duration + 30
+        try:
+            loadgen = subprocess.run(
+                loadgen_argv, capture_output=True, text=True, timeout=time_limit,
+                preexec_fn=child_setup(LOADGEN_CORE if pin else None))
+        except subprocess.TimeoutExpired:
+            return RunResult("failed", f"load generator exceeded {time_limit:.0f} s")
+        server_exit = proc.poll()
+        if loadgen.returncode != 0 or not loadgen.stdout.strip():
+            return RunResult("failed", f"load generator failed: {loadgen.stderr.strip()[-300:]}")
+        raw = json.loads(loadgen.stdout.strip().splitlines()[-1])
+        raw["server_rss_idle_kib"] = rss_idle_kib
+        result = RunResult("ok", metrics=derive_metrics(raw, rss_idle_kib), raw=raw)
+
+        problems = []
+        if server_exit is not None:
+            problems.append(f"server exited with code {server_exit}"
+                            + (f" ({tail(stderr_path, 1)})" if tail(stderr_path) else ""))
+        if raw["connections_established"] < connections:
+            problems.append(f"{raw['connections_established']:,} of {connections:,} "
+                            "connections established")
+        if raw["errors_total"]:
+            problems.append(f"errors: {describe_errors(raw)}")
+        if raw["requests"] == 0:
+            problems.append("no requests completed")
+        if problems:
+            result.status = "failed"
+            result.reason = "; ".join(problems)
+        return result
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        stderr_path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- suite
+
+def build_c_programs():
+    BUILD_DIR.mkdir(exist_ok=True)
+    for source, binary in [(BENCH_DIR / "loadgen.c", LOADGEN),
+                           (SERVERS_DIR / "c_epoll_echo.c", C_SERVER)]:
+        if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+            continue
+        command = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source)]
+        print("building:", " ".join(command), file=sys.stderr)
+        subprocess.run(command, check=True)
+
+
+def unavailable_reason(server: Server) -> str | None:
+    """Why a server cannot run here, or None. Imports are tried the way the script would."""
+    for module in server.requires:
+        check = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=SERVERS_DIR,
+                               capture_output=True, text=True, timeout=60)
+        if check.returncode != 0:
+            last_line = (check.stderr.strip().splitlines() or ["import failed"])[-1]
+            return f"unavailable ({last_line})"
+    return None
+
+
+def median_metrics(runs: list[RunResult]) -> dict:
+    keys = {key for run in runs for key in run.metrics}
+    medians = {}
+    for key in keys:
+        values = [run.metrics[key] for run in runs if run.metrics.get(key) is not None]
+        if values:
+            medians[key] = statistics.median(values)
+    return medians
+
+
+@dataclass
+class Cell:
+    """Outcome of one server on one workload over all rounds."""
+    status: str                  # "ok", "failed", "unavailable"
+    reason: str = ""
+    expected_failure: bool = False
+    runs: list = field(default_factory=list)
+    medians: dict = field(default_factory=dict)
+
+
+def connections_for(workload: Workload, args) -> int:
+    if workload.name == "W4" and args.w4_connections:
+        return args.w4_connections
+    if args.smoke and workload.smoke_connections:
+        return workload.smoke_connections
+    return workload.connections
+
+
+def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
+    cells: dict[str, dict[str, Cell]] = {w.name: {} for w in workloads}
+    availability = {server.name: unavailable_reason(server) for server in servers}
+    for workload in workloads:
+        connections = connections_for(workload, args)
+        servers_here = [s for s in servers if not s.workloads or workload.name in s.workloads]
+        for server in servers_here:
+            cell = Cell("ok")
+            if availability[server.name]:
+                cell.status, cell.reason = "unavailable", availability[server.name]
+            cell.expected_failure = (server.connection_limit is not None
+                                     and connections > server.connection_limit)
+            cells[workload.name][server.name] = cell
+        for round_number in range(1, args.rounds + 1):
+            for server in servers_here:
+                cell = cells[workload.name][server.name]
+                if cell.status != "ok":
+                    continue  # unavailable, or already failed: failures repeat
+                result = run_once(server, workload, connections, args, pin)
+                cell.runs.append(result)
+                if result.status != "ok":
+                    cell.status, cell.reason = "failed", result.reason
+                progress = (f"[{workload.name} round {round_number}/{args.rounds}] "
+                            f"{server.name:24s} ")
+                if result.status == "ok":
+                    m = result.metrics
+                    progress += (f"{m['requests_per_s']:>10,.0f} req/s "
+                                 f"{m['echo_mb_per_s']:>8,.1f} MB/s "
+                                 f"{m.get('cpu_us_per_request', float('nan')):>8.2f} µs/req "
+                                 f"p99 {m['p99_us']:,.0f} µs  "
+                                 f"cpu server {m.get('server_cpu_pct', 0):.0f}% "
+                                 f"loadgen {m['loadgen_cpu_pct']:.0f}%")
+                else:
+                    progress += f"FAILED: {result.reason}"
+                print(progress, file=sys.stderr, flush=True)
+        for cell in cells[workload.name].values():
+            if cell.status == "ok":
+                cell.medians = median_metrics(cell.runs)
+    return {"cells": cells,
+            "connections": {w.name: connections_for(w, args) for w in workloads}}
+
+
+# ----------------------------------------------------------------------------- report
+
+def format_value(key: str, value) -> str:
+    return "—" if value is None else METRICS[key].fmt.format(value)
+
+
+def ratio(value, reference) -> str:
+    if value is None or not reference:
+        return "—"
+    return f"{value / reference:.2f}×"
+
+
+def workload_table(workload: Workload, cells: dict[str, Cell], servers: list[Server],
+                   connections: int) -> str:
+    headers = ["server"]
+    for key in workload.columns:
+        headers.append(METRICS[key].header)
+        if METRICS[key].vs_floor:
+            headers.append("× C")
+    floor = cells.get(FLOOR)
+    floor_medians = floor.medians if floor and floor.status == "ok" else {}
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for server in servers:
+        if server.name not in cells:
+            continue  # a variant meant for other workloads
+        cell = cells[server.name]
+        row = [server.label]
+        if cell.status != "ok":
+            status = cell.reason if cell.status == "unavailable" else f"**failed**: {cell.reason}"
+            if cell.expected_failure:
+                status += (f" (expected: more than {server.connection_limit:,} connections;"
+                           " select() only takes descriptors below 1024)")
+            row.append(status)
+            row += [""] * (len(headers) - 2)
+        else:
+            for key in workload.columns:
+                value = cell.medians.get(key)
+                row.append(format_value(key, value))
+                if METRICS[key].vs_floor:
+                    row.append(ratio(value, floor_medians.get(key)))
+        lines.append("| " + " | ".join(row) + " |")
+
+    title = f"### {workload.name}: {workload.title}"
+    if connections != workload.connections:
+        title += f" — run with {connections:,} connections"
+    notes = []
+    simpletcp, uvloop = cells.get("simpletcp"), cells.get("uvloop")
+    if simpletcp and uvloop and simpletcp.status == uvloop.status == "ok":
+        comparisons = [
+            f"{METRICS[key].header} {ratio(simpletcp.medians.get(key), uvloop.medians.get(key))}"
+            for key in workload.columns if METRICS[key].vs_uvloop]
+        notes.append("simpletcp ÷ uvloop: " + ", ".join(comparisons))
+    return "\n".join([title, "", *lines, "", *notes]).rstrip() + "\n"
+
+
+def machine_description() -> dict:
+    cpu_model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for module in ("uvloop", "simpletcp"):
+        check = subprocess.run(
+            [sys.executable, "-c",
+             f"import importlib.metadata as m; print(m.version({module!r}))"],
+            cwd=SERVERS_DIR, capture_output=True, text=True)
+        versions[module] = check.stdout.strip() or None
+    gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
+    return {
+        "cpu": cpu_model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "gcc": gcc.splitlines()[0] if gcc else None,
+        **{f"{name}_version": version for name, version in versions.items()},
+    }
+
+
+def render_report(args, suite: dict, servers, workloads, machine: dict, pin: bool) -> str:
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    header = [
+        f"## simpletcp benchmarks{' (smoke run: not for comparison)' if args.smoke else ''}",
+        "",
+        f"{started}; {machine['cpu']}, {machine['cores']} cores, Linux {machine['kernel']}, "
+        f"Python {machine['python']}, uvloop {machine['uvloop_version'] or 'not installed'}.",
+        f"{args.rounds} round(s) of {args.duration:g} s (after {args.warmup:g} s warmup) per "
+        f"server and workload; medians shown. "
+        + (f"Server pinned to CPU {SERVER_CORE}, load generator to CPU {LOADGEN_CORE}."
+           if pin else "Not pinned (fewer than 2 CPUs)."),
+        "× C: value ÷ the C floor's value (throughput: higher is better; CPU, latency, "
+        "memory: lower is better).",
+        "",
+    ]
+    tables = [workload_table(w, suite["cells"][w.name], servers, suite["connections"][w.name])
+              for w in workloads]
+    return "\n".join(header) + "\n" + "\n".join(tables)
+
+
+def results_json(args, suite: dict, machine: dict) -> dict:
+    return {
+        "config": {"smoke": args.smoke, "rounds": args.rounds, "duration_s": args.duration,
+                   "warmup_s": args.warmup, "connections": suite["connections"]},
+        "machine": machine,
+        "results": {
+            workload: {
+                server: {
+                    "status": cell.status,
+                    "reason": cell.reason,
+                    "expected_failure": cell.expected_failure,
+                    "median": cell.medians,
+                    "rounds": [{"status": run.status, "reason": run.reason,
+                                "metrics": run.metrics, "loadgen": run.raw}
+                               for run in cell.runs],
+                }
+                for server, cell in cells.items()
+            }
+            for workload, cells in suite["cells"].items()
+        },
+    }
+
+
+def unexpected_failures(suite: dict, required: set[str]) -> list[str]:
+    failures = []
+    for workload, cells in suite["cells"].items():
+        for server, cell in cells.items():
+            if cell.status == "failed" and not cell.expected_failure:
+                failures.append(f"{workload} {server}: {cell.reason}")
+            elif cell.status == "unavailable" and server in required:
+                failures.append(f"{workload} {server}: {cell.reason}")
+    return failures
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Run the simpletcp benchmark suite.",
+        epilog="Servers: " + ", ".join(SERVERS_BY_NAME) +
+               ". Workloads: " + ", ".join(f"{w.name} ({w.title})" for w in WORKLOADS) + ".")
+    parser.add_argument("--smoke", action="store_true",
+                        help="prove the suite works: ~1 s per server and workload, 1 round, "
+                             "W4 with 500 connections; exits non-zero on errors, never on speed")
+    parser.add_argument("--servers", help="comma-separated server names (default: all)")
+    parser.add_argument("--workloads", help="comma-separated workload names (default: all)")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 5; smoke 1)")
+    parser.add_argument("--warmup", type=float, help="warmup seconds per run (default 1; smoke 0.3)")
+    parser.add_argument("--rounds", type=int, help="rounds, servers interleaved (default 3; smoke 1)")
+    parser.add_argument("--ramp-timeout", type=float, default=None,
+                        help="seconds allowed to establish all connections (default 60; smoke 20)")
+    parser.add_argument("--w4-connections", type=int, help="override W4's connection count")
+    parser.add_argument("--require", default="",
+                        help="comma-separated servers that must be available (else exit non-zero)")
+    args = parser.parse_args(argv)
+    defaults = ({"duration": 1.0, "warmup": 0.3, "rounds": 1, "ramp_timeout": 20.0} if args.smoke
+                else {"duration": 5.0, "warmup": 1.0, "rounds": 3, "ramp_timeout": 60.0})
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+    def pick(option, known, what):
+        if not option:
+            return list(known.values())
+        names = [name.strip() for name in option.split(",") if name.strip()]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            parser.error(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+        return [known[name] for name in names]
+
+    args.server_list = pick(args.servers, SERVERS_BY_NAME, "server")
+    args.workload_list = pick(args.workloads, WORKLOADS_BY_NAME, "workload")
+    args.required = ({server.name for server in pick(args.require, SERVERS_BY_NAME, "server")}
+                     if args.require else set())
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
+        parser.error("--rounds must be >= 1, --duration > 0, --warmup >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # Ctrl-C must reach the cleanup even if SIGINT was ignored by whoever started us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, terminate_on_signal)
+    signal.signal(signal.SIGHUP, terminate_on_signal)
+    pin = (os.cpu_count() or 1) >= 2
+    if not pin:
+        print("warning: fewer than 2 CPUs; server and load generator share a core",
+              file=sys.stderr)
+    started = time.monotonic()
+    try:
+        build_c_programs()
+        machine = machine_description()
+        suite = run_suite(args, args.server_list, args.workload_list, pin)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        stop_all_processes()
+
+    report = render_report(args, suite, args.server_list, args.workload_list, machine, pin)
+    print(report)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stem = "smoke" if args.smoke else "latest"
+    (RESULTS_DIR / f"{stem}.md").write_text(report)
+    (RESULTS_DIR / f"{stem}.json").write_text(
+        json.dumps(results_json(args, suite, machine), indent=2) + "\n")
+    print(f"written: {RESULTS_DIR / (stem + '.md')}, {RESULTS_DIR / (stem + '.json')} "
+          f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+    failures = unexpected_failures(suite, args.required)
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
