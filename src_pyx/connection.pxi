@@ -6,6 +6,10 @@
 # the buffer and hands the connection to the loop (Loop.schedule) to be sent.
 
 
+# Reads from one connection per readiness event, at most (see on_readable).
+DEF READS_PER_EVENT = 16
+
+
 cdef class Connection:
     cdef int fd
     cdef Loop loop
@@ -67,23 +71,31 @@ cdef class Connection:
     # ---- I/O (loop thread only) ---------------------------------------------------
 
     cdef int on_readable(self) except -1:
+        # A read that fills the buffer means more is probably waiting: read again (each
+        # chunk is still its own callback) and flush the replies once, in one sendmsg().
+        # The bound keeps one streaming peer from starving the others.
         cdef Loop loop = self.loop
         cdef ssize_t n
-        if not self.reading:
-            return 0
-        n = recv(self.fd, loop.read_buffer, loop.recv_bytes, 0)
-        if n > 0:
-            loop.dispatch(self, PyBytes_FromStringAndSize(loop.read_buffer, n))
-            return self.service()
-        if n == 0:
-            # EOF or a half-close: the peer has said all it will, but may still be
-            # reading, so what is queued goes out before the socket is closed.
-            self.reading = False
-            self.closing = True
-            return self.service()
-        if would_block(errno) or errno == EINTR:
-            return 0
-        return self.fail(errno, "recv")
+        cdef int reads
+        for reads in range(READS_PER_EVENT):
+            if not self.reading:
+                break
+            n = recv(self.fd, loop.read_buffer, loop.recv_bytes, 0)
+            if n > 0:
+                loop.dispatch(self, PyBytes_FromStringAndSize(loop.read_buffer, n))
+                if n < loop.recv_bytes:
+                    break
+            elif n == 0:
+                # EOF or a half-close: the peer has said all it will, but may still be
+                # reading, so what is queued goes out before the socket is closed.
+                self.reading = False
+                self.closing = True
+                break
+            elif would_block(errno):
+                break
+            elif errno != EINTR:
+                return self.fail(errno, "recv")
+        return self.service()
 
     cdef int service(self) except -1:
         """Send what can be sent now, then bring the registration up to date."""

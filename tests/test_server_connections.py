@@ -178,3 +178,42 @@ def test_more_than_10000_concurrent_connections(backend):
         child.wait()
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
+
+
+SIGPIPE_SERVER = textwrap.dedent(
+    """
+    import signal, sys
+    from simpletcp.tcpserver import TCPServer
+
+    # Python ignores SIGPIPE at start-up; an embedding application may not. With the
+    # default disposition, a send() to a reset peer without MSG_NOSIGNAL kills us.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+    def big(queue, data):
+        queue.put(b"p" * (16 * 1024 * 1024))
+
+    server = TCPServer("localhost", 0, big, backend=sys.argv[1])
+    print(server.port, flush=True)
+    server.run()
+    """
+)
+
+
+def test_writing_to_a_vanished_peer_raises_no_sigpipe(backend):
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGPIPE_SERVER, backend], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        port = int(child.stdout.readline())
+        for _ in range(3):
+            victim = socket.create_connection(("127.0.0.1", port), timeout=10)
+            victim.sendall(b"go")
+            victim.recv(1000)  # the server is mid-write
+            _reset(victim)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"alive?")
+            assert len(recv_exactly(client, 1000)) == 1000
+        assert child.poll() is None, f"server died with {child.returncode}"
+    finally:
+        child.kill()
+        child.wait()
