@@ -6,6 +6,7 @@ fall back to: if the extension is missing, importing this module fails.
 """
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from typing import Any, Callable, Optional
@@ -14,6 +15,8 @@ from simpletcp import _address, _callback
 from simpletcp._loop import BACKENDS, ConnectionQueue, Loop, ShutDown
 
 __all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
+
+logger = logging.getLogger("simpletcp")
 
 #: How long stop() waits for queued replies to go out before closing connections.
 DEFAULT_GRACE_PERIOD = 5.0
@@ -133,10 +136,12 @@ class TCPServer:
                 raise RuntimeError("this TCPServer has already been run; create a new one")
             self._started = True
         self._loop_thread_id = threading.get_ident()
+        logger.info("listening on %s:%d (%s)", self._ip, self._port, self.backend)
         try:
             self._loop.run(self._serving.set)
         finally:
             self._finished.set()
+            logger.info("stopped serving %s:%d", self._ip, self._port)
 
     serve_forever = run
 

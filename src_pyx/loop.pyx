@@ -26,7 +26,10 @@ from includes.poll cimport *
 from includes.socket cimport *
 
 import logging
+import os
 import queue as _queue
+import signal as _signal
+import threading
 
 logger = logging.getLogger("simpletcp")
 

@@ -31,6 +31,8 @@ cdef class Loop:
     cdef object listener          # the listening socket.socket, closed when stopping
     cdef int listen_fd
     cdef int wake_fd
+    cdef int signal_fd            # read end of signal.set_wakeup_fd's pipe, or -1
+    cdef int signal_write_fd
     cdef object callback
     cdef bint callback_takes_ip
     cdef char *read_buffer
@@ -59,6 +61,7 @@ cdef class Loop:
     def __cinit__(self):
         self.wake_fd = -1
         self.listen_fd = -1
+        self.signal_fd = self.signal_write_fd = -1
         self.read_buffer = NULL
         self.connections = NULL
 
@@ -112,10 +115,13 @@ cdef class Loop:
             raise RuntimeError("this loop has already run; a server serves once")
         self.running = True
         self.thread_ident = PyThread_get_thread_ident()
+        previous_wakeup_fd = None
         try:
             self.poller.register(self.wake_fd, READABLE)
             self.poller.register(self.listen_fd, READABLE)
             self.accepting = True
+            if threading.current_thread() is threading.main_thread():
+                previous_wakeup_fd = self.watch_signals()
             if ready is not None:
                 ready()
             try:
@@ -131,11 +137,42 @@ cdef class Loop:
                                self.connection_count)
         finally:
             self.teardown()
+            if previous_wakeup_fd is not None:
+                self.unwatch_signals(previous_wakeup_fd)
 
     def request_stop(self):
         """Ask the loop to stop: safe from any thread, a callback or a signal handler."""
         self.stop_requested = True
         self.wake()
+
+    # ---- signals --------------------------------------------------------------------
+
+    cdef object watch_signals(self):
+        """Have signals wake the loop; returns the wakeup fd to restore afterwards.
+
+        Python's C-level handler only sets a flag. A signal that lands after the loop
+        last ran PyErr_CheckSignals() but before it blocks in the poller would wait
+        unseen until the next I/O; signal.set_wakeup_fd turns it into I/O.
+        """
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.signal_fd = read_fd
+        self.signal_write_fd = write_fd
+        previous = _signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self.poller.register(read_fd, READABLE)
+        return previous
+
+    cdef void unwatch_signals(self, int previous):
+        _signal.set_wakeup_fd(previous)
+        close(self.signal_fd)
+        close(self.signal_write_fd)
+        self.signal_fd = self.signal_write_fd = -1
+
+    cdef int drain_signals(self) except -1:
+        cdef char sink[64]
+        while read(self.signal_fd, sink, sizeof(sink)) > 0:
+            pass
+        PyErr_CheckSignals()  # runs the Python handlers; Ctrl-C raises here
+        return 0
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -188,6 +225,8 @@ cdef class Loop:
                     self.accept_connections()
                 elif fd == self.wake_fd:
                     self.drain_wakeups()
+                elif fd == self.signal_fd:
+                    self.drain_signals()
 
     cdef int dispatch(self, Connection connection, bytes data) except -1:
         """Call the user's callback; an exception closes only this connection."""

@@ -1,0 +1,110 @@
+"""python -m simpletcp: serve a callback (by import path) or a built-in echo server."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from typing import Any, Callable, List, Optional
+
+from simpletcp import __version__
+from simpletcp.tcpserver import BACKENDS, DEFAULT_GRACE_PERIOD, TCPServer
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def echo(queue: Any, data: bytes) -> None:
+    """The built-in callback: send every byte back."""
+    queue.put(data)
+
+
+class TargetError(Exception):
+    """The MODULE:CALLABLE argument does not name a callable."""
+
+
+def load_target(target: str) -> Callable[..., Any]:
+    """Import ``package.module:attribute.path`` and return that object."""
+    module_name, sep, attribute_path = target.partition(":")
+    if not sep or not module_name or not attribute_path:
+        raise TargetError(f"target must look like MODULE:CALLABLE, got {target!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TargetError(f"cannot import module {module_name!r}: {exc}") from exc
+    for name in attribute_path.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise TargetError(f"module {module_name!r} has no attribute {attribute_path!r}") from None
+    if not callable(obj):
+        raise TargetError(f"{target!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simpletcp",
+        description="Serve a read_callback(queue, data) over TCP; with no target, an echo server.",
+    )
+    parser.add_argument(
+        "target", nargs="?", metavar="MODULE:CALLABLE",
+        help="the callback to serve, by import path (e.g. myapp.handlers:echo); "
+             "default: a built-in echo",
+    )
+    parser.add_argument("--mode", default="localhost",
+                        help="'localhost' (127.0.0.1), 'public' (0.0.0.0) or an address "
+                             "to bind (default: localhost)")
+    parser.add_argument("--port", type=int, default=5000,
+                        help="port to listen on; 0 picks a free one (default: 5000)")
+    parser.add_argument("--recv-bytes", type=int, default=2048,
+                        help="most bytes handed to one callback (default: 2048)")
+    parser.add_argument("--backlog", type=int, default=None,
+                        help="listen backlog, the original maximum_connections "
+                             "(default: socket.SOMAXCONN)")
+    parser.add_argument("--backend", choices=("auto",) + tuple(BACKENDS), default="auto",
+                        help="poller: epoll or poll (default: auto, epoll where available)")
+    parser.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD,
+                        help="seconds to finish sending queued replies on shutdown "
+                             f"(default: {DEFAULT_GRACE_PERIOD:g})")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="level of the 'simpletcp' logger's output (default: INFO)")
+    parser.add_argument("--version", action="version", version=f"simpletcp {__version__}")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    callback: Callable[..., Any] = echo
+    if args.target:
+        # Like uvicorn: the working directory is importable, so `python -m simpletcp app:cb`
+        # finds app.py where it is run.
+        if "" not in sys.path:
+            sys.path.insert(0, "")
+        try:
+            callback = load_target(args.target)
+        except TargetError as exc:
+            parser.error(str(exc))  # exits with status 2
+
+    try:
+        server = TCPServer(args.mode, args.port, callback, args.backlog, args.recv_bytes,
+                           backend=args.backend, grace_period=args.grace_period)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    except OSError as exc:
+        print(f"simpletcp: {exc}", file=sys.stderr)
+        return 1
+
+    # SIGTERM (service managers, docker stop) shuts down as gracefully as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
+    host = f"[{server.ip}]" if ":" in server.ip else server.ip
+    print(f"simpletcp: listening on {host}:{server.port}", flush=True)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

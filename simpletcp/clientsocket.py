@@ -1,0 +1,106 @@
+"""ClientSocket: the original simpleTCP's small blocking client, with a timeout."""
+from __future__ import annotations
+
+import socket
+from typing import Any, Optional, Union
+
+from simpletcp import _address
+
+#: Seconds a connect, send or receive may take before socket.timeout is raised.
+DEFAULT_TIMEOUT = 10.0
+
+
+class ClientSocket:
+    """Sends a message to a server and returns its reply.
+
+    ``ClientSocket(mode, port)``: ``mode`` is ``"localhost"``, ``"public"`` (this host)
+    or an address / host name. ``send(data)`` connects if needed, sends all of ``data``
+    (str is sent as UTF-8) and returns the reply of one ``recv(recv_bytes)``: b"" when
+    the server closed the connection. With ``single_use`` (the default) the connection
+    is closed after each send and the next send opens a new one.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        port: int,
+        recv_bytes: int = 2048,
+        single_use: bool = True,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        host = _address.mode_host(mode)
+        if mode == "public":
+            # 0.0.0.0 is where a server listens, not an address to reach it at.
+            host = "127.0.0.1"
+        self.mode = mode
+        self.port = _address.check_port(port)
+        self.recv_bytes = _address.check_positive_int(recv_bytes, "recv_bytes")
+        if not isinstance(single_use, bool):
+            raise TypeError(f"single_use must be a bool, got {type(single_use).__name__}")
+        self.single_use = single_use
+        self.timeout = _address.check_timeout(timeout, "timeout")
+        self._host = host
+        self._socket: Optional[socket.socket] = None
+
+    @property
+    def connected(self) -> bool:
+        return self._socket is not None
+
+    def connect(self) -> None:
+        """Open the connection now (send() does so when needed)."""
+        if self._socket is not None:
+            return
+        family, sockaddr = _address.resolve(self._host, self.port, passive=False)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        self._socket = sock
+
+    def send(self, data: Union[str, bytes, bytearray, memoryview]) -> bytes:
+        """Send ``data`` (str as UTF-8) and return the reply of one recv(recv_bytes)."""
+        payload = _as_bytes(data)
+        self.connect()
+        sock = self._socket
+        assert sock is not None
+        try:
+            sock.sendall(payload)
+            reply = sock.recv(self.recv_bytes)
+        except BaseException:
+            self.close()  # the connection's state is unknown now: start afresh next time
+            raise
+        if self.single_use or not reply:
+            self.close()
+        return reply
+
+    def close(self) -> None:
+        """Close the connection, if open. Safe to call more than once."""
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close()
+
+    def __enter__(self) -> "ClientSocket":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "closed"
+        return f"<ClientSocket {self._host}:{self.port} {state}>"
+
+
+def _as_bytes(data: object) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytes):
+        return data
+    try:
+        return bytes(memoryview(data))  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"data must be str or a bytes-like object, got {type(data).__name__}"
+        ) from None

@@ -1,0 +1,99 @@
+"""python -m simpletcp: the echo server, a callback by import path, signals, --help."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from support import recv_exactly, recv_until_eof
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def start(*args, cwd=None, env=None):
+    child = subprocess.Popen(
+        [sys.executable, "-m", "simpletcp", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
+    )
+    line = child.stdout.readline()
+    if not line.startswith("simpletcp: listening on "):
+        child.kill()
+        raise AssertionError(f"no listening line: {line!r} {child.stderr.read()}")
+    port = int(line.rsplit(":", 1)[1])
+    return child, port
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_echo_server_and_graceful_signal(signum):
+    child, port = start("--log-level", "warning")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"cli echo")
+            assert recv_exactly(client, 8) == b"cli echo"
+            child.send_signal(signum)
+            assert recv_until_eof(client) == b""
+        out, err = child.communicate(timeout=10)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_serves_a_callback_by_import_path(tmp_path):
+    (tmp_path / "shouting.py").write_text(textwrap.dedent(
+        """
+        class Handlers:
+            @staticmethod
+            def upper(ip, queue, data):
+                queue.put(data.upper())
+        """
+    ))
+    child, port = start("shouting:Handlers.upper", cwd=tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"quiet")
+            assert recv_exactly(client, 5) == b"QUIET"
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.communicate(timeout=10)
+    assert child.returncode == 0
+
+
+@pytest.mark.parametrize("target, message", [
+    ("no_such_module_here:cb", "cannot import module"),
+    ("json:no_such_attribute", "has no attribute"),
+    ("json:__name__", "not callable"),
+    ("json", "MODULE:CALLABLE"),
+])
+def test_bad_target_exits_2_with_a_message(target, message):
+    result = subprocess.run([sys.executable, "-m", "simpletcp", target],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_port_in_use_exits_1():
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "simpletcp", "--port", str(holder.getsockname()[1])],
+            capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert "cannot bind" in result.stderr
+
+
+def test_help_documents_every_flag():
+    result = subprocess.run([sys.executable, "-m", "simpletcp", "--help"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    for flag in ("--mode", "--port", "--recv-bytes", "--backlog", "--backend",
+                 "--grace-period", "--log-level", "MODULE:CALLABLE"):
+        assert flag in result.stdout
