@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import signal
 import sys
 from typing import Any, Callable, List, Optional
 
 from simpletcp import __version__
-from simpletcp.tcpserver import BACKENDS, DEFAULT_GRACE_PERIOD, TCPServer
+from simpletcp.tcpserver import BACKENDS, DEFAULT_GRACE_PERIOD, DEFAULT_HIGH_WATER, TCPServer
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -67,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD,
                         help="seconds to finish sending queued replies on shutdown "
                              f"(default: {DEFAULT_GRACE_PERIOD:g})")
+    parser.add_argument("--high-water", type=int, default=DEFAULT_HIGH_WATER,
+                        help="unsent bytes per connection above which reading from it "
+                             f"pauses (default: {DEFAULT_HIGH_WATER})")
+    parser.add_argument("--low-water", type=int, default=None,
+                        help="unsent bytes below which reading resumes "
+                             "(default: a quarter of --high-water)")
+    parser.add_argument("--connection-limit", type=int, default=None,
+                        help="most connections served at once; more are closed at once "
+                             "(default: no limit)")
+    parser.add_argument("--idle-timeout", type=float, default=None,
+                        help="close connections idle for this many seconds (default: never)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="level of the 'simpletcp' logger's output (default: INFO)")
     parser.add_argument("--version", action="version", version=f"simpletcp {__version__}")
@@ -90,16 +100,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(str(exc))  # exits with status 2
 
     try:
-        server = TCPServer(args.mode, args.port, callback, args.backlog, args.recv_bytes,
-                           backend=args.backend, grace_period=args.grace_period)
+        server = TCPServer(
+            args.mode, args.port, callback, args.backlog, args.recv_bytes,
+            backend=args.backend, grace_period=args.grace_period,
+            high_water=args.high_water, low_water=args.low_water,
+            connection_limit=args.connection_limit, idle_timeout=args.idle_timeout,
+        )
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     except OSError as exc:
         print(f"simpletcp: {exc}", file=sys.stderr)
         return 1
 
-    # SIGTERM (service managers, docker stop) shuts down as gracefully as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
+    # run() serves the main thread, so SIGTERM and Ctrl-C both stop it gracefully.
     host = f"[{server.ip}]" if ":" in server.ip else server.ip
     print(f"simpletcp: listening on {host}:{server.port}", flush=True)
     server.run()

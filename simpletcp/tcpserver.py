@@ -20,6 +20,8 @@ logger = logging.getLogger("simpletcp")
 
 #: How long stop() waits for queued replies to go out before closing connections.
 DEFAULT_GRACE_PERIOD = 5.0
+#: Unsent output per connection above which the server stops reading from it.
+DEFAULT_HIGH_WATER = 1024 * 1024
 
 
 class TCPServer:
@@ -38,6 +40,13 @@ class TCPServer:
     - ``recv_bytes``: the most bytes one callback receives (default 2048).
     - ``backend``: ``"auto"`` (epoll on Linux), ``"epoll"`` or ``"poll"``.
     - ``grace_period``: seconds ``stop()`` waits for queued replies to be sent.
+    - ``high_water`` / ``low_water``: bytes of unsent output per connection above which
+      the server stops reading from it (and put() from other threads waits), and below
+      which it resumes (default: a quarter of ``high_water``).
+    - ``connection_limit``: the most connections served at once; beyond it new ones
+      are closed at once (and logged). Default: no limit.
+    - ``idle_timeout``: seconds after which a connection on which no byte moved either
+      way is closed. Default: never.
     """
 
     def __init__(
@@ -50,6 +59,10 @@ class TCPServer:
         *,
         backend: str = "auto",
         grace_period: float = DEFAULT_GRACE_PERIOD,
+        high_water: int = DEFAULT_HIGH_WATER,
+        low_water: Optional[int] = None,
+        connection_limit: Optional[int] = None,
+        idle_timeout: Optional[float] = None,
     ) -> None:
         takes_ip = _callback.takes_ip(read_callback)
         if maximum_connections is None:
@@ -61,6 +74,18 @@ class TCPServer:
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
         grace_period = _address.check_timeout(grace_period, "grace_period", allow_none=False)
+        _address.check_positive_int(high_water, "high_water")
+        if low_water is None:
+            low_water = high_water // 4
+        elif isinstance(low_water, bool) or not isinstance(low_water, int):
+            raise TypeError(f"low_water must be an int, got {type(low_water).__name__}")
+        elif not 0 <= low_water <= high_water:
+            raise ValueError(f"low_water must be from 0 to high_water ({high_water}), got {low_water}")
+        if connection_limit is not None:
+            _address.check_positive_int(connection_limit, "connection_limit")
+        idle_timeout = _address.check_timeout(idle_timeout, "idle_timeout")
+        if idle_timeout == 0:
+            raise ValueError("idle_timeout must be > 0 seconds, or None for no timeout")
 
         family, sockaddr = _address.resolve(mode, port, passive=True)
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -76,7 +101,10 @@ class TCPServer:
                 ) from exc
             listener.listen(maximum_connections)
             listener.setblocking(False)
-            self._loop = Loop(listener, read_callback, takes_ip, recv_bytes, backend, grace_period)
+            self._loop = Loop(
+                listener, read_callback, takes_ip, recv_bytes, backend, grace_period,
+                high_water, low_water, connection_limit or 0, idle_timeout or 0.0,
+            )
         except BaseException:
             listener.close()
             raise
@@ -89,6 +117,10 @@ class TCPServer:
         self.maximum_connections = maximum_connections
         self.recv_bytes = recv_bytes
         self.grace_period = grace_period
+        self.high_water = high_water
+        self.low_water = low_water
+        self.connection_limit = connection_limit
+        self.idle_timeout = idle_timeout
         self._state = threading.Lock()
         self._started = False
         self._serving = threading.Event()
@@ -126,7 +158,7 @@ class TCPServer:
     # ---- serving -------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve in this thread until stop() is called or Ctrl-C is pressed.
+        """Serve in this thread until stop(), Ctrl-C or (in the main thread) SIGTERM.
 
         On return every connection and the listening socket are closed. A server
         runs once: create a new one to serve again.

@@ -21,6 +21,11 @@ cdef class Connection:
     cdef bint closing         # close as soon as the output buffer is empty
     cdef bint shut_by_user    # queue.shutdown() was called: further puts raise
     cdef bint scheduled       # sitting in loop.scheduled, waiting to be serviced
+    cdef bint paused          # output above the high-water mark: not reading for now
+    cdef int waiters          # threads blocked in put() until the output drains
+    cdef double last_active   # loop.now when bytes last moved (with an idle timeout)
+    cdef Connection older     # neighbours in the loop's idle list, oldest activity first
+    cdef Connection newer
 
     def __dealloc__(self):
         outbuf_clear(&self.out)
@@ -78,12 +83,14 @@ cdef class Connection:
         cdef ssize_t n
         cdef int reads
         for reads in range(READS_PER_EVENT):
-            if not self.reading:
+            if not self.reading or self.paused:
                 break
             n = recv(self.fd, loop.read_buffer, loop.recv_bytes, 0)
             if n > 0:
+                if loop.idle_timeout:
+                    loop.touch(self)
                 loop.dispatch(self, PyBytes_FromStringAndSize(loop.read_buffer, n))
-                if n < loop.recv_bytes:
+                if n < loop.recv_bytes or self.out.pending >= loop.high_water:
                     break
             elif n == 0:
                 # EOF or a half-close: the peer has said all it will, but may still be
@@ -99,6 +106,7 @@ cdef class Connection:
 
     cdef int service(self) except -1:
         """Send what can be sent now, then bring the registration up to date."""
+        cdef Loop loop = self.loop
         cdef Py_ssize_t sent
         cdef int wanted
         if self.fd < 0:
@@ -111,11 +119,22 @@ cdef class Connection:
                 if errno == EINTR:
                     continue
                 return self.fail(errno, "send")
+            if loop.idle_timeout:
+                loop.touch(self)
         if self.closing and not self.out.pending:
             self.close()
             return 0
+        # Backpressure: a peer that sends but does not read would otherwise grow its
+        # output buffer without bound. Reading stops above the high-water mark and
+        # resumes below the low one; put()s from other threads wait for the same.
+        if self.out.pending >= loop.high_water:
+            self.paused = True
+        elif self.out.pending <= loop.low_water:
+            self.paused = False
+            if self.waiters:
+                loop.notify_drained()
         wanted = 0
-        if self.reading:
+        if self.reading and not self.paused:
             wanted = READABLE
         if self.out.pending:
             wanted |= WRITABLE
@@ -133,6 +152,12 @@ cdef class Connection:
                            strerror(error).decode())
         self.close()
         return 0
+
+    cdef bint must_wait(self):
+        """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put)."""
+        return (self.out.pending >= self.loop.high_water and self.fd >= 0
+                and not self.closing
+                and PyThread_get_thread_ident() != self.loop.thread_ident)
 
     cdef void close(self):
         cdef int fd = self.fd
@@ -181,14 +206,26 @@ class ConnectionQueue(_queue.Queue):
         self._connection = connection
 
     def put(self, item, block=True, timeout=None):
-        """Queue bytes-like ``item`` to be sent, in order, to this connection's peer."""
+        """Queue bytes-like ``item`` to be sent, in order, to this connection's peer.
+
+        From the server's callback this never blocks. From another thread, while the
+        connection's unsent output is above the server's high-water mark, it waits for
+        the output to drain below the low-water mark, as queue.Queue.put waits for room:
+        ``block=False`` or an expired ``timeout`` raise ``queue.Full``.
+        """
+        cdef Connection connection = <Connection>self._connection
         if timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
-        (<Connection>self._connection).put(item)
+        if connection.must_wait():
+            connection.loop.wait_for_drain(connection, block, timeout)
+        connection.put(item)
 
     def put_nowait(self, item):
-        """Same as put(): a connection queue never blocks the callback."""
-        (<Connection>self._connection).put(item)
+        """put(item, block=False): from another thread, queue.Full above the high-water mark."""
+        cdef Connection connection = <Connection>self._connection
+        if connection.must_wait():
+            raise _queue.Full
+        connection.put(item)
 
     def shutdown(self, immediate=False):
         """Close the connection once what is queued is sent (or now, if immediate)."""
@@ -202,7 +239,9 @@ class ConnectionQueue(_queue.Queue):
         return outbuf_chunks(&(<Connection>self._connection).out) == 0
 
     def full(self):
-        return False
+        """Whether the unsent output is at or above the server's high-water mark."""
+        connection = <Connection>self._connection
+        return connection.out.pending >= connection.loop.high_water
 
     @property
     def pending_bytes(self):

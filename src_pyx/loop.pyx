@@ -30,6 +30,7 @@ import os
 import queue as _queue
 import signal as _signal
 import threading
+import time as _time
 
 logger = logging.getLogger("simpletcp")
 
@@ -57,6 +58,13 @@ cdef double monotonic() noexcept nogil:
     cdef timespec now
     clock_gettime(CLOCK_MONOTONIC, &now)
     return now.tv_sec + now.tv_nsec * 1e-9
+
+
+cdef inline double earliest(double deadline, double other) noexcept nogil:
+    """The earlier of two deadlines, where 0 means none."""
+    if deadline == 0 or other < deadline:
+        return other
+    return deadline
 
 
 cdef class Loop

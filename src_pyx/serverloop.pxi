@@ -38,6 +38,11 @@ cdef class Loop:
     cdef char *read_buffer
     cdef Py_ssize_t recv_bytes
     cdef double grace_period
+    cdef Py_ssize_t high_water       # per connection, bytes of unsent output
+    cdef Py_ssize_t low_water
+    cdef Py_ssize_t connection_limit # 0: no limit
+    cdef double idle_timeout         # 0: none
+    cdef object drain_condition      # put()s from other threads wait on it
 
     cdef PyObject **connections   # owned references, indexed by descriptor
     cdef Py_ssize_t connections_capacity
@@ -57,6 +62,15 @@ cdef class Loop:
     cdef bint accepting           # the listening socket is registered
     cdef double accept_resume_at  # 0, or when to retry after EMFILE/ENFILE
     cdef bint accept_error_logged
+    cdef bint limit_logged        # "connection limit reached" said for this burst
+
+    # With an idle timeout: open connections, least recently active first, so the
+    # next to expire is always at the head (moving one to the tail is O(1)).
+    cdef Connection idle_oldest
+    cdef Connection idle_newest
+    cdef double now               # monotonic time, read once per turn of the loop
+
+    cdef object restore_signals   # what watch_signals() replaced, to put back
 
     def __cinit__(self):
         self.wake_fd = -1
@@ -66,9 +80,19 @@ cdef class Loop:
         self.connections = NULL
 
     def __init__(self, listener, callback, bint callback_takes_ip, Py_ssize_t recv_bytes,
-                 str backend="auto", double grace_period=5.0):
+                 str backend="auto", double grace_period=5.0,
+                 Py_ssize_t high_water=1 << 20, Py_ssize_t low_water=1 << 18,
+                 Py_ssize_t connection_limit=0, double idle_timeout=0):
         if recv_bytes <= 0:
             raise ValueError(f"recv_bytes must be a positive int, got {recv_bytes}")
+        if not 0 <= low_water <= high_water or high_water <= 0:
+            raise ValueError(f"need 0 <= low_water <= high_water and high_water > 0, "
+                             f"got low_water={low_water}, high_water={high_water}")
+        self.high_water = high_water
+        self.low_water = low_water
+        self.connection_limit = connection_limit
+        self.idle_timeout = idle_timeout
+        self.drain_condition = threading.Condition()
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
         self.listener = listener
@@ -115,13 +139,12 @@ cdef class Loop:
             raise RuntimeError("this loop has already run; a server serves once")
         self.running = True
         self.thread_ident = PyThread_get_thread_ident()
-        previous_wakeup_fd = None
         try:
             self.poller.register(self.wake_fd, READABLE)
             self.poller.register(self.listen_fd, READABLE)
             self.accepting = True
             if threading.current_thread() is threading.main_thread():
-                previous_wakeup_fd = self.watch_signals()
+                self.watch_signals()
             if ready is not None:
                 ready()
             try:
@@ -137,8 +160,8 @@ cdef class Loop:
                                self.connection_count)
         finally:
             self.teardown()
-            if previous_wakeup_fd is not None:
-                self.unwatch_signals(previous_wakeup_fd)
+            if self.restore_signals is not None:
+                self.unwatch_signals()
 
     def request_stop(self):
         """Ask the loop to stop: safe from any thread, a callback or a signal handler."""
@@ -147,22 +170,36 @@ cdef class Loop:
 
     # ---- signals --------------------------------------------------------------------
 
-    cdef object watch_signals(self):
-        """Have signals wake the loop; returns the wakeup fd to restore afterwards.
+    cdef int watch_signals(self) except -1:
+        """Have signals wake the loop, and SIGTERM stop it as Ctrl-C does.
 
         Python's C-level handler only sets a flag. A signal that lands after the loop
         last ran PyErr_CheckSignals() but before it blocks in the poller would wait
-        unseen until the next I/O; signal.set_wakeup_fd turns it into I/O.
+        unseen until the next I/O; signal.set_wakeup_fd turns it into I/O. SIGTERM's
+        default would kill the process with replies still queued; a handler the
+        application installed itself is left alone.
         """
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.signal_fd = read_fd
         self.signal_write_fd = write_fd
-        previous = _signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        previous_fd = _signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        previous_sigterm = None
+        if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
+            previous_sigterm = _signal.signal(_signal.SIGTERM, self._on_sigterm)
+        self.restore_signals = (previous_fd, previous_sigterm)
         self.poller.register(read_fd, READABLE)
-        return previous
+        return 0
 
-    cdef void unwatch_signals(self, int previous):
-        _signal.set_wakeup_fd(previous)
+    def _on_sigterm(self, signum, frame):
+        logger.info("SIGTERM: stopping")
+        self.request_stop()
+
+    cdef void unwatch_signals(self):
+        previous_fd, previous_sigterm = self.restore_signals
+        self.restore_signals = None
+        _signal.set_wakeup_fd(previous_fd)
+        if previous_sigterm is not None:
+            _signal.signal(_signal.SIGTERM, previous_sigterm)
         close(self.signal_fd)
         close(self.signal_write_fd)
         self.signal_fd = self.signal_write_fd = -1
@@ -179,7 +216,7 @@ cdef class Loop:
     cdef int serve(self) except -1:
         """Run until stopping and every connection is closed, or the grace period ends."""
         cdef int n, i, fd, events, timeout
-        cdef double remaining
+        cdef double deadline
         cdef Connection connection
         cdef Poller poller = self.poller
         while True:
@@ -187,28 +224,31 @@ cdef class Loop:
                 self.begin_stop()
             if self.scheduled:
                 self.service_scheduled()
-            timeout = -1
+            # The earliest of the timed things the loop must wake up for, if any.
+            deadline = 0
             if self.stopping:
                 if self.connection_count == 0:
                     return 0
-                remaining = self.stop_deadline - monotonic()
-                if remaining <= 0:
-                    logger.warning("grace period over: closing %d connections with unsent output",
-                                   self.connection_count)
-                    return 0
-                timeout = <int>(remaining * 1000) + 1
+                deadline = self.stop_deadline
             elif self.accept_resume_at:
-                remaining = self.accept_resume_at - monotonic()
-                if remaining <= 0:
-                    self.resume_accepting()
+                deadline = self.accept_resume_at
+            if self.idle_oldest is not None:
+                deadline = earliest(deadline, self.idle_oldest.last_active + self.idle_timeout)
+            timeout = -1
+            if deadline:
+                self.now = monotonic()
+                if deadline <= self.now:
+                    self.on_deadline()
                     continue
-                timeout = <int>(remaining * 1000) + 1
+                timeout = <int>((deadline - self.now) * 1000) + 1
             # Nothing between the check of `scheduled` above and the wait may run Python
             # code: a put() from another thread slipping in there would find the loop not
             # yet `sleeping`, skip the wake-up, and wait unserved.
             self.sleeping = True
             n = poller.wait(timeout)
             self.sleeping = False
+            if self.idle_timeout:
+                self.now = monotonic()
             if n < 0:
                 PyErr_CheckSignals()  # runs Python signal handlers; Ctrl-C raises here
                 continue
@@ -227,6 +267,78 @@ cdef class Loop:
                     self.drain_wakeups()
                 elif fd == self.signal_fd:
                     self.drain_signals()
+
+    cdef int on_deadline(self) except -1:
+        """Whatever timed thing is due at self.now: grace period, accept retry, idle."""
+        cdef Py_ssize_t expired = 0
+        if self.stopping and self.stop_deadline <= self.now:
+            logger.warning("grace period over: closing %d connections with unsent output",
+                           self.connection_count)
+            self.teardown_connections()
+            return 0
+        if self.accept_resume_at and self.accept_resume_at <= self.now:
+            self.resume_accepting()
+        while (self.idle_oldest is not None
+               and self.idle_oldest.last_active + self.idle_timeout <= self.now):
+            self.idle_oldest.close()
+            expired += 1
+        if expired:
+            logger.info("closed %d connections idle for more than %g s", expired,
+                        self.idle_timeout)
+        return 0
+
+    cdef void touch(self, Connection connection):
+        """Mark activity now: the connection moves to the young end of the idle list."""
+        connection.last_active = self.now
+        if connection is not self.idle_newest:
+            self.idle_unlink(connection)
+            self.idle_append(connection)
+
+    cdef void idle_append(self, Connection connection):
+        connection.older = self.idle_newest
+        connection.newer = None
+        if self.idle_newest is not None:
+            self.idle_newest.newer = connection
+        else:
+            self.idle_oldest = connection
+        self.idle_newest = connection
+
+    cdef void idle_unlink(self, Connection connection):
+        if connection.older is not None:
+            connection.older.newer = connection.newer
+        elif self.idle_oldest is connection:
+            self.idle_oldest = connection.newer
+        if connection.newer is not None:
+            connection.newer.older = connection.older
+        elif self.idle_newest is connection:
+            self.idle_newest = connection.older
+        connection.older = connection.newer = None
+
+    # ---- backpressure on put()s from other threads ------------------------------------
+
+    cdef int wait_for_drain(self, Connection connection, bint block, object timeout) except -1:
+        """Block the calling (non-loop) thread until `connection` drains or closes."""
+        if not block:
+            raise _queue.Full
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        with self.drain_condition:
+            connection.waiters += 1
+            try:
+                while connection.fd >= 0 and connection.out.pending > self.low_water:
+                    if deadline is None:
+                        self.drain_condition.wait()
+                    else:
+                        remaining = deadline - _time.monotonic()
+                        if remaining <= 0:
+                            raise _queue.Full
+                        self.drain_condition.wait(remaining)
+            finally:
+                connection.waiters -= 1
+        return 0
+
+    cdef void notify_drained(self):
+        with self.drain_condition:
+            self.drain_condition.notify_all()
 
     cdef int dispatch(self, Connection connection, bytes data) except -1:
         """Call the user's callback; an exception closes only this connection."""
@@ -298,6 +410,13 @@ cdef class Loop:
                 logger.error("accept() failed: %s", strerror(error).decode())
                 return 0
             self.accept_error_logged = False
+            if self.connection_limit and self.connection_count >= self.connection_limit:
+                close(fd)
+                if not self.limit_logged:
+                    logger.warning("connection limit (%d) reached: closing new connections "
+                                   "at once until one ends", self.connection_limit)
+                    self.limit_logged = True
+                continue
             self.adopt(fd, &address)
         return 0
 
@@ -321,6 +440,9 @@ cdef class Loop:
         connection.interest = READABLE
         if self.callback_takes_ip:
             connection.peer_ip = format_peer_ip(address)
+        if self.idle_timeout:
+            connection.last_active = self.now = monotonic()
+            self.idle_append(connection)
         Py_INCREF(connection)
         self.connections[fd] = <PyObject *>connection
         self.connection_count += 1
@@ -348,6 +470,12 @@ cdef class Loop:
         close(fd)
         self.connections[fd] = NULL
         self.connection_count -= 1
+        if self.idle_timeout:
+            self.idle_unlink(connection)
+        if connection.waiters:
+            self.notify_drained()  # blocked put()s return; what they put is dropped
+        if self.limit_logged and self.connection_count < self.connection_limit:
+            self.limit_logged = False
         # The queue points back at the connection; letting go of it here breaks the
         # cycle, so closed connections are freed at once rather than by the cyclic GC.
         connection.queue = None
@@ -394,13 +522,16 @@ cdef class Loop:
                 connection.service()
         return 0
 
-    cdef void teardown(self):
+    cdef void teardown_connections(self):
         cdef Py_ssize_t fd
         cdef Connection connection
         for fd in range(self.connections_capacity):
             if self.connections[fd] != NULL:
                 connection = <Connection>self.connections[fd]
                 connection.close()
+
+    cdef void teardown(self):
+        self.teardown_connections()
         self.scheduled = []
         self.running = False
         self.finished = True

@@ -95,5 +95,6 @@ def test_help_documents_every_flag():
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     for flag in ("--mode", "--port", "--recv-bytes", "--backlog", "--backend",
-                 "--grace-period", "--log-level", "MODULE:CALLABLE"):
+                 "--grace-period", "--high-water", "--low-water", "--connection-limit",
+                 "--idle-timeout", "--log-level", "MODULE:CALLABLE"):
         assert flag in result.stdout

@@ -1,0 +1,258 @@
+"""Backpressure, the connection limit, the idle timeout and SIGTERM."""
+import logging
+import queue as queue_module
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from simpletcp.tcpserver import TCPServer
+from support import backend, connect, recv_exactly, recv_until_eof, serve, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def echo(queue, data):
+    queue.put(data)
+
+
+def test_reading_pauses_above_the_high_water_mark(serve):
+    queues = []
+
+    def echo_and_remember(queue, data):
+        if not queues:
+            queues.append(queue)
+        queue.put(data)
+
+    server = serve(echo_and_remember, high_water=64 * 1024)
+    payload = bytes(i % 253 for i in range(40 * 1024 * 1024))
+    client = connect(server, timeout=30)
+    writer = threading.Thread(target=client.sendall, args=(payload,))
+    writer.start()
+    wait_for(lambda: queues and queues[0].full())
+    time.sleep(0.3)  # the client keeps writing, the server must not keep reading
+    # Paused: at most the mark plus one batch of reads, far below what was sent.
+    assert queues[0].pending_bytes <= 64 * 1024 + 16 * 2048
+    assert writer.is_alive()  # the client's sendall is held up by TCP flow control
+    assert recv_exactly(client, len(payload)) == payload  # nothing lost, in order
+    writer.join(10)
+    client.close()
+
+
+def test_put_from_another_thread_waits_above_the_mark(serve):
+    queues = []
+    arrived = threading.Event()
+
+    def hand_off(queue, data):
+        queues.append(queue)
+        arrived.set()
+
+    server = serve(hand_off, high_water=256 * 1024, low_water=64 * 1024)
+    client = connect(server, timeout=30)
+    client.sendall(b"go")
+    assert arrived.wait(5)
+    q = queues[0]
+    big = b"B" * (8 * 1024 * 1024)
+    q.put(big)  # below the mark when called: accepted at once
+    wait_for(q.full)
+    with pytest.raises(queue_module.Full):
+        q.put_nowait(b"no room")
+    with pytest.raises(queue_module.Full):
+        started = time.monotonic()
+        q.put(b"no room", timeout=0.2)
+    assert time.monotonic() - started >= 0.19
+
+    blocked_put_done = threading.Event()
+
+    def blocked_put():
+        q.put(b"after the drain")  # blocks until the client reads
+        blocked_put_done.set()
+
+    putter = threading.Thread(target=blocked_put)
+    putter.start()
+    assert not blocked_put_done.wait(0.3)
+    assert recv_exactly(client, len(big)) == big
+    assert blocked_put_done.wait(10)
+    assert recv_exactly(client, 15) == b"after the drain"
+    putter.join()
+    client.close()
+
+
+def test_blocked_put_returns_when_the_connection_closes(serve):
+    queues = []
+    arrived = threading.Event()
+    server = serve(lambda queue, data: (queues.append(queue), arrived.set()),
+                   high_water=64 * 1024)
+    client = connect(server)
+    client.sendall(b"go")
+    assert arrived.wait(5)
+    queues[0].put(b"x" * (4 * 1024 * 1024))
+    wait_for(queues[0].full)
+    result = []
+    putter = threading.Thread(target=lambda: result.append(queues[0].put(b"late")))
+    putter.start()
+    time.sleep(0.1)
+    client.close()  # the peer goes away: the waiting put gives up quietly
+    putter.join(10)
+    assert not putter.is_alive() and result == [None]
+
+
+def test_put_from_the_callback_never_blocks(serve):
+    def flood(queue, data):
+        for _ in range(64):
+            queue.put(b"f" * 65536)  # 4 MB against a 64 KiB mark
+        queue.put(b"END")
+
+    server = serve(flood, high_water=64 * 1024)
+    with connect(server, timeout=30) as client:
+        client.sendall(b"go")
+        assert recv_exactly(client, 64 * 65536 + 3).endswith(b"END")
+
+
+def test_connection_limit_closes_the_extra_connections(serve, caplog):
+    caplog.set_level(logging.WARNING, logger="simpletcp")
+    server = serve(echo, connection_limit=3)
+    clients = [connect(server) for _ in range(3)]
+    for client in clients:
+        client.sendall(b"in")
+        assert client.recv(10) == b"in"
+    for _ in range(2):
+        extra = connect(server)
+        try:
+            extra.sendall(b"over")
+            assert extra.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        extra.close()
+    warnings = [r for r in caplog.records if "connection limit" in r.getMessage()]
+    assert len(warnings) == 1  # once per burst, not per refused connection
+    clients.pop().close()
+    wait_for(lambda: server.connection_count == 2)
+    with connect(server) as late:
+        late.sendall(b"room again")
+        assert late.recv(20) == b"room again"
+    for client in clients:
+        client.close()
+
+
+def test_idle_connections_are_closed_and_active_ones_kept(serve):
+    server = serve(echo, idle_timeout=0.4)
+    silent = connect(server)
+    chatty = connect(server)
+    started = time.monotonic()
+    while time.monotonic() - started < 1.2:
+        chatty.sendall(b".")
+        assert chatty.recv(1) == b"."
+        time.sleep(0.1)
+    assert recv_until_eof(silent) == b""  # closed by the server
+    assert 0.3 < time.monotonic() - started
+    chatty.sendall(b"still open")
+    assert recv_exactly(chatty, 10) == b"still open"
+    silent.close()
+    chatty.close()
+
+
+@pytest.mark.parametrize("kwargs, error, word", [
+    ({"high_water": 0}, ValueError, "high_water"),
+    ({"high_water": 1.5}, TypeError, "high_water"),
+    ({"low_water": 2 << 20}, ValueError, "low_water"),
+    ({"low_water": -1}, ValueError, "low_water"),
+    ({"connection_limit": 0}, ValueError, "connection_limit"),
+    ({"idle_timeout": 0}, ValueError, "idle_timeout"),
+    ({"idle_timeout": "5"}, TypeError, "idle_timeout"),
+])
+def test_reliability_keywords_are_checked(kwargs, error, word):
+    with pytest.raises(error, match=word):
+        TCPServer("localhost", 0, echo, **kwargs)
+
+
+SIGTERM_SERVER = textwrap.dedent(
+    """
+    import sys
+    from simpletcp.tcpserver import TCPServer
+
+    def big(queue, data):
+        queue.put(b"t" * (20 * 1024 * 1024))
+
+    server = TCPServer("localhost", 0, big, backend=sys.argv[1])
+    print(server.port, flush=True)
+    server.run()
+    print("run returned", flush=True)
+    """
+)
+
+
+def test_sigterm_while_run_serves_flushes_and_returns(backend):
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_SERVER, backend],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"go")
+            first = client.recv(1)  # the reply is being sent, most of it still queued
+            child.send_signal(signal.SIGTERM)
+            rest = recv_until_eof(client)
+        assert len(first + rest) == 20 * 1024 * 1024
+        out, err = child.communicate(timeout=10)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "run returned" in out
+
+
+SLOW_READER_SERVER = textwrap.dedent(
+    """
+    import sys
+    from simpletcp.tcpserver import TCPServer
+
+    def echo(queue, data):
+        queue.put(data)
+
+    server = TCPServer("localhost", 0, echo, backend=sys.argv[1])
+    print(server.port, flush=True)
+    server.run()
+    """
+)
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mark(backend):
+    child = subprocess.Popen([sys.executable, "-c", SLOW_READER_SERVER, backend],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as warm:
+            warm.sendall(b"x" * 100_000)
+            recv_exactly(warm, 100_000)
+        before = _rss_kib(child.pid)
+        client = socket.create_connection(("127.0.0.1", port))
+        client.settimeout(0.5)
+        chunk = b"w" * (1 << 20)
+        written = 0
+        try:
+            while written < 300 * (1 << 20):
+                written += client.send(chunk)
+        except socket.timeout:
+            pass  # the server stopped reading and the kernel buffers are full
+        time.sleep(0.2)
+        growth_kib = _rss_kib(child.pid) - before
+        # The default high-water mark is 1 MiB; allow for the allocator and reads in flight.
+        assert growth_kib < 6 * 1024, f"server grew by {growth_kib} KiB after {written} bytes"
+        assert written < 300 * (1 << 20)
+        client.close()
+    finally:
+        child.kill()
+        child.wait()
