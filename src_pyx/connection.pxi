@@ -89,7 +89,7 @@ cdef class Connection:
             if n > 0:
                 if loop.idle_timeout:
                     loop.touch(self)
-                loop.dispatch(self, PyBytes_FromStringAndSize(loop.read_buffer, n))
+                loop.dispatch(self, loop.received(n))
                 if n < loop.recv_bytes or self.out.pending >= loop.high_water:
                     break
             elif n == 0:

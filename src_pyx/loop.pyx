@@ -10,13 +10,13 @@ from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT, PyObject
 from libc.errno cimport (EAGAIN, ECONNABORTED, ECONNRESET, EINTR, EMFILE, ENFILE,
                          ENOBUFS, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT,
                          EPROTO, EPERM, errno)
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memmove, memset, strerror
+from libc.string cimport memcpy, memmove, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
@@ -24,6 +24,11 @@ from includes.epoll cimport *
 from includes.eventfd cimport *
 from includes.poll cimport *
 from includes.socket cimport *
+
+cdef extern from "Python.h":
+    # Only to forget the hash a reused bytes object cached for its old contents.
+    ctypedef struct PyBytesObject:
+        Py_hash_t ob_shash
 
 import logging
 import os

@@ -37,6 +37,7 @@ cdef class Loop:
     cdef bint callback_takes_ip
     cdef char *read_buffer
     cdef Py_ssize_t recv_bytes
+    cdef bytes spare_data         # the last data handed to a callback, to reuse if we can
     cdef double grace_period
     cdef Py_ssize_t high_water       # per connection, bytes of unsent output
     cdef Py_ssize_t low_water
@@ -339,6 +340,25 @@ cdef class Loop:
     cdef void notify_drained(self):
         with self.drain_condition:
             self.drain_condition.notify_all()
+
+    cdef bytes received(self, Py_ssize_t size):
+        """The `size` bytes just read into read_buffer, as a bytes object.
+
+        A bytes object nobody else holds (the callback did not keep it and its reply
+        was sent) is refilled instead of allocating anew: a 1 KiB bytes object is past
+        glibc's fast caches, and its malloc/free were a quarter of the loop's
+        instructions per echo. Refcount 1 means only `spare_data` refers to it, so no
+        Python code can see the change. Single bytes are shared singletons, never 1.
+        """
+        cdef PyObject *spare = <PyObject *>self.spare_data
+        cdef bytes data
+        if spare != NULL and Py_REFCNT(<object>spare) == 1 and PyBytes_GET_SIZE(<object>spare) == size:
+            memcpy(PyBytes_AS_STRING(<object>spare), self.read_buffer, size)
+            (<PyBytesObject *>spare).ob_shash = -1
+            return <bytes>spare
+        data = PyBytes_FromStringAndSize(self.read_buffer, size)
+        self.spare_data = data
+        return data
 
     cdef int dispatch(self, Connection connection, bytes data) except -1:
         """Call the user's callback; an exception closes only this connection."""

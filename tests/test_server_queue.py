@@ -260,3 +260,32 @@ def test_recv_bytes_caps_each_callback(serve):
         client.sendall(payload)
         assert recv_exactly(client, 1000) == payload
     assert max(sizes) <= 16 and sum(sizes) == 1000
+
+
+def test_data_a_callback_keeps_never_changes(serve):
+    kept = []
+
+    def keep(queue, data):
+        kept.append(data)
+        queue.put(b"k")
+
+    server = serve(keep)
+    messages = [bytes([65 + i]) * 1024 for i in range(20)]  # same size, new contents
+    with connect(server) as client:
+        for message in messages:
+            client.sendall(message)
+            assert client.recv(1) == b"k"
+    assert kept == messages
+
+
+def test_data_hash_matches_its_contents_every_time(serve):
+    # The loop may reuse a bytes object nobody holds any more; a hash cached for its
+    # old contents must not survive.
+    def hash_check(queue, data):
+        queue.put(b"1" if hash(data) == hash(bytes(bytearray(data))) else b"0")
+
+    server = serve(hash_check)
+    with connect(server) as client:
+        for i in range(50):
+            client.sendall(bytes([i]) * 64)
+            assert client.recv(1) == b"1"
