@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from typing import Callable, Iterator, List
 
@@ -37,6 +38,22 @@ def serve(backend: str) -> Iterator[Callable[..., TCPServer]]:
     yield start
     for server in servers:
         assert server.stop(timeout=TIMEOUT), "server did not stop"
+
+
+class HandOff:
+    """A callback that hands each connection's queue to the test, as to a worker thread."""
+
+    def __init__(self) -> None:
+        self.queues: List[object] = []
+        self._arrived = threading.Event()
+
+    def __call__(self, queue: object, data: bytes) -> None:
+        self.queues.append(queue)
+        self._arrived.set()
+
+    def first_queue(self, timeout: float = TIMEOUT):  # -> ConnectionQueue
+        assert self._arrived.wait(timeout), "no data reached the callback"
+        return self.queues[0]
 
 
 def connect(server: TCPServer, timeout: float = TIMEOUT) -> socket.socket:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import backend, connect, recv_exactly, recv_until_eof, serve, wait_for  # noqa: F401
+from support import HandOff, backend, connect, recv_exactly, recv_until_eof, serve, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,18 +45,11 @@ def test_reading_pauses_above_the_high_water_mark(serve):
 
 
 def test_put_from_another_thread_waits_above_the_mark(serve):
-    queues = []
-    arrived = threading.Event()
-
-    def hand_off(queue, data):
-        queues.append(queue)
-        arrived.set()
-
+    hand_off = HandOff()
     server = serve(hand_off, high_water=256 * 1024, low_water=64 * 1024)
     client = connect(server, timeout=30)
     client.sendall(b"go")
-    assert arrived.wait(5)
-    q = queues[0]
+    q = hand_off.first_queue()
     big = b"B" * (8 * 1024 * 1024)
     q.put(big)  # below the mark when called: accepted at once
     wait_for(q.full)
@@ -84,17 +77,15 @@ def test_put_from_another_thread_waits_above_the_mark(serve):
 
 
 def test_blocked_put_returns_when_the_connection_closes(serve):
-    queues = []
-    arrived = threading.Event()
-    server = serve(lambda queue, data: (queues.append(queue), arrived.set()),
-                   high_water=64 * 1024)
+    hand_off = HandOff()
+    server = serve(hand_off, high_water=64 * 1024)
     client = connect(server)
     client.sendall(b"go")
-    assert arrived.wait(5)
-    queues[0].put(b"x" * (4 * 1024 * 1024))
-    wait_for(queues[0].full)
+    queue = hand_off.first_queue()
+    queue.put(b"x" * (4 * 1024 * 1024))
+    wait_for(queue.full)
     result = []
-    putter = threading.Thread(target=lambda: result.append(queues[0].put(b"late")))
+    putter = threading.Thread(target=lambda: result.append(queue.put(b"late")))
     putter.start()
     time.sleep(0.1)
     client.close()  # the peer goes away: the waiting put gives up quietly

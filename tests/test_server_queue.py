@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from simpletcp.tcpserver import ShutDown
-from support import backend, connect, recv_exactly, recv_until_eof, serve  # noqa: F401
+from support import HandOff, backend, connect, recv_exactly, recv_until_eof, serve  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,40 +119,28 @@ def test_pipelined_bulk_echo_with_partial_sends(serve):
 
 
 def test_put_from_another_thread_is_sent_without_more_client_data(serve):
-    queues = []
-    arrived = threading.Event()
-
-    def hand_off(queue, data):
-        queues.append(queue)
-        arrived.set()
-
+    hand_off = HandOff()
     server = serve(hand_off)
     with connect(server) as client:
         client.sendall(b"request")
-        assert arrived.wait(5)
+        queue = hand_off.first_queue()
         # Much later, from another thread, with the loop asleep in the poller:
-        worker = threading.Timer(0.2, lambda: queues[0].put(b"late reply"))
+        worker = threading.Timer(0.2, lambda: queue.put(b"late reply"))
         worker.start()
         assert recv_exactly(client, 10) == b"late reply"
         worker.join()
 
 
 def test_many_puts_from_many_threads_all_arrive(serve):
-    queues = []
-    arrived = threading.Event()
-
-    def hand_off(queue, data):
-        queues.append(queue)
-        arrived.set()
-
+    hand_off = HandOff()
     server = serve(hand_off)
     with connect(server) as client:
         client.sendall(b"go")
-        assert arrived.wait(5)
+        queue = hand_off.first_queue()
 
         def produce(thread_id):
             for i in range(500):
-                queues[0].put(b"%02d:%04d;" % (thread_id, i))
+                queue.put(b"%02d:%04d;" % (thread_id, i))
 
         threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
         for thread in threads:
@@ -168,17 +156,16 @@ def test_many_puts_from_many_threads_all_arrive(serve):
 
 
 def test_put_with_wrong_type_from_another_thread_raises_there(serve):
-    queues = []
-    arrived = threading.Event()
-    server = serve(lambda queue, data: (queues.append(queue), arrived.set()))
+    hand_off = HandOff()
+    server = serve(hand_off)
     with connect(server) as client:
         client.sendall(b"go")
-        assert arrived.wait(5)
+        queue = hand_off.first_queue()
         with pytest.raises(TypeError, match="bytes-like"):
-            queues[0].put("not bytes")
+            queue.put("not bytes")
         with pytest.raises(ValueError, match="timeout"):
-            queues[0].put(b"x", timeout=-1)
-        queues[0].put(b"still fine")
+            queue.put(b"x", timeout=-1)
+        queue.put(b"still fine")
         assert recv_exactly(client, 10) == b"still fine"
 
 
