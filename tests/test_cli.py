@@ -56,9 +56,11 @@ def test_serves_a_callback_by_import_path(tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"quiet")
             assert recv_exactly(client, 5) == b"QUIET"
-    finally:
         child.send_signal(signal.SIGTERM)
         child.communicate(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
     assert child.returncode == 0
 
 

@@ -1,0 +1,109 @@
+"""Soak: a million requests over a thousand connections, no descriptor or memory growth.
+
+The full size runs with ``pytest -m soak``; CI runs it smaller through
+SIMPLETCP_SOAK_REQUESTS / SIMPLETCP_SOAK_CONNECTIONS. A small version of the same
+check always runs. The load comes from bench/loadgen.c, which checks every echoed byte.
+"""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LOADGEN_SOURCE = ROOT / "bench" / "loadgen.c"
+
+SERVER = textwrap.dedent(
+    """
+    import resource, sys
+    from simpletcp.tcpserver import TCPServer
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    def echo(queue, data):
+        queue.put(data)
+
+    server = TCPServer("localhost", 0, echo)
+    print(server.port, flush=True)
+    server.run()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def loadgen(tmp_path_factory):
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None or not LOADGEN_SOURCE.exists():
+        pytest.skip("needs a C compiler and the source tree's bench/loadgen.c")
+    binary = tmp_path_factory.mktemp("loadgen") / "loadgen"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(LOADGEN_SOURCE)], check=True)
+    return binary
+
+
+def _open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _load(loadgen, port, connections, requests):
+    result = subprocess.run(
+        [str(loadgen), "--port", str(port), "--connections", str(connections), "--size", "256",
+         "--requests", str(requests), "--warmup", "0", "--duration", "600"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _soak(loadgen, requests, connections):
+    child = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())
+        fds_idle = _open_fds(child.pid)
+        # Warm-up: allocator pools, buffers and the connection table reach their size.
+        _load(loadgen, port, connections, max(requests // 20, connections))
+        rss_warm = _rss_kib(child.pid)
+        report = _load(loadgen, port, connections, requests)
+        assert report["errors_total"] == 0, report["errors"]
+        assert report["requests"] >= requests
+        assert report["connections_established"] == connections
+        rss_end = _rss_kib(child.pid)
+        # The load generator has closed its connections; the server's must be gone too.
+        for _ in range(200):
+            if _open_fds(child.pid) == fds_idle:
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert _open_fds(child.pid) == fds_idle, "descriptors leaked"
+        print(f"soak: {report['requests']} requests over {connections} connections, "
+              f"{report['requests_per_s']:.0f}/s; server RSS {rss_warm} -> {rss_end} KiB; "
+              f"descriptors {fds_idle} before and after")
+        assert rss_end - rss_warm < 4096, f"RSS grew by {rss_end - rss_warm} KiB"
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.timeout(120)
+def test_small_soak(loadgen):
+    _soak(loadgen, requests=20_000, connections=100)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800)
+def test_soak(loadgen):
+    requests = int(os.environ.get("SIMPLETCP_SOAK_REQUESTS", 1_000_000))
+    connections = int(os.environ.get("SIMPLETCP_SOAK_CONNECTIONS", 1000))
+    _soak(loadgen, requests, connections)
