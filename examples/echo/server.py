@@ -1,10 +1,10 @@
 """Echo server: sends every message back. Usage: python server.py [PORT]"""
 import sys
 
-from simpletcp.tcpserver import TCPServer
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 
-def echo(queue, data):
+def echo(queue: ConnectionQueue, data: bytes) -> None:
     queue.put(data)
 
 

@@ -1,10 +1,10 @@
 """Echo-reverse server: sends every message back reversed. Usage: python server.py [PORT]"""
 import sys
 
-from simpletcp.tcpserver import TCPServer
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 
-def echo_reverse(ip, queue, data):
+def echo_reverse(ip: str, queue: ConnectionQueue, data: bytes) -> None:
     print(f"{ip} sent {data!r}", flush=True)
     queue.put(data[::-1])
 

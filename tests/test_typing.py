@@ -1,0 +1,59 @@
+"""The package and the examples type-check with mypy --strict (py.typed, _loop.pyi)."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import simpletcp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = pathlib.Path(simpletcp.__file__).parent
+
+pytestmark = pytest.mark.timeout(300)
+mypy = pytest.importorskip("mypy", reason="mypy is in the test extra")
+
+
+def run_mypy(*paths):
+    env = dict(os.environ)
+    if "site-packages" not in PACKAGE.parts:
+        # An editable install is found through an import hook mypy cannot follow.
+        env["MYPYPATH"] = str(PACKAGE.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", *map(str, paths)],
+        capture_output=True, text=True, env=env,
+    )
+
+
+def test_installed_package_ships_its_types():
+    assert (PACKAGE / "py.typed").exists()
+    assert (PACKAGE / "_loop.pyi").exists()
+
+
+def test_package_passes_mypy_strict():
+    result = run_mypy(PACKAGE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not (ROOT / "examples").is_dir(), reason="needs the source tree's examples/")
+@pytest.mark.parametrize("example", sorted(p.relative_to(ROOT / "examples").as_posix()
+                                           for p in (ROOT / "examples").glob("*/*.py")))
+def test_example_passes_mypy_strict(example):
+    # One file per run: every example has a server.py, and mypy wants module names unique.
+    result = run_mypy(ROOT / "examples" / example)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_user_callback_is_checked_against_the_stub(tmp_path):
+    user_code = tmp_path / "user.py"
+    user_code.write_text(
+        "from simpletcp.tcpserver import ConnectionQueue, TCPServer\n"
+        "def reply(queue: ConnectionQueue, data: bytes) -> None:\n"
+        "    queue.put(data.upper())\n"
+        "    queue.put('text')  # wrong: str is not bytes-like\n"
+        "TCPServer('localhost', 0, reply).stop()\n"
+    )
+    result = run_mypy(user_code)
+    assert result.returncode == 1
+    assert 'Argument 1 to "put" of "ConnectionQueue" has incompatible type "str"' in result.stdout
