@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("auto",) + tuple(BACKENDS), default="auto",
                         help="poller: epoll or poll (default: auto, epoll where available)")
     parser.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD,
-                        help="seconds to finish sending queued replies on shutdown "
+                        help="seconds to finish sending queued replies (and pending replies of "
+                             "workers) on shutdown "
                              f"(default: {DEFAULT_GRACE_PERIOD:g})")
     parser.add_argument("--high-water", type=int, default=DEFAULT_HIGH_WATER,
                         help="unsent bytes per connection above which reading from it "

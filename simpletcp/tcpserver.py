@@ -39,7 +39,8 @@ class TCPServer:
       does not limit how many connections are served at once.
     - ``recv_bytes``: the most bytes one callback receives (default 2048).
     - ``backend``: ``"auto"`` (epoll on Linux), ``"epoll"`` or ``"poll"``.
-    - ``grace_period``: seconds ``stop()`` waits for queued replies to be sent.
+    - ``grace_period``: the most seconds ``stop()`` waits for queued replies to be sent
+      and for workers still holding a connection's queue to reply.
     - ``high_water`` / ``low_water``: bytes of unsent output per connection above which
       the server stops reading from it (and put() from other threads waits), and below
       which it resumes (default: a quarter of ``high_water``).
@@ -196,6 +197,10 @@ class TCPServer:
 
     def stop(self, timeout: Optional[float] = None) -> bool:
         """Stop serving: stop accepting, send what is queued, close everything.
+
+        A connection whose queue is still held outside the server (a worker that has
+        not replied yet) is closed once the queue is let go of; ``grace_period`` bounds
+        all the waiting.
 
         Safe from any thread, from a callback and from a signal handler. Called from a
         thread other than the loop's, it waits (up to ``timeout`` seconds) for run() to

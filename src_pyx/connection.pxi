@@ -20,6 +20,9 @@ cdef class Connection:
     cdef bint reading         # False after EOF, shutdown() or stop(): drain, then close
     cdef bint closing         # close as soon as the output buffer is empty
     cdef bint shut_by_user    # queue.shutdown() was called: further puts raise
+    cdef bint callback_failed # the callback raised: close once the output is sent
+    cdef bint lingering       # stopping, all sent, but the queue is held (Loop.linger)
+    cdef double linger_until  # monotonic time when lingering gives up
     cdef bint scheduled       # sitting in loop.scheduled, waiting to be serviced
     cdef bint paused          # output above the high-water mark: not reading for now
     cdef int waiters          # threads blocked in put() until the output drains
@@ -34,6 +37,15 @@ cdef class Connection:
         if self.queue is None:
             self.queue = ConnectionQueue(self)
         return self.queue
+
+    cdef bint queue_held(self):
+        """Whether code besides this connection holds its queue: a worker that may reply.
+
+        Only this connection references a queue nobody kept, so a count above one means
+        a thread, a closure or a registry has it. The count is read right after the
+        callback returned or in the loop, never while a call is passing the queue.
+        """
+        return self.queue is not None and refcount_of(<PyObject *>self.queue) > 1
 
     # ---- producing output (any thread) ------------------------------------------
 
@@ -122,8 +134,15 @@ cdef class Connection:
             if loop.idle_timeout:
                 loop.touch(self)
         if self.closing and not self.out.pending:
-            self.close()
-            return 0
+            # All that was queued is sent. When the server is stopping, a worker still
+            # holding the queue may be about to reply: wait for it (Loop.linger). At the
+            # peer's EOF, not: a registry of queues (a chat server) holds every queue,
+            # and its closed connections would pile up.
+            if (not loop.stopping or self.shut_by_user or self.callback_failed
+                    or not self.queue_held()):
+                self.close()
+                return 0
+            loop.linger(self)
         # Backpressure: a peer that sends but does not read would otherwise grow its
         # output buffer without bound. Reading stops above the high-water mark and
         # resumes below the low one; put()s from other threads wait for the same.

@@ -10,7 +10,7 @@ from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
-from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT, PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.errno cimport (EAGAIN, ECONNABORTED, ECONNRESET, EINTR, EMFILE, ENFILE,
                          ENOBUFS, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT,
                          EPROTO, EPERM, errno)
@@ -29,6 +29,9 @@ cdef extern from "Python.h":
     # Only to forget the hash a reused bytes object cached for its old contents.
     ctypedef struct PyBytesObject:
         Py_hash_t ob_shash
+    # Py_REFCNT on a borrowed pointer: cpython.ref's takes an object, for which Cython
+    # makes a temporary reference that the count would include.
+    Py_ssize_t refcount_of "Py_REFCNT"(PyObject *obj)
 
 import logging
 import os

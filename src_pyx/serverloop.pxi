@@ -10,6 +10,8 @@
 DEF ACCEPT_BATCH = 128
 # After EMFILE/ENFILE: how long accepting pauses if no descriptor is freed sooner.
 DEF ACCEPT_RETRY_SECONDS = 0.1
+# How often lingering connections (Loop.linger) are looked at.
+DEF LINGER_CHECK_INTERVAL = 0.01
 
 
 cdef str format_peer_ip(sockaddr_storage *addr):
@@ -50,6 +52,8 @@ cdef class Loop:
     cdef readonly Py_ssize_t connection_count
 
     cdef list scheduled           # connections with work from outside an I/O event
+    cdef list lingering           # while stopping: connections waiting for a worker's reply
+    cdef double next_linger_check
     cdef Connection dispatching   # whose callback is running now, if any
     cdef unsigned long thread_ident
 
@@ -103,6 +107,7 @@ cdef class Loop:
         self.recv_bytes = recv_bytes
         self.grace_period = grace_period
         self.scheduled = []
+        self.lingering = []
         self.read_buffer = <char *>malloc(recv_bytes)
         if self.read_buffer == NULL:
             raise MemoryError()
@@ -235,6 +240,13 @@ cdef class Loop:
                 deadline = self.accept_resume_at
             if self.idle_oldest is not None:
                 deadline = earliest(deadline, self.idle_oldest.last_active + self.idle_timeout)
+            if self.lingering:
+                # Nothing signals that a worker let go of a queue: look every few ms.
+                self.now = monotonic()
+                if self.now >= self.next_linger_check:
+                    self.check_lingering()
+                    self.next_linger_check = self.now + LINGER_CHECK_INTERVAL
+                deadline = earliest(deadline, self.next_linger_check)
             timeout = -1
             if deadline:
                 self.now = monotonic()
@@ -273,7 +285,8 @@ cdef class Loop:
         """Whatever timed thing is due at self.now: grace period, accept retry, idle."""
         cdef Py_ssize_t expired = 0
         if self.stopping and self.stop_deadline <= self.now:
-            logger.warning("grace period over: closing %d connections with unsent output",
+            logger.warning("grace period over: closing %d connections with unsent output "
+                           "or a queue still held",
                            self.connection_count)
             self.teardown_connections()
             return 0
@@ -352,7 +365,7 @@ cdef class Loop:
         """
         cdef PyObject *spare = <PyObject *>self.spare_data
         cdef bytes data
-        if spare != NULL and Py_REFCNT(<object>spare) == 1 and PyBytes_GET_SIZE(<object>spare) == size:
+        if spare != NULL and refcount_of(spare) == 1 and PyBytes_GET_SIZE(<object>spare) == size:
             memcpy(PyBytes_AS_STRING(<object>spare), self.read_buffer, size)
             (<PyBytesObject *>spare).ob_shash = -1
             return <bytes>spare
@@ -371,10 +384,47 @@ cdef class Loop:
         except Exception:
             logger.exception("read_callback raised; closing connection %s once its "
                              "queued output is sent", connection.describe())
+            connection.callback_failed = True
             connection.reading = False
             connection.closing = True
         finally:
             self.dispatching = None
+        return 0
+
+    cdef int linger(self, Connection connection) except -1:
+        """While stopping, keep a connection open as long as code outside holds its queue.
+
+        A callback may hand the queue to a worker and return; if the server is asked to
+        stop before the worker replies, closing at once would lose the reply. The
+        connection waits for the queue to be let go of, or for the grace period to end.
+        """
+        if not connection.lingering:
+            connection.lingering = True
+            connection.linger_until = monotonic() + self.grace_period
+            self.lingering.append(connection)
+        return 0
+
+    cdef int check_lingering(self) except -1:
+        cdef list waiting = []
+        cdef Connection connection
+        for connection in self.lingering:
+            if connection.fd < 0:
+                pass
+            elif connection.out.pending:
+                waiting.append(connection)  # a late reply is going out; service() decides
+                continue
+            elif not connection.queue_held():
+                connection.close()
+            elif connection.linger_until <= self.now:
+                logger.debug("connection %s: closed at the end of the grace period "
+                             "(%g s); its queue is still held", connection.describe(),
+                             self.grace_period)
+                connection.close()
+            else:
+                waiting.append(connection)
+                continue
+            connection.lingering = False
+        self.lingering = waiting
         return 0
 
     cdef int schedule(self, Connection connection) except -1:
@@ -553,6 +603,7 @@ cdef class Loop:
     cdef void teardown(self):
         self.teardown_connections()
         self.scheduled = []
+        self.lingering = []
         self.running = False
         self.finished = True
         try:

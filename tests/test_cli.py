@@ -5,10 +5,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
-from support import recv_exactly, recv_until_eof
+from support import recv_exactly, recv_until_eof, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,3 +101,58 @@ def test_help_documents_every_flag():
                  "--grace-period", "--high-water", "--low-water", "--connection-limit",
                  "--idle-timeout", "--log-level", "MODULE:CALLABLE"):
         assert flag in result.stdout
+
+
+def test_a_signal_lets_a_pending_reply_out_first(tmp_path):
+    (tmp_path / "slow.py").write_text(textwrap.dedent(
+        """
+        import pathlib, threading, time
+
+        def reply_later(queue, data):
+            def worker():
+                time.sleep(0.5)
+                queue.put(data[::-1])
+            threading.Thread(target=worker).start()
+            pathlib.Path("received").touch()
+        """
+    ))
+    child, port = start("slow:reply_later", cwd=tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"pending")
+            wait_for(lambda: (tmp_path / "received").exists())
+            child.send_signal(signal.SIGTERM)  # the reply is still half a second away
+            assert recv_until_eof(client) == b"gnidnep"
+        out, err = child.communicate(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, err
+
+
+def test_flags_reach_the_server(tmp_path):
+    (tmp_path / "sizes.py").write_text(textwrap.dedent(
+        """
+        def size(queue, data):
+            queue.put(b"%d," % len(data))
+        """
+    ))
+    child, port = start("sizes:size", "--recv-bytes", "3", "--connection-limit", "1",
+                        "--idle-timeout", "0.5", "--log-level", "info", cwd=tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"abcdefg")
+            assert recv_exactly(client, 6) == b"3,3,1,"  # --recv-bytes 3
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+                assert recv_until_eof(extra) == b""  # --connection-limit 1
+            started = time.monotonic()
+            assert recv_until_eof(client) == b""  # --idle-timeout 0.5
+            assert time.monotonic() - started < 5
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, err
+    assert "listening on 127.0.0.1:%d" % port in err  # --log-level info
+    assert "connection limit (1) reached" in err

@@ -86,6 +86,46 @@ def test_timeout_when_the_server_never_answers():
         silent.close()
 
 
+def test_a_failed_send_leaves_the_client_usable():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    answered = []
+
+    def serve_the_second_connection():
+        first, _ = silent.accept()  # never answered: the client times out
+        second, _ = silent.accept()
+        with first, second:
+            answered.append(second.recv(100))
+            second.sendall(b"late but here")
+
+    helper = threading.Thread(target=serve_the_second_connection, daemon=True)
+    helper.start()
+    try:
+        client = ClientSocket("localhost", silent.getsockname()[1], single_use=False,
+                              timeout=0.5)
+        with pytest.raises(socket.timeout):
+            client.send("first")
+        client.timeout = 10.0
+        assert client.send("second") == b"late but here"
+        assert answered == [b"second"]
+        client.close()
+    finally:
+        helper.join(10)
+        silent.close()
+
+
+def test_send_returns_empty_bytes_when_the_server_closes():
+    def hang_up(queue, data):
+        queue.shutdown()
+
+    with TCPServer("localhost", 0, hang_up) as server:
+        server.start()
+        client = ClientSocket("localhost", server.port, single_use=False)
+        assert client.send("bye?") == b""
+        assert not client.connected
+
+
 def test_connection_refused_raises_oserror():
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))

@@ -168,6 +168,65 @@ def test_grace_period_bounds_stop_when_a_peer_never_reads(serve):
     assert server.connection_count == 0
 
 
+def reply_from_a_worker(delay, reply=True):
+    """A callback that hands the queue to a worker thread, which replies after ``delay``."""
+    received = threading.Event()
+
+    def callback(queue, data):
+        def worker():
+            time.sleep(delay)
+            if reply:
+                queue.put(data.upper())
+        threading.Thread(target=worker, daemon=True).start()
+        received.set()
+
+    return callback, received
+
+
+def test_stop_waits_for_a_worker_still_holding_the_queue(serve):
+    callback, received = reply_from_a_worker(0.3)
+    server = serve(callback)
+    with connect(server) as client:
+        client.sendall(b"in flight")
+        assert received.wait(5)
+        assert server.stop(timeout=10) is True  # the worker has not replied yet
+        assert recv_until_eof(client) == b"IN FLIGHT"
+
+
+def test_stop_closes_once_a_worker_lets_go_without_replying(serve):
+    callback, received = reply_from_a_worker(0.2, reply=False)
+    server = serve(callback, grace_period=30)
+    with connect(server) as client:
+        client.sendall(b"never answered")
+        assert received.wait(5)
+        started = time.monotonic()
+        assert server.stop(timeout=10) is True
+        assert recv_until_eof(client) == b""
+        assert time.monotonic() - started < 5  # not the grace period
+
+
+def test_grace_period_bounds_stop_when_a_queue_is_never_let_go(serve):
+    registry = []
+    server = serve(lambda queue, data: registry.append(queue), grace_period=0.5)
+    with connect(server) as client:
+        client.sendall(b"join")
+        wait_for(lambda: registry)
+        started = time.monotonic()
+        assert server.stop(timeout=10) is True
+        assert recv_until_eof(client) == b""
+        assert 0.4 < time.monotonic() - started < 5
+
+
+def test_a_held_queue_does_not_keep_a_closed_client_open(serve):
+    # A chat server keeps every member's queue; members that leave must not linger.
+    registry = []
+    server = serve(lambda queue, data: registry.append(queue), grace_period=30)
+    with connect(server) as client:
+        client.sendall(b"join")
+        wait_for(lambda: registry)
+    wait_for(lambda: server.connection_count == 0, timeout=5)
+
+
 def _count_for(seconds):
     count = 0
     deadline = time.perf_counter() + seconds
