@@ -1,5 +1,6 @@
 """python -m simpletcp: the echo server, a callback by import path, signals, --help."""
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -9,14 +10,21 @@ import time
 
 import pytest
 
+import simpletcp
+
 from support import recv_exactly, recv_until_eof, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def start(*args, cwd=None, env=None):
+MODULE = [sys.executable, "-m", "simpletcp"]
+#: The `simpletcp` console script pip installs beside this interpreter.
+SCRIPT = pathlib.Path(sys.executable).parent / "simpletcp"
+
+
+def start(*args, cwd=None, env=None, command=MODULE):
     child = subprocess.Popen(
-        [sys.executable, "-m", "simpletcp", "--port", "0", *args],
+        [*command, "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
     )
     line = child.stdout.readline()
@@ -103,7 +111,8 @@ def test_help_documents_every_flag():
         assert flag in result.stdout
 
 
-def test_a_signal_lets_a_pending_reply_out_first(tmp_path):
+@pytest.mark.parametrize("backend", ["epoll", "poll"])
+def test_a_signal_lets_a_pending_reply_out_first(tmp_path, backend):
     (tmp_path / "slow.py").write_text(textwrap.dedent(
         """
         import pathlib, threading, time
@@ -116,7 +125,7 @@ def test_a_signal_lets_a_pending_reply_out_first(tmp_path):
             pathlib.Path("received").touch()
         """
     ))
-    child, port = start("slow:reply_later", cwd=tmp_path)
+    child, port = start("slow:reply_later", "--backend", backend, cwd=tmp_path)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"pending")
@@ -128,6 +137,7 @@ def test_a_signal_lets_a_pending_reply_out_first(tmp_path):
         child.kill()
         child.wait()
     assert child.returncode == 0, err
+    assert f"listening on 127.0.0.1:{port} ({backend})" in err
 
 
 def test_flags_reach_the_server(tmp_path):
@@ -156,3 +166,22 @@ def test_flags_reach_the_server(tmp_path):
     assert child.returncode == 0, err
     assert "listening on 127.0.0.1:%d" % port in err  # --log-level info
     assert "connection limit (1) reached" in err
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="simpletcp is not installed in this environment")
+def test_the_console_script_is_the_same_command():
+    result = subprocess.run([str(SCRIPT), "--version"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0
+    assert simpletcp.__version__ in result.stdout
+    child, port = start(command=[str(SCRIPT)])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"script")
+            assert recv_exactly(client, 6) == b"script"
+        child.send_signal(signal.SIGTERM)
+        child.communicate(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0
