@@ -235,10 +235,17 @@ def _count_for(seconds):
     return count
 
 
-def test_gil_is_released_while_the_loop_waits(serve):
-    alone = _count_for(0.3)
-    server = serve(echo)
-    with connect(server):  # an idle connection: the loop sits in the poller
-        shared = _count_for(0.3)
-    # A loop holding the GIL while it waits would halve this or worse.
-    assert shared > 0.7 * alone, (shared, alone)
+def test_gil_is_released_while_the_loop_waits(backend):
+    # A loop holding the GIL while it waits would halve the count or worse, every time;
+    # a busy machine can cost one measurement as much, so the best of 3 is taken.
+    ratios = []
+    for attempt in range(3):
+        alone = _count_for(0.3)
+        with TCPServer("localhost", 0, echo, backend=backend) as server:
+            server.start()
+            with connect(server):  # an idle connection: the loop sits in the poller
+                shared = _count_for(0.3)
+        ratios.append(shared / alone)
+        if ratios[-1] > 0.7:
+            break
+    assert max(ratios) > 0.7, ratios
