@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -49,6 +50,18 @@ def _open_fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _idle_fds(pid, port):
+    """The server's descriptors with no connection, counted once run() is serving.
+
+    The port is printed before run() opens what it needs (the signal wake-up pipe), so
+    counting at once could race it; an echo round trip proves run() is in its loop.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
+        probe.sendall(b"?")
+        assert probe.recv(1) == b"?"
+        return _open_fds(pid) - 1  # less the probe's own connection
+
+
 def _rss_kib(pid):
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -71,7 +84,7 @@ def _soak(loadgen, requests, connections):
     child = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     try:
         port = int(child.stdout.readline())
-        fds_idle = _open_fds(child.pid)
+        fds_idle = _idle_fds(child.pid, port)
         # Warm-up: allocator pools, buffers and the connection table reach their size.
         _load(loadgen, port, connections, max(requests // 20, connections))
         rss_warm = _rss_kib(child.pid)
@@ -85,7 +98,8 @@ def _soak(loadgen, requests, connections):
             if _open_fds(child.pid) == fds_idle:
                 break
             subprocess.run(["sleep", "0.05"])
-        assert _open_fds(child.pid) == fds_idle, "descriptors leaked"
+        assert _open_fds(child.pid) == fds_idle, (
+            f"descriptors leaked: {fds_idle} idle, {_open_fds(child.pid)} now")
         print(f"soak: {report['requests']} requests over {connections} connections, "
               f"{report['requests_per_s']:.0f}/s; server RSS {rss_warm} -> {rss_end} KiB; "
               f"descriptors {fds_idle} before and after")
