@@ -76,6 +76,7 @@ cdef inline double earliest(double deadline, double other) noexcept nogil:
 
 
 cdef class Loop
+include "throttle.pxi"
 include "poller.pxi"
 include "outbuf.pxi"
 include "connection.pxi"

@@ -66,8 +66,8 @@ cdef class Loop:
     cdef double stop_deadline
     cdef bint accepting           # the listening socket is registered
     cdef double accept_resume_at  # 0, or when to retry after EMFILE/ENFILE
-    cdef bint accept_error_logged
-    cdef bint limit_logged        # "connection limit reached" said for this burst
+    cdef LogThrottle accept_error_log
+    cdef LogThrottle limit_log    # "connection limit reached"
 
     # With an idle timeout: open connections, least recently active first, so the
     # next to expire is always at the head (moving one to the tail is O(1)).
@@ -108,6 +108,8 @@ cdef class Loop:
         self.grace_period = grace_period
         self.scheduled = []
         self.lingering = []
+        self.accept_error_log = LogThrottle()
+        self.limit_log = LogThrottle()
         self.read_buffer = <char *>malloc(recv_bytes)
         if self.read_buffer == NULL:
             raise MemoryError()
@@ -464,6 +466,7 @@ cdef class Loop:
         cdef sockaddr_storage address
         cdef socklen_t address_len
         cdef int fd, error, i
+        cdef Py_ssize_t skipped
         for i in range(ACCEPT_BATCH):
             address_len = sizeof(address)
             fd = accept4(self.listen_fd, <sockaddr *>&address, &address_len,
@@ -479,13 +482,13 @@ cdef class Loop:
                     return 0
                 logger.error("accept() failed: %s", strerror(error).decode())
                 return 0
-            self.accept_error_logged = False
             if self.connection_limit and self.connection_count >= self.connection_limit:
                 close(fd)
-                if not self.limit_logged:
+                skipped = self.limit_log.due()
+                if skipped >= 0:
                     logger.warning("connection limit (%d) reached: closing new connections "
-                                   "at once until one ends", self.connection_limit)
-                    self.limit_logged = True
+                                   "at once until one ends%s", self.connection_limit,
+                                   since_last(skipped, "closed so"))
                 continue
             self.adopt(fd, &address)
         return 0
@@ -544,8 +547,6 @@ cdef class Loop:
             self.idle_unlink(connection)
         if connection.waiters:
             self.notify_drained()  # blocked put()s return; what they put is dropped
-        if self.limit_logged and self.connection_count < self.connection_limit:
-            self.limit_logged = False
         # The queue points back at the connection; letting go of it here breaks the
         # cycle, so closed connections are freed at once rather than by the cyclic GC.
         connection.queue = None
@@ -556,10 +557,11 @@ cdef class Loop:
     cdef void pause_accepting(self, int error):
         # The listening socket stays readable while the backlog is full, so it must
         # leave the poller or the loop would spin at 100% CPU.
-        if not self.accept_error_logged:
+        cdef Py_ssize_t skipped = self.accept_error_log.due()
+        if skipped >= 0:
             logger.error("accept() failed: %s; not accepting new connections until a "
-                         "descriptor is free", strerror(error).decode())
-            self.accept_error_logged = True
+                         "descriptor is free%s", strerror(error).decode(),
+                         since_last(skipped, "failures"))
         if self.accepting:
             self.poller.unregister(self.listen_fd)
             self.accepting = False

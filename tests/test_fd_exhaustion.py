@@ -79,5 +79,7 @@ def test_accept_failing_for_lack_of_descriptors(backend):
         finally:
             child.kill()
     failures = [line for line in err.splitlines() if "accept() failed" in line]
-    assert 1 <= len(failures) <= 5, err  # once per burst, not once per attempt
+    # Every freed descriptor lets one more accept() fail: still one line per 10 s (two if
+    # this test ran that long), not one per failure.
+    assert 1 <= len(failures) <= 2, err
     assert "Traceback" not in err

@@ -105,6 +105,16 @@ def test_put_from_the_callback_never_blocks(serve):
         assert recv_exactly(client, 64 * 65536 + 3).endswith(b"END")
 
 
+def assert_refused(server):
+    """A connection beyond the limit is accepted by the kernel, then closed at once."""
+    with connect(server) as extra:
+        try:
+            extra.sendall(b"over")
+            assert extra.recv(10) == b""
+        except ConnectionResetError:
+            pass
+
+
 def test_connection_limit_closes_the_extra_connections(serve, caplog):
     caplog.set_level(logging.WARNING, logger="simpletcp")
     server = serve(echo, connection_limit=3)
@@ -113,15 +123,9 @@ def test_connection_limit_closes_the_extra_connections(serve, caplog):
         client.sendall(b"in")
         assert client.recv(10) == b"in"
     for _ in range(2):
-        extra = connect(server)
-        try:
-            extra.sendall(b"over")
-            assert extra.recv(10) == b""
-        except ConnectionResetError:
-            pass
-        extra.close()
+        assert_refused(server)
     warnings = [r for r in caplog.records if "connection limit" in r.getMessage()]
-    assert len(warnings) == 1  # once per burst, not per refused connection
+    assert len(warnings) == 1  # not one per refused connection
     clients.pop().close()
     wait_for(lambda: server.connection_count == 2)
     with connect(server) as late:
@@ -129,6 +133,29 @@ def test_connection_limit_closes_the_extra_connections(serve, caplog):
         assert late.recv(20) == b"room again"
     for client in clients:
         client.close()
+
+
+def test_connection_limit_under_churn_is_not_a_log_flood(serve, caplog):
+    # At the limit, every connection that ends makes room for one more; the warning
+    # must not come back with each of them.
+    caplog.set_level(logging.WARNING, logger="simpletcp")
+    server = serve(echo, connection_limit=2)
+    members = [connect(server), connect(server)]
+    for member in members:
+        member.sendall(b"in")
+        assert member.recv(10) == b"in"
+    for turn in range(5):
+        assert_refused(server)
+        members.pop(0).close()
+        wait_for(lambda: server.connection_count == 1)
+        newcomer = connect(server)
+        newcomer.sendall(b"room")
+        assert recv_exactly(newcomer, 4) == b"room"
+        members.append(newcomer)
+    for member in members:
+        member.close()
+    warnings = [r for r in caplog.records if "connection limit" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
 def test_idle_connections_are_closed_and_active_ones_kept(serve):
