@@ -35,6 +35,20 @@ def start(*args, cwd=None, env=None, command=MODULE):
     return child, port
 
 
+def ask_then_stop(child, port, request, reply):
+    """One request and its reply, then SIGTERM: the server must exit cleanly."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(request)
+            assert recv_exactly(client, len(reply)) == reply
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_echo_server_and_graceful_signal(signum):
     child, port = start("--log-level", "warning")
@@ -61,16 +75,7 @@ def test_serves_a_callback_by_import_path(tmp_path):
         """
     ))
     child, port = start("shouting:Handlers.upper", cwd=tmp_path)
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.sendall(b"quiet")
-            assert recv_exactly(client, 5) == b"QUIET"
-        child.send_signal(signal.SIGTERM)
-        child.communicate(timeout=10)
-    finally:
-        child.kill()
-        child.wait()
-    assert child.returncode == 0
+    ask_then_stop(child, port, b"quiet", b"QUIET")
 
 
 @pytest.mark.parametrize("target, message", [
@@ -175,13 +180,4 @@ def test_the_console_script_is_the_same_command():
     assert result.returncode == 0
     assert simpletcp.__version__ in result.stdout
     child, port = start(command=[str(SCRIPT)])
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.sendall(b"script")
-            assert recv_exactly(client, 6) == b"script"
-        child.send_signal(signal.SIGTERM)
-        child.communicate(timeout=10)
-    finally:
-        child.kill()
-        child.wait()
-    assert child.returncode == 0
+    ask_then_stop(child, port, b"script", b"script")
