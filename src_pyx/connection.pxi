@@ -22,7 +22,6 @@ cdef class Connection:
     cdef bint shut_by_user    # queue.shutdown() was called: further puts raise
     cdef bint callback_failed # the callback raised: close once the output is sent
     cdef bint lingering       # stopping, all sent, but the queue is held (Loop.linger)
-    cdef double linger_until  # monotonic time when lingering gives up
     cdef bint scheduled       # sitting in loop.scheduled, waiting to be serviced
     cdef bint paused          # output above the high-water mark: not reading for now
     cdef int waiters          # threads blocked in put() until the output drains

@@ -243,11 +243,6 @@ cdef class Loop:
             if self.idle_oldest is not None:
                 deadline = earliest(deadline, self.idle_oldest.last_active + self.idle_timeout)
             if self.lingering:
-                # Nothing signals that a worker let go of a queue: look every few ms.
-                self.now = monotonic()
-                if self.now >= self.next_linger_check:
-                    self.check_lingering()
-                    self.next_linger_check = self.now + LINGER_CHECK_INTERVAL
                 deadline = earliest(deadline, self.next_linger_check)
             timeout = -1
             if deadline:
@@ -284,7 +279,8 @@ cdef class Loop:
                     self.drain_signals()
 
     cdef int on_deadline(self) except -1:
-        """Whatever timed thing is due at self.now: grace period, accept retry, idle."""
+        """Whatever timed thing is due at self.now: grace period, lingering, accept retry,
+        idle."""
         cdef Py_ssize_t expired = 0
         if self.stopping and self.stop_deadline <= self.now:
             logger.warning("grace period over: closing %d connections with unsent output "
@@ -292,6 +288,8 @@ cdef class Loop:
                            self.connection_count)
             self.teardown_connections()
             return 0
+        if self.lingering and self.next_linger_check <= self.now:
+            self.check_lingering()
         if self.accept_resume_at and self.accept_resume_at <= self.now:
             self.resume_accepting()
         while (self.idle_oldest is not None
@@ -398,11 +396,14 @@ cdef class Loop:
 
         A callback may hand the queue to a worker and return; if the server is asked to
         stop before the worker replies, closing at once would lose the reply. The
-        connection waits for the queue to be let go of, or for the grace period to end.
+        connection waits for the queue to be let go of; the stop's grace period bounds
+        the wait (on_deadline closes whatever is left then).
         """
         if not connection.lingering:
+            if not self.lingering:
+                # Nothing signals that a worker let go of a queue: look every few ms.
+                self.next_linger_check = monotonic() + LINGER_CHECK_INTERVAL
             connection.lingering = True
-            connection.linger_until = monotonic() + self.grace_period
             self.lingering.append(connection)
         return 0
 
@@ -410,23 +411,13 @@ cdef class Loop:
         cdef list waiting = []
         cdef Connection connection
         for connection in self.lingering:
-            if connection.fd < 0:
-                pass
-            elif connection.out.pending:
-                waiting.append(connection)  # a late reply is going out; service() decides
+            if connection.fd >= 0 and (connection.out.pending or connection.queue_held()):
+                waiting.append(connection)  # a late reply is going out, or may yet come
                 continue
-            elif not connection.queue_held():
-                connection.close()
-            elif connection.linger_until <= self.now:
-                logger.debug("connection %s: closed at the end of the grace period "
-                             "(%g s); its queue is still held", connection.describe(),
-                             self.grace_period)
-                connection.close()
-            else:
-                waiting.append(connection)
-                continue
+            connection.close()
             connection.lingering = False
         self.lingering = waiting
+        self.next_linger_check = self.now + LINGER_CHECK_INTERVAL
         return 0
 
     cdef int schedule(self, Connection connection) except -1:
