@@ -1,5 +1,5 @@
 """python -m simpletcp: the echo server, a callback by import path, signals, --help."""
-import os
+import contextlib
 import pathlib
 import signal
 import socket
@@ -22,46 +22,49 @@ MODULE = [sys.executable, "-m", "simpletcp"]
 SCRIPT = pathlib.Path(sys.executable).parent / "simpletcp"
 
 
-def start(*args, cwd=None, env=None, command=MODULE):
+@contextlib.contextmanager
+def running(*args, cwd=None, command=MODULE):
+    """The CLI serving on a free port: (child, port); killed on the way out whatever happens."""
     child = subprocess.Popen(
         [*command, "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
     )
-    line = child.stdout.readline()
-    if not line.startswith("simpletcp: listening on "):
+    try:
+        line = child.stdout.readline()
+        if not line.startswith("simpletcp: listening on "):
+            child.kill()
+            raise AssertionError(f"no listening line: {line!r} {child.stderr.read()}")
+        yield child, int(line.rsplit(":", 1)[1])
+    finally:
         child.kill()
-        raise AssertionError(f"no listening line: {line!r} {child.stderr.read()}")
-    port = int(line.rsplit(":", 1)[1])
-    return child, port
+        child.wait()
+
+
+def clean_exit(child):
+    """Wait for the child (already signalled) to exit; it must exit 0. Its stderr."""
+    _, err = child.communicate(timeout=10)
+    assert child.returncode == 0, err
+    return err
 
 
 def ask_then_stop(child, port, request, reply):
     """One request and its reply, then SIGTERM: the server must exit cleanly."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.sendall(request)
-            assert recv_exactly(client, len(reply)) == reply
-        child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=10)
-    finally:
-        child.kill()
-        child.wait()
-    assert child.returncode == 0, err
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        assert recv_exactly(client, len(reply)) == reply
+    child.send_signal(signal.SIGTERM)
+    clean_exit(child)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_echo_server_and_graceful_signal(signum):
-    child, port = start("--log-level", "warning")
-    try:
+    with running("--log-level", "warning") as (child, port):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"cli echo")
             assert recv_exactly(client, 8) == b"cli echo"
             child.send_signal(signum)
             assert recv_until_eof(client) == b""
-        out, err = child.communicate(timeout=10)
-    finally:
-        child.kill()
-    assert child.returncode == 0, err
+        err = clean_exit(child)
     assert "Traceback" not in err
 
 
@@ -74,8 +77,8 @@ def test_serves_a_callback_by_import_path(tmp_path):
                 queue.put(data.upper())
         """
     ))
-    child, port = start("shouting:Handlers.upper", cwd=tmp_path)
-    ask_then_stop(child, port, b"quiet", b"QUIET")
+    with running("shouting:Handlers.upper", cwd=tmp_path) as (child, port):
+        ask_then_stop(child, port, b"quiet", b"QUIET")
 
 
 @pytest.mark.parametrize("target, message", [
@@ -130,18 +133,13 @@ def test_a_signal_lets_a_pending_reply_out_first(tmp_path, backend):
             pathlib.Path("received").touch()
         """
     ))
-    child, port = start("slow:reply_later", "--backend", backend, cwd=tmp_path)
-    try:
+    with running("slow:reply_later", "--backend", backend, cwd=tmp_path) as (child, port):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"pending")
             wait_for(lambda: (tmp_path / "received").exists())
             child.send_signal(signal.SIGTERM)  # the reply is still half a second away
             assert recv_until_eof(client) == b"gnidnep"
-        out, err = child.communicate(timeout=10)
-    finally:
-        child.kill()
-        child.wait()
-    assert child.returncode == 0, err
+        err = clean_exit(child)
     assert f"listening on 127.0.0.1:{port} ({backend})" in err
 
 
@@ -152,9 +150,9 @@ def test_flags_reach_the_server(tmp_path):
             queue.put(b"%d," % len(data))
         """
     ))
-    child, port = start("sizes:size", "--recv-bytes", "3", "--connection-limit", "1",
-                        "--idle-timeout", "0.5", "--log-level", "info", cwd=tmp_path)
-    try:
+    flags = ("--recv-bytes", "3", "--connection-limit", "1", "--idle-timeout", "0.5",
+             "--log-level", "info")
+    with running("sizes:size", *flags, cwd=tmp_path) as (child, port):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"abcdefg")
             assert recv_exactly(client, 6) == b"3,3,1,"  # --recv-bytes 3
@@ -164,11 +162,7 @@ def test_flags_reach_the_server(tmp_path):
             assert recv_until_eof(client) == b""  # --idle-timeout 0.5
             assert time.monotonic() - started < 5
         child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=10)
-    finally:
-        child.kill()
-        child.wait()
-    assert child.returncode == 0, err
+        err = clean_exit(child)
     assert "listening on 127.0.0.1:%d" % port in err  # --log-level info
     assert "connection limit (1) reached" in err
 
@@ -179,5 +173,5 @@ def test_the_console_script_is_the_same_command():
                             timeout=30)
     assert result.returncode == 0
     assert simpletcp.__version__ in result.stdout
-    child, port = start(command=[str(SCRIPT)])
-    ask_then_stop(child, port, b"script", b"script")
+    with running(command=[str(SCRIPT)]) as (child, port):
+        ask_then_stop(child, port, b"script", b"script")
