@@ -479,7 +479,7 @@ cdef class Loop:
                 if skipped >= 0:
                     logger.warning("connection limit (%d) reached: closing new connections "
                                    "at once until one ends%s", self.connection_limit,
-                                   since_last(skipped, "closed so"))
+                                   since_last(skipped, "connections closed"))
                 continue
             self.adopt(fd, &address)
         return 0

@@ -26,6 +26,7 @@ cdef class LogThrottle:
 
 
 cdef str since_last(Py_ssize_t skipped, str what):
+    # The last report may be much older than LOG_INTERVAL: count since it, not per interval.
     if skipped <= 0:
         return ""
-    return f" ({skipped} more {what} in the last {LOG_INTERVAL:g} s)"
+    return f" ({skipped} more {what} since this was last logged)"
