@@ -6,9 +6,32 @@ import os
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join("src_pyx")
+
+
+class build_ext_also_in_place(build_ext):
+    """Build as usual, then also copy each compiled module into the source tree.
+
+    From a checkout, `pip install . && python -m simpletcp` (or a Python prompt) at the
+    checkout's root imports the tree's `simpletcp/`, which shadows the installed package:
+    with its own freshly built `_loop` beside the .py files it imports whole, and
+    consistently (both from this tree). From an unpacked sdist the copy is harmless, and
+    an in-place build (`pip install -e .`, `build_ext --inplace`) already put it there.
+    """
+
+    def run(self):
+        super().run()
+        if self.inplace:
+            return
+        for extension in self.extensions:
+            built = self.get_ext_fullpath(extension.name)
+            in_tree = os.path.join(HERE, self.get_ext_filename(extension.name))
+            if os.path.isdir(os.path.dirname(in_tree)):
+                self.copy_file(built, in_tree)
+
 
 extensions = [
     Extension(
@@ -19,6 +42,7 @@ extensions = [
 ]
 
 setup(
+    cmdclass={"build_ext": build_ext_also_in_place},
     ext_modules=cythonize(
         extensions,
         include_path=[SRC],
@@ -29,6 +53,9 @@ setup(
             "initializedcheck": False,
             "cdivision": True,
             "embedsignature": True,
+            # Nothing in the loop may be rebuilt from outside: an unpickled poller or
+            # connection would own a descriptor it never opened.
+            "auto_pickle": False,
         },
         annotate=bool(os.environ.get("SIMPLETCP_ANNOTATE")),
     ),

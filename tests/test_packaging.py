@@ -27,8 +27,13 @@ def _source_copy(tmp_path):
     return copy
 
 
-def test_wheel_is_a_platform_wheel_holding_the_compiled_loop(tmp_path):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A wheel built by pip from a clean source copy: (the copy, the wheel)."""
+    tmp_path = tmp_path_factory.mktemp("build")
     source = _source_copy(tmp_path)
+    # A module another Python built in this tree: it must stay out of this wheel.
+    (source / "simpletcp" / "_loop.cpython-30-x86_64-linux-gnu.so").write_bytes(b"not ours")
     out = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
@@ -36,11 +41,51 @@ def test_wheel_is_a_platform_wheel_holding_the_compiled_loop(tmp_path):
         check=True, cwd=tmp_path,
     )
     (wheel,) = out.glob("simpletcp-*.whl")
+    return source, wheel
+
+
+def built_module(source):
+    """The module the build left in the source tree (not the stray one)."""
+    (module,) = (source / "simpletcp").glob(f"_loop.{sys.implementation.cache_tag}-*.so")
+    return module
+
+
+def test_wheel_is_a_platform_wheel_holding_the_compiled_loop(built):
+    source, wheel = built
     assert not wheel.name.endswith("-none-any.whl"), wheel.name
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("simpletcp/_loop.") and n.endswith(".so") for n in names), names
+    assert [n for n in names if n.endswith(".so")] == [f"simpletcp/{built_module(source).name}"]
     assert "simpletcp/tcpserver.py" in names
     assert not any(n.startswith("src_pyx/") for n in names)
+
+
+def test_a_build_also_leaves_the_compiled_loop_in_the_source_tree(built):
+    # So that python -m simpletcp, or a prompt, at a checkout's root (where the tree's
+    # simpletcp/ shadows the installed one) imports the tree whole.
+    source, _ = built
+    imported = subprocess.run(
+        [sys.executable, "-c", "import simpletcp._loop as m; print(m.__file__)"],
+        cwd=source, capture_output=True, text=True, check=True,
+    )
+    assert imported.stdout.strip() == str(built_module(source))
+
+
+@pytest.mark.parametrize("command", [["-c", "import simpletcp"], ["-m", "simpletcp", "--help"]])
+def test_a_source_tree_without_its_build_says_what_to_run(tmp_path, command):
+    # A fresh clone: the package's .py files, setup.py and src_pyx/, nothing compiled.
+    tree = tmp_path / "clone"
+    shutil.copytree(ROOT / "simpletcp", tree / "simpletcp",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(ROOT / "src_pyx", tree / "src_pyx", ignore=shutil.ignore_patterns("*.c"))
+    shutil.copy(ROOT / "setup.py", tree)
+    result = subprocess.run([sys.executable, *command], cwd=tree, capture_output=True,
+                            text=True)
+    assert result.returncode == 1
+    assert "No module named" not in result.stderr.splitlines()[-1]
+    message = result.stderr
+    assert f"imported from its source tree, {tree / 'simpletcp'}" in message
+    assert f"Run `pip install .` in {tree}" in message
+    assert "run Python from another directory" in message
 
 
 def test_sdist_holds_the_cython_sources(tmp_path):
