@@ -1,8 +1,37 @@
 """Working out, once, how the user's read_callback wants to be called."""
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Callable
+
+
+def check_runs_when_called(read_callback: object) -> None:
+    """TypeError for a callback whose body would not run when the server calls it.
+
+    The server calls read_callback synchronously in its thread and does nothing with
+    what it returns: an ``async def`` (or async generator, or generator) function
+    called that way only creates an object, and its code never runs. Partials of
+    them and objects whose ``__call__`` is one are the same.
+    """
+    target = read_callback
+    while isinstance(target, functools.partial):
+        target = target.func
+    candidates = [target]
+    if not inspect.isclass(target) and not inspect.isroutine(target):
+        candidates.append(getattr(target, "__call__", None))  # a callable object
+    for candidate in candidates:
+        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
+            raise TypeError(
+                "read_callback is an async function: the server calls it synchronously, "
+                "in its own thread, so its body would never run. Make it a plain def; "
+                "to use asyncio, hand the work to your event loop "
+                "(asyncio.run_coroutine_threadsafe) and put() the reply from there."
+            )
+        if inspect.isgeneratorfunction(candidate):
+            raise TypeError(
+                "read_callback is a generator function (it contains yield): calling it "
+                "runs none of its body. Make it a plain def that calls queue.put()."
+            )
 
 
 def takes_ip(read_callback: object) -> bool:

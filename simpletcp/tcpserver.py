@@ -66,6 +66,7 @@ class TCPServer:
         idle_timeout: Optional[float] = None,
     ) -> None:
         takes_ip = _callback.takes_ip(read_callback)
+        _callback.check_runs_when_called(read_callback)
         if maximum_connections is None:
             maximum_connections = socket.SOMAXCONN
         _address.check_positive_int(maximum_connections, "maximum_connections")

@@ -10,12 +10,23 @@
 DEF READS_PER_EVENT = 16
 
 
+cdef struct PeerAddress:
+    # Where a connection came from, as accept() said, kept in 8 bytes so that every
+    # connection has it (queue.peer, log lines) at no cost in memory; an IPv6 host does
+    # not fit and is kept as text in Connection.peer_ip instead.
+    sa_family_t family        # AF_INET, AF_INET6, or 0: not an IP peer
+    unsigned short port       # network byte order
+    in_addr ipv4              # AF_INET only
+
+
 cdef class Connection:
     cdef int fd
+    cdef PeerAddress peer     # here, beside fd, it fills what was alignment padding
     cdef Loop loop
     cdef OutputBuffer out
     cdef object queue         # the ConnectionQueue handed to the callback, made lazily
-    cdef object peer_ip       # str, made at accept only when the callback asks for it
+    cdef object peer_ip       # the peer's host as str, made at accept only when the
+                              # callback takes ip or the host is IPv6; see peer_host()
     cdef int interest         # READABLE/WRITABLE as registered with the poller now
     cdef bint reading         # False after EOF, shutdown() or stop(): drain, then close
     cdef bint closing         # close as soon as the output buffer is empty
@@ -29,8 +40,34 @@ cdef class Connection:
     cdef Connection older     # neighbours in the loop's idle list, oldest activity first
     cdef Connection newer
 
+    def __init__(self, *args, **kwargs):
+        internal_class(self)
+
     def __dealloc__(self):
         outbuf_clear(&self.out)
+
+    cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1:
+        """Keep accept()'s `address`; as text too if `as_text` (the callback takes ip)."""
+        self.peer.family = address.ss_family
+        if address.ss_family == AF_INET:
+            self.peer.port = (<sockaddr_in *>address).sin_port
+            self.peer.ipv4 = (<sockaddr_in *>address).sin_addr
+        elif address.ss_family == AF_INET6:
+            self.peer.port = (<sockaddr_in6 *>address).sin6_port
+            as_text = True
+        if as_text:
+            self.peer_ip = format_peer_ip(address)
+        return 0
+
+    cdef str peer_host(self):
+        """The peer's host as text ("" if it is not an IP peer)."""
+        cdef char text[INET6_ADDRSTRLEN + 1]
+        if self.peer_ip is not None:
+            return self.peer_ip
+        if self.peer.family == AF_INET and inet_ntop(AF_INET, &self.peer.ipv4, text,
+                                                      sizeof(text)) != NULL:
+            return (<bytes>text).decode("ascii")
+        return ""
 
     cdef object get_queue(self):
         if self.queue is None:
@@ -171,6 +208,12 @@ cdef class Connection:
         self.close()
         return 0
 
+    cdef void close_after_failed_callback(self):
+        """The callback raised (or cannot run): send what it queued, then close."""
+        self.callback_failed = True
+        self.reading = False
+        self.closing = True
+
     cdef bint must_wait(self):
         """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put)."""
         return (self.out.pending >= self.loop.high_water and self.fd >= 0
@@ -186,9 +229,15 @@ cdef class Connection:
         outbuf_clear(&self.out)
         self.loop.forget(self, fd)
 
+    cdef tuple peer_address(self):
+        """(host, port) of the peer, as given to the user (queue.peer)."""
+        return (self.peer_host(), ntohs(self.peer.port))
+
     cdef str describe(self):
-        if self.peer_ip is not None:
-            return f"{self.peer_ip} (fd {self.fd})"
+        if self.peer.family == AF_INET6:
+            return f"[{self.peer_host()}]:{ntohs(self.peer.port)} (fd {self.fd})"
+        if self.peer.family == AF_INET:
+            return f"{self.peer_host()}:{ntohs(self.peer.port)} (fd {self.fd})"
         return f"fd {self.fd}"
 
 
@@ -207,13 +256,37 @@ cdef bytes as_chunk(object item):
                         f"memoryview), not {type(item).__name__}") from None
 
 
+cdef Connection live_connection(object candidate):
+    """`candidate` if it is a connection the loop made, else None.
+
+    A Connection made from Python (Connection.__new__) has no loop: nothing may use it.
+    """
+    if isinstance(candidate, Connection) and (<Connection>candidate).loop is not None:
+        return <Connection>candidate
+    return None
+
+
+cdef Connection connection_of(object queue):
+    """The connection behind `queue`, or TypeError: never a crash.
+
+    The queue is a Python object whose slot can be emptied or replaced
+    (ConnectionQueue.__new__, object.__setattr__), so every method comes through here.
+    """
+    cdef Connection connection = live_connection(getattr(queue, "_connection", None))
+    if connection is None:
+        raise TypeError("this ConnectionQueue is not bound to a connection: the server "
+                        "creates each connection's queue and hands it to the callback")
+    return connection
+
+
 class ConnectionQueue(_queue.Queue):
     """The queue a callback is given: what is put into it is sent to that peer.
 
     It is a ``queue.Queue`` so code written for the original simpleTCP keeps working,
     but it is consumed by the server, not by get(): put() and put_nowait() queue bytes
     for sending, from the callback or from any thread; shutdown() closes the connection
-    once what was queued is sent (shutdown(immediate=True): at once).
+    once what was queued is sent (shutdown(immediate=True): at once). ``peer`` is the
+    (host, port) the connection came from.
     """
 
     # Queue.__init__ is skipped on purpose: its lock and three Conditions would cost
@@ -221,6 +294,10 @@ class ConnectionQueue(_queue.Queue):
     __slots__ = ("_connection",)
 
     def __init__(self, connection):
+        if live_connection(connection) is None:
+            raise TypeError("ConnectionQueue cannot be created from Python: the server "
+                            "creates each connection's queue and hands it to the callback "
+                            f"(got {type(connection).__name__})")
         self._connection = connection
 
     def put(self, item, block=True, timeout=None):
@@ -231,7 +308,7 @@ class ConnectionQueue(_queue.Queue):
         the output to drain below the low-water mark, as queue.Queue.put waits for room:
         ``block=False`` or an expired ``timeout`` raise ``queue.Full``.
         """
-        cdef Connection connection = <Connection>self._connection
+        cdef Connection connection = connection_of(self)
         if timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         if connection.must_wait():
@@ -240,31 +317,37 @@ class ConnectionQueue(_queue.Queue):
 
     def put_nowait(self, item):
         """put(item, block=False): from another thread, queue.Full above the high-water mark."""
-        cdef Connection connection = <Connection>self._connection
+        cdef Connection connection = connection_of(self)
         if connection.must_wait():
             raise _queue.Full
         connection.put(item)
 
     def shutdown(self, immediate=False):
         """Close the connection once what is queued is sent (or now, if immediate)."""
-        (<Connection>self._connection).shutdown(immediate)
+        connection_of(self).shutdown(immediate)
 
     def qsize(self):
         """How many queued chunks are not yet wholly sent."""
-        return outbuf_chunks(&(<Connection>self._connection).out)
+        return outbuf_chunks(&connection_of(self).out)
 
     def empty(self):
-        return outbuf_chunks(&(<Connection>self._connection).out) == 0
+        return outbuf_chunks(&connection_of(self).out) == 0
 
     def full(self):
         """Whether the unsent output is at or above the server's high-water mark."""
-        connection = <Connection>self._connection
+        cdef Connection connection = connection_of(self)
         return connection.out.pending >= connection.loop.high_water
 
     @property
     def pending_bytes(self):
         """How many queued bytes the peer has not been sent yet."""
-        return (<Connection>self._connection).out.pending
+        return connection_of(self).out.pending
+
+    @property
+    def peer(self):
+        """The (host, port) this connection came from, as accept() gave it; unique among
+        open connections, and still there after the connection closed."""
+        return connection_of(self).peer_address()
 
     def _consumed_by_server(self, *args, **kwargs):
         raise NotImplementedError(
@@ -274,5 +357,7 @@ class ConnectionQueue(_queue.Queue):
     get = get_nowait = task_done = join = _consumed_by_server
 
     def __repr__(self):
-        connection = <Connection>self._connection
+        cdef Connection connection = live_connection(getattr(self, "_connection", None))
+        if connection is None:
+            return "<ConnectionQueue not bound to a connection>"
         return f"<ConnectionQueue {connection.describe()} pending={connection.out.pending}>"

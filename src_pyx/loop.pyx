@@ -35,8 +35,10 @@ cdef extern from "Python.h":
 
 import logging
 import os
+from collections.abc import Coroutine as _Coroutine
 import queue as _queue
 import signal as _signal
+from socket import socket as _Socket
 import threading
 import time as _time
 
@@ -53,6 +55,16 @@ if ShutDown is None:
 cdef int raise_errno(str what) except -1:
     cdef int error = errno
     raise OSError(error, f"{what}: {strerror(error).decode()}")
+
+
+cdef int internal_class(object instance) except -1:
+    """The __init__ of the loop's internal classes: they cannot be made from Python.
+
+    The loop makes them with Cls.__new__(Cls), which does not call __init__; from Python,
+    a half-made one could point the loop at memory or descriptors it does not own.
+    """
+    raise TypeError(f"{type(instance).__name__} is internal to simpletcp's loop and "
+                    "cannot be created from Python")
 
 
 cdef inline bint would_block(int error) noexcept nogil:

@@ -19,6 +19,9 @@ cdef class Poller:
     cdef int ready_events[MAX_READY]
     cdef readonly str name
 
+    def __init__(self, *args, **kwargs):
+        internal_class(self)
+
     cdef int register(self, int fd, int events) except -1:
         raise NotImplementedError
 
@@ -233,8 +236,8 @@ cdef Poller make_poller(str backend):
     """The poller for ``backend``; "auto" picks epoll where the system has it."""
     if backend == "auto" or backend == "epoll":
         try:
-            return EpollPoller()
+            return EpollPoller.__new__(EpollPoller)
         except OSError:
             if backend == "epoll":
                 raise
-    return PollPoller()
+    return PollPoller.__new__(PollPoller)

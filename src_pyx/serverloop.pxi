@@ -68,6 +68,7 @@ cdef class Loop:
     cdef double accept_resume_at  # 0, or when to retry after EMFILE/ENFILE
     cdef LogThrottle accept_error_log
     cdef LogThrottle limit_log    # "connection limit reached"
+    cdef LogThrottle coroutine_log  # "read_callback returned a coroutine"
 
     # With an idle timeout: open connections, least recently active first, so the
     # next to expire is always at the head (moving one to the tail is O(1)).
@@ -88,6 +89,13 @@ cdef class Loop:
                  str backend="auto", double grace_period=5.0,
                  Py_ssize_t high_water=1 << 20, Py_ssize_t low_water=1 << 18,
                  Py_ssize_t connection_limit=0, double idle_timeout=0):
+        if self.listener is not None:
+            # A second __init__ would swap the buffer, poller and socket under a loop
+            # that may be serving.
+            raise RuntimeError("this Loop is already initialized")
+        if not isinstance(listener, _Socket):
+            raise TypeError(f"listener must be a listening socket.socket, got "
+                            f"{type(listener).__name__}")
         if recv_bytes <= 0:
             raise ValueError(f"recv_bytes must be a positive int, got {recv_bytes}")
         if not 0 <= low_water <= high_water or high_water <= 0:
@@ -108,8 +116,9 @@ cdef class Loop:
         self.grace_period = grace_period
         self.scheduled = []
         self.lingering = []
-        self.accept_error_log = LogThrottle()
-        self.limit_log = LogThrottle()
+        self.accept_error_log = LogThrottle.__new__(LogThrottle)
+        self.limit_log = LogThrottle.__new__(LogThrottle)
+        self.coroutine_log = LogThrottle.__new__(LogThrottle)
         self.read_buffer = <char *>malloc(recv_bytes)
         if self.read_buffer == NULL:
             raise MemoryError()
@@ -134,7 +143,16 @@ cdef class Loop:
     @property
     def backend(self):
         """The poller in use: "epoll" or "poll"."""
+        self.check_initialized()
         return self.poller.name
+
+    cdef int check_initialized(self) except -1:
+        # Loop.__new__(Loop), or an __init__ that raised: no poller, buffer or eventfd
+        # (made last) to serve with.
+        if self.wake_fd < 0:
+            raise RuntimeError("this Loop was not initialized (Loop.__init__ did not "
+                               "complete)")
+        return 0
 
     # ---- the Python-visible API -----------------------------------------------------
 
@@ -143,6 +161,7 @@ cdef class Loop:
 
         ``ready`` is called once the loop is about to wait for the first time.
         """
+        self.check_initialized()
         if self.running or self.finished:
             raise RuntimeError("this loop has already run; a server serves once")
         self.running = True
@@ -375,20 +394,35 @@ cdef class Loop:
 
     cdef int dispatch(self, Connection connection, bytes data) except -1:
         """Call the user's callback; an exception closes only this connection."""
+        cdef object result
         self.dispatching = connection
         try:
             if self.callback_takes_ip:
-                self.callback(connection.peer_ip, connection.get_queue(), data)
+                result = self.callback(connection.peer_ip, connection.get_queue(), data)
             else:
-                self.callback(connection.get_queue(), data)
+                result = self.callback(connection.get_queue(), data)
+            if result is not None and isinstance(result, _Coroutine):
+                self.discard_coroutine(connection, result)
         except Exception:
             logger.exception("read_callback raised; closing connection %s once its "
                              "queued output is sent", connection.describe())
-            connection.callback_failed = True
-            connection.reading = False
-            connection.closing = True
+            connection.close_after_failed_callback()
         finally:
             self.dispatching = None
+        return 0
+
+    cdef int discard_coroutine(self, Connection connection, object coroutine) except -1:
+        """The callback returned a coroutine (it wraps an async def): nothing will ever
+        run it. TCPServer rejects async callbacks it can see; this catches the rest."""
+        coroutine.close()  # never started: closing it runs none of its code, and Python
+                           # does not warn that it was never awaited
+        cdef Py_ssize_t skipped = self.coroutine_log.due()
+        if skipped >= 0:
+            logger.error("read_callback returned a coroutine, which nothing awaits: the "
+                         "callback is called synchronously, so its async code never runs; "
+                         "closing connection %s once its queued output is sent%s",
+                         connection.describe(), since_last(skipped, "coroutines discarded"))
+        connection.close_after_failed_callback()
         return 0
 
     cdef int linger(self, Connection connection) except -1:
@@ -502,8 +536,7 @@ cdef class Loop:
         connection.loop = self
         connection.reading = True
         connection.interest = READABLE
-        if self.callback_takes_ip:
-            connection.peer_ip = format_peer_ip(address)
+        connection.remember_peer(address, self.callback_takes_ip)
         if self.idle_timeout:
             connection.last_active = self.now = monotonic()
             self.idle_append(connection)

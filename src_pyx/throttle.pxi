@@ -12,6 +12,9 @@ cdef class LogThrottle:
     cdef double reported_at       # monotonic time of the last report; 0: never
     cdef Py_ssize_t unreported    # occurrences since then
 
+    def __init__(self, *args, **kwargs):
+        internal_class(self)
+
     cdef Py_ssize_t due(self):
         """Count one occurrence; if a report is due, return how many went unreported
         since the last one (0 or more), else -1."""

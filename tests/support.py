@@ -26,12 +26,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def serve(backend: str) -> Iterator[Callable[..., TCPServer]]:
-    """serve(callback, **keywords) -> a started TCPServer on 127.0.0.1, stopped after the test."""
+    """serve(callback, mode="localhost", **keywords) -> a started TCPServer on a free port,
+    stopped after the test."""
     servers: List[TCPServer] = []
 
-    def start(callback: Callable[..., object], **keywords: object) -> TCPServer:
+    def start(callback: Callable[..., object], mode: str = "localhost",
+              **keywords: object) -> TCPServer:
         keywords.setdefault("backend", backend)
-        server = TCPServer("localhost", 0, callback, **keywords)
+        server = TCPServer(mode, 0, callback, **keywords)
         servers.append(server)
         return server.start()
 

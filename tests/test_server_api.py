@@ -1,10 +1,12 @@
 """Constructing a TCPServer: modes, ports, properties and argument checking."""
 import functools
+import gc
+import logging
 import socket
 
 import pytest
 
-from support import backend, serve  # noqa: F401  (fixtures)
+from support import HandOff, backend, recv_until_eof, serve, wait_for  # noqa: F401  (fixtures)
 
 from simpletcp.tcpserver import TCPServer
 
@@ -141,3 +143,141 @@ def test_callback_arity_is_detected(serve, make_callback, expected):
     assert reply in (b"ping", b"ping!")
     if expected is not None:
         assert handler.seen == [expected]
+
+
+async def async_echo(queue, data):
+    queue.put(data)
+
+
+async def async_echo_generator(queue, data):
+    queue.put(data)
+    yield
+
+
+def generator_echo(queue, data):
+    queue.put(data)
+    yield
+
+
+class AsyncCall:
+    async def __call__(self, ip, queue, data):
+        queue.put(data)
+
+
+class AsyncMethods:
+    async def handle(self, queue, data):
+        queue.put(data)
+
+
+@pytest.mark.parametrize(
+    "callback, word",
+    [
+        (async_echo, "async"),
+        (functools.partial(async_echo), "async"),
+        (functools.partial(functools.partial(async_echo)), "async"),
+        (AsyncCall(), "async"),
+        (functools.partial(AsyncCall(), "127.0.0.1"), "async"),
+        (AsyncMethods().handle, "async"),
+        (async_echo_generator, "async"),
+        (generator_echo, "generator"),
+    ],
+    ids=["async-def", "partial", "partial-of-partial", "async-__call__",
+         "partial-of-async-__call__", "async-method", "async-generator", "generator"],
+)
+def test_a_callback_whose_body_would_never_run_is_rejected(callback, word):
+    with pytest.raises(TypeError, match=f"read_callback is an? {word}"):
+        TCPServer("localhost", 0, callback)
+
+
+def test_a_class_with_an_async_call_is_still_a_plain_callback(serve):
+    # Calling the class constructs an instance: that runs, so it is not rejected.
+    class Reply:
+        def __init__(self, queue, data):
+            queue.put(data)
+
+        async def __call__(self):
+            pass
+
+    server = serve(Reply)
+    with socket.create_connection((server.ip, server.port), timeout=5) as client:
+        client.sendall(b"built")
+        assert client.recv(10) == b"built"
+
+
+def test_a_callback_returning_a_coroutine_is_logged_once_and_closes(serve, caplog, recwarn):
+    # A plain def wrapping an async one gets past the constructor's check: the loop
+    # finds the coroutine it returns, closes it unrun and closes that connection.
+    ran = []
+
+    async def handler(queue, data):
+        ran.append(data)
+        queue.put(data)
+
+    caplog.set_level(logging.ERROR, logger="simpletcp")
+    server = serve(lambda queue, data: handler(queue, data))
+    for attempt in range(3):
+        with socket.create_connection((server.ip, server.port), timeout=5) as client:
+            client.sendall(b"anyone?")
+            assert recv_until_eof(client) == b""
+    gc.collect()
+    errors = [r for r in caplog.records if "coroutine" in r.getMessage()]
+    assert len(errors) == 1, errors  # then at most once per 10 s, with a count
+    assert "nothing awaits" in errors[0].getMessage()
+    assert ran == []
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+@pytest.mark.parametrize("form", ["queue-data", "ip-queue-data"])
+def test_queue_peer_is_the_clients_address_unique_per_connection(serve, form):
+    peers = []
+
+    def record_two(queue, data):
+        peers.append(queue.peer)
+        queue.put(b"%d" % len(peers))
+
+    callback = (record_two if form == "queue-data"
+                else lambda ip, queue, data: record_two(queue, data))
+    server = serve(callback)
+    clients = [socket.create_connection((server.ip, server.port), timeout=5) for _ in range(2)]
+    try:
+        for client in clients:
+            client.sendall(b"who am i")
+            assert client.recv(10)
+        assert peers == [client.getsockname() for client in clients]
+        assert len(set(peers)) == 2
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_queue_peer_outlives_the_connection(serve):
+    handoff = HandOff()
+    server = serve(handoff)
+    with socket.create_connection((server.ip, server.port), timeout=5) as client:
+        client.sendall(b"x")
+        queue = handoff.first_queue()
+        address = client.getsockname()
+    wait_for(lambda: server.connection_count == 0)
+    assert queue.peer == address
+    assert f"{address[0]}:{address[1]}" in repr(queue)
+
+
+def test_ip_form_and_peer_over_ipv6(serve):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    seen = []
+
+    def record(ip, queue, data):
+        seen.append((ip, queue.peer, repr(queue)))
+        queue.put(data)
+
+    try:
+        server = serve(record, mode="::1")
+    except OSError as exc:
+        pytest.skip(f"::1 cannot be bound here: {exc}")
+    with socket.create_connection(("::1", server.port), timeout=5) as client:
+        client.sendall(b"six")
+        assert client.recv(10) == b"six"
+        host, port = client.getsockname()[:2]
+    assert seen == [("::1", ("::1", port), seen[0][2])]
+    assert f"[::1]:{port}" in seen[0][2]

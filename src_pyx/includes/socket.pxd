@@ -47,17 +47,19 @@ cdef extern from "<netinet/in.h>" nogil:
         IPPROTO_TCP
 
     struct in_addr:
-        pass
+        unsigned int s_addr
 
     struct in6_addr:
         pass
 
     struct sockaddr_in:
         sa_family_t sin_family
+        unsigned short sin_port
         in_addr sin_addr
 
     struct sockaddr_in6:
         sa_family_t sin6_family
+        unsigned short sin6_port
         in6_addr sin6_addr
 
 cdef extern from "<netinet/tcp.h>" nogil:
@@ -68,6 +70,7 @@ cdef extern from "<arpa/inet.h>" nogil:
     enum:
         INET6_ADDRSTRLEN
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    unsigned short ntohs(unsigned short netshort)
 
 cdef extern from "<errno.h>" nogil:
     # Cython's libc.errno leaves it out; on Linux it equals EAGAIN, elsewhere it may not.

@@ -1,0 +1,279 @@
+"""Nothing reachable from Python crashes the interpreter.
+
+Each public class, and each class the compiled module exposes as ``simpletcp._loop.X``,
+is abused in a child process: wrong arguments, ``__init__`` bypassed with ``__new__``,
+its slots emptied or replaced, every attribute poked, use after close and after stop.
+Every attempt must end in a Python exception (or quietly do nothing harmful); a child
+killed by a signal (a segfault) fails the test and names the last attempt.
+"""
+import inspect
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import simpletcp._loop as loop_module
+
+pytestmark = pytest.mark.timeout(120)
+
+# The child's tools. attempt() prints its label before trying, so a crash leaves the
+# culprit as the last line; an outcome other than the expected one exits 1.
+HARNESS = '''
+import copy, gc, pickle, socket, sys, threading, time, weakref
+import simpletcp._loop as m
+from simpletcp.clientsocket import ClientSocket
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
+
+mismatches = []
+
+def attempt(label, action, expected):
+    print("trying", label, flush=True)
+    try:
+        action()
+        outcome = "ok"
+    except Exception as exc:
+        outcome = type(exc).__name__
+    allowed = expected if isinstance(expected, tuple) else (expected,)
+    if outcome not in allowed:
+        mismatches.append(f"{label}: {outcome}, expected {expected}")
+
+ANY_EXCEPTION_OR_OK = "any"
+
+def poke_everything(label, obj, skip=()):
+    """Get every attribute of obj and call each callable with no, one and junk args."""
+    for name in dir(obj):
+        if name in skip:
+            continue
+        try:
+            value = getattr(obj, name)
+        except Exception:
+            continue
+        if callable(value):
+            for args in ((), (None,), (b"x",), (-1,), (None, None)):
+                print("trying", f"{label}.{name}{args}", flush=True)
+                try:
+                    value(*args)
+                except Exception:
+                    pass
+    for operation in (repr, str, hash, copy.copy, pickle.dumps, weakref.ref):
+        print("trying", f"{operation.__name__}({label})", flush=True)
+        try:
+            operation(obj)
+        except Exception:
+            pass
+
+def echo_server_with_a_queue(**keywords):
+    """A started server and the queue of one connection to it (its client still open)."""
+    queues = []
+    arrived = threading.Event()
+    def keep(queue, data):
+        queues.append(queue)
+        queue.put(data)
+        arrived.set()
+    server = TCPServer("localhost", 0, keep, **keywords).start()
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    client.sendall(b"hello")
+    assert arrived.wait(10)
+    return server, client, queues[0]
+
+def finish():
+    gc.collect()
+    if mismatches:
+        print("MISMATCHES", *mismatches, sep="\\n", flush=True)
+        sys.exit(1)
+    print("ALL AS EXPECTED", flush=True)
+'''
+
+# For every internal class: it cannot be made from Python, and one made anyway with
+# __new__ has nothing a caller could use to reach its (unset) insides.
+INTERNAL = '''
+cls = m.{name}
+attempt("{name}()", lambda: cls(), "TypeError")
+attempt("{name}(None)", lambda: cls(None), "TypeError")
+attempt("{name}(1, x=2)", lambda: cls(1, x=2), "TypeError")
+class Subclass(cls):
+    pass
+attempt("subclass of {name}()", lambda: Subclass(), "TypeError")
+bypassed = cls.__new__(cls)
+attempt("{name}.__new__ then __init__", lambda: bypassed.__init__(), "TypeError")
+poke_everything("{name}.__new__({name})", bypassed)
+attempt("ConnectionQueue(a {name})", lambda: ConnectionQueue(bypassed), "TypeError")
+del bypassed
+finish()
+'''
+
+PROGRAMS = {
+    "ConnectionQueue": '''
+# The issue's reproducer.
+attempt("ConnectionQueue(None).put", lambda: ConnectionQueue(None).put(b"x"), "TypeError")
+for junk in (None, 0, "fd", object(), m.Connection.__new__(m.Connection)):
+    attempt(f"ConnectionQueue({junk!r})", lambda: ConnectionQueue(junk), "TypeError")
+
+unbound = ConnectionQueue.__new__(ConnectionQueue)
+for method in ("put", "put_nowait"):
+    attempt(f"unbound.{method}", lambda: getattr(unbound, method)(b"x"), "TypeError")
+for method in ("shutdown", "qsize", "empty", "full"):
+    attempt(f"unbound.{method}", lambda: getattr(unbound, method)(), "TypeError")
+for name in ("pending_bytes", "peer"):
+    attempt(f"unbound.{name}", lambda: getattr(unbound, name), "TypeError")
+attempt("unbound.get", lambda: unbound.get(), "NotImplementedError")
+poke_everything("unbound", unbound)
+
+server, client, live = echo_server_with_a_queue()
+real_connection = live._connection
+for replacement in (None, 42, live, m.Connection.__new__(m.Connection), real_connection):
+    hijacked = copy.copy(live)
+    object.__setattr__(hijacked, "_connection", replacement)
+    expected = "ok" if replacement is real_connection else "TypeError"
+    attempt(f"queue bound to {replacement!r}: put", lambda: hijacked.put(b"x"), expected)
+    attempt(f"queue bound to {replacement!r}: peer", lambda: hijacked.peer, expected)
+emptied = copy.copy(live)
+del emptied._connection
+attempt("queue with its slot deleted: put", lambda: emptied.put(b"x"), "TypeError")
+attempt("re-__init__ a live queue with None", lambda: live.__init__(None), "TypeError")
+attempt("put(str)", lambda: live.put("text"), "TypeError")
+attempt("put(None)", lambda: live.put(None), "TypeError")
+released = memoryview(b"gone")
+released.release()
+attempt("put(released memoryview)", lambda: live.put(released), "ValueError")
+attempt("put(timeout=-1)", lambda: live.put(b"x", timeout=-1), "ValueError")
+attempt("put(timeout='soon')", lambda: live.put(b"x", timeout="soon"), "TypeError")
+attempt("pickle a live queue", lambda: pickle.dumps(live), "TypeError")
+
+# Use after close: the client goes away, then the server stops.
+client.close()
+time.sleep(0.05)
+attempt("put after the peer closed", lambda: live.put(b"late"), ("ok", "ShutDown"))
+assert server.stop(timeout=10)
+for method in ("put", "put_nowait"):
+    attempt(f"{method} after stop", lambda: getattr(live, method)(b"late"), ("ok", "ShutDown"))
+attempt("shutdown after stop", lambda: live.shutdown(immediate=True), "ok")
+attempt("put after shutdown", lambda: live.put(b"x"), "ShutDown")
+attempt("peer after stop", lambda: live.peer, "ok")
+poke_everything("queue after stop", live)
+del server
+gc.collect()
+attempt("put once the server is gone", lambda: live.put(b"x"), "ShutDown")
+finish()
+''',
+    "Loop": '''
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+echo = lambda queue, data: queue.put(data)
+attempt("Loop()", lambda: m.Loop(), "TypeError")
+attempt("Loop(None, ...)", lambda: m.Loop(None, echo, False, 10), "TypeError")
+attempt("Loop(recv_bytes=0)", lambda: m.Loop(listener, echo, False, 0), "ValueError")
+attempt("Loop(recv_bytes=2**63)", lambda: m.Loop(listener, echo, False, 2**63), "OverflowError")
+attempt("Loop(backend=1)", lambda: m.Loop(listener, echo, False, 10, 1), "TypeError")
+attempt("Loop(backend='kqueue')", lambda: m.Loop(listener, echo, False, 10, "kqueue"),
+        "ValueError")
+attempt("Loop(low_water > high_water)",
+        lambda: m.Loop(listener, echo, False, 10, "auto", 1.0, 10, 20), "ValueError")
+
+bare = m.Loop.__new__(m.Loop)
+attempt("bare loop: run", lambda: bare.run(), "RuntimeError")
+attempt("bare loop: backend", lambda: bare.backend, "RuntimeError")
+attempt("bare loop: request_stop", lambda: bare.request_stop(), "ok")
+poke_everything("bare loop", bare)
+
+failed = m.Loop.__new__(m.Loop)
+attempt("failed __init__", lambda: failed.__init__(listener, echo, False, -5), "ValueError")
+attempt("run after a failed __init__", lambda: failed.run(), "RuntimeError")
+attempt("backend after a failed __init__", lambda: failed.backend, "RuntimeError")
+
+closed = socket.socket()
+closed.close()
+attempt("run on a closed listener", lambda: m.Loop(closed, echo, False, 10).run(), "OSError")
+
+loop = m.Loop(listener, echo, False, 10)
+attempt("__init__ again", lambda: loop.__init__(listener, echo, False, 10), "RuntimeError")
+thread = threading.Thread(target=loop.run)
+thread.start()
+while not loop.running:
+    time.sleep(0.01)
+attempt("run while running", lambda: loop.run(), "RuntimeError")
+loop.request_stop()
+thread.join(10)
+attempt("run after stop", lambda: loop.run(), "RuntimeError")
+attempt("backend after stop", lambda: loop.backend, "ok")
+poke_everything("loop after stop", loop)
+finish()
+''',
+    "TCPServer": '''
+echo = lambda queue, data: queue.put(data)
+attempt("TCPServer()", lambda: TCPServer(), "TypeError")
+attempt("TCPServer(None, None, None)", lambda: TCPServer(None, None, None), "TypeError")
+attempt("async callback", lambda: TCPServer("localhost", 0, _async_echo), "TypeError")
+bare = TCPServer.__new__(TCPServer)
+for name in ("run", "start", "stop", "close"):
+    attempt(f"bare server: {name}", lambda: getattr(bare, name)(), "AttributeError")
+poke_everything("bare server", bare, skip=("run", "serve_forever"))
+
+server = TCPServer("localhost", 0, echo).start()
+attempt("start twice", lambda: server.start(), "RuntimeError")
+attempt("stop", lambda: server.stop(timeout=10), "ok")
+attempt("stop again", lambda: server.stop(timeout=10), "ok")
+attempt("run after stop", lambda: server.run(), "RuntimeError")
+attempt("the loop's run after stop", lambda: server._loop.run(), "RuntimeError")
+poke_everything("server after stop", server)
+
+never_run = TCPServer("localhost", 0, echo)
+never_run.stop()
+attempt("start after a stop that came first", lambda: never_run.start(), "RuntimeError")
+finish()
+''',
+    "ClientSocket": '''
+attempt("ClientSocket()", lambda: ClientSocket(), "TypeError")
+attempt("ClientSocket(None, None)", lambda: ClientSocket(None, None), "TypeError")
+bare = ClientSocket.__new__(ClientSocket)
+poke_everything("bare client", bare)
+probe = socket.socket()
+probe.bind(("127.0.0.1", 0))
+port = probe.getsockname()[1]
+probe.close()
+client = ClientSocket("localhost", port, timeout=5)
+attempt("send to nobody", lambda: client.send(b"x"), "ConnectionRefusedError")
+attempt("close twice", lambda: (client.close(), client.close()), "ok")
+poke_everything("closed client", client)
+finish()
+''',
+}
+PROGRAMS["ShutDown"] = '''
+attempt("raise ShutDown", lambda: (_ for _ in ()).throw(m.ShutDown("x")), "ShutDown")
+poke_everything("ShutDown('x')", m.ShutDown("x"))
+finish()
+'''
+for internal in ("Connection", "Poller", "EpollPoller", "PollPoller", "LogThrottle"):
+    PROGRAMS[internal] = INTERNAL.format(name=internal)
+
+ASYNC_ECHO = '''
+async def _async_echo(queue, data):
+    queue.put(data)
+'''
+
+
+def run_child(program):
+    return subprocess.run(
+        [sys.executable, "-c", HARNESS + ASYNC_ECHO + textwrap.dedent(program)],
+        capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_every_class_of_the_compiled_module_is_abused_here():
+    compiled = {name for name, value in vars(loop_module).items()
+                if inspect.isclass(value) and value.__module__ == loop_module.__name__}
+    public = {"TCPServer", "ClientSocket"}
+    assert compiled | public <= set(PROGRAMS), "add the new class to PROGRAMS"
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_abuse_raises_python_exceptions_never_crashes(name):
+    result = run_child(PROGRAMS[name])
+    if result.returncode < 0:
+        last = result.stdout.strip().splitlines()[-1:]
+        pytest.fail(f"{name}: the interpreter died of signal {-result.returncode} "
+                    f"while {last}\n{result.stderr[-2000:]}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ALL AS EXPECTED" in result.stdout
