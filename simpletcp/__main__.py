@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from typing import Any, Callable, List, Optional
 
@@ -25,8 +26,9 @@ class TargetError(Exception):
 def load_target(target: str) -> Callable[..., Any]:
     """Import ``package.module:attribute.path`` and return that object."""
     module_name, sep, attribute_path = target.partition(":")
-    if not sep or not module_name or not attribute_path:
-        raise TargetError(f"target must look like MODULE:CALLABLE, got {target!r}")
+    if not sep or not _dotted_name(module_name) or not _dotted_name(attribute_path):
+        raise TargetError(f"target must look like MODULE:CALLABLE (dotted Python names), "
+                          f"got {target!r}")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -39,6 +41,10 @@ def load_target(target: str) -> Callable[..., Any]:
     if not callable(obj):
         raise TargetError(f"{target!r} is not callable")
     return obj  # type: ignore[no-any-return]
+
+
+def _dotted_name(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: TCPServer arguments whose flag is not --the-same-name.
+FLAG_OF_ARGUMENT = {"maximum_connections": "--backlog", "read_callback": "MODULE:CALLABLE"}
+
+
+def _naming_the_flag(message: str) -> str:
+    """TCPServer's error message (it starts with the argument's name), for the flag."""
+    argument = re.split(r"\W", message, maxsplit=1)[0]
+    flag = FLAG_OF_ARGUMENT.get(argument, "--" + argument.replace("_", "-"))
+    return f"argument {flag}: {message}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -108,7 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             connection_limit=args.connection_limit, idle_timeout=args.idle_timeout,
         )
     except (TypeError, ValueError) as exc:
-        parser.error(str(exc))
+        parser.error(_naming_the_flag(str(exc)))
     except OSError as exc:
         print(f"simpletcp: {exc}", file=sys.stderr)
         return 1

@@ -76,6 +76,6 @@ def takes_ip(read_callback: object) -> bool:
     if required < 2 and accepted >= 2:
         return False
     raise TypeError(
-        f"read_callback{signature} cannot be called as callback(queue, data) "
-        "or callback(ip, queue, data)"
+        "read_callback cannot be called as callback(queue, data) or "
+        f"callback(ip, queue, data): its signature is {signature}"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Optional, Union
 
-from simpletcp import _address
+from simpletcp import _address, _arguments
 
 #: Seconds a connect, send or receive may take before socket.timeout is raised.
 DEFAULT_TIMEOUT = 10.0
@@ -17,7 +17,12 @@ class ClientSocket:
     or an address / host name. ``send(data)`` connects if needed, sends all of ``data``
     (str is sent as UTF-8) and returns the reply of one ``recv(recv_bytes)``: b"" when
     the server closed the connection. With ``single_use`` (the default) the connection
-    is closed after each send and the next send opens a new one.
+    is closed after each send and the next send opens a new one; without, the
+    connection is opened at once, as the original did, and kept.
+
+    The original's attributes keep their meaning: ``connect_ip`` and ``connect_port``
+    (where send() connects), ``closed`` (no connection is open) and ``used`` (send()
+    has sent something).
     """
 
     def __init__(
@@ -33,24 +38,36 @@ class ClientSocket:
             # 0.0.0.0 is where a server listens, not an address to reach it at.
             host = "127.0.0.1"
         self.mode = mode
-        self.port = _address.check_port(port)
-        self.recv_bytes = _address.check_positive_int(recv_bytes, "recv_bytes")
+        self.connect_ip = host
+        self.connect_port = _arguments.check_int(port, "port", 1, 65535)
+        self.recv_bytes = _arguments.check_int(recv_bytes, "recv_bytes", 1,
+                                               _arguments.MAX_RECV_BYTES)
         if not isinstance(single_use, bool):
             raise TypeError(f"single_use must be a bool, got {type(single_use).__name__}")
         self.single_use = single_use
-        self.timeout = _address.check_timeout(timeout, "timeout")
-        self._host = host
+        self.timeout = _arguments.check_seconds(timeout, "timeout", allow_zero=False,
+                                                allow_none=True)
+        self.used = False
         self._socket: Optional[socket.socket] = None
+        if not single_use:
+            # As the original: a kept connection opens now, and fails here if it cannot.
+            self.connect()
 
     @property
     def connected(self) -> bool:
+        """Whether a connection is open."""
         return self._socket is not None
+
+    @property
+    def closed(self) -> bool:
+        """Whether no connection is open (the original's name for ``not connected``)."""
+        return self._socket is None
 
     def connect(self) -> None:
         """Open the connection now (send() does so when needed)."""
         if self._socket is not None:
             return
-        family, sockaddr = _address.resolve(self._host, self.port, passive=False)
+        family, sockaddr = _address.resolve(self.connect_ip, self.connect_port, passive=False)
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -68,6 +85,7 @@ class ClientSocket:
         assert sock is not None
         try:
             sock.sendall(payload)
+            self.used = True
             reply = sock.recv(self.recv_bytes)
         except BaseException:
             self.close()  # the connection's state is unknown now: start afresh next time
@@ -90,7 +108,7 @@ class ClientSocket:
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
-        return f"<ClientSocket {self._host}:{self.port} {state}>"
+        return f"<ClientSocket {self.connect_ip}:{self.connect_port} {state}>"
 
 
 def _as_bytes(data: object) -> bytes:

@@ -11,7 +11,7 @@ import socket
 import threading
 from typing import Any, Callable, Optional
 
-from simpletcp import _address, _callback
+from simpletcp import _address, _arguments, _callback
 from simpletcp._loop import BACKENDS, ConnectionQueue, Loop, ShutDown
 
 __all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
@@ -65,29 +65,30 @@ class TCPServer:
         connection_limit: Optional[int] = None,
         idle_timeout: Optional[float] = None,
     ) -> None:
+        port = _arguments.check_int(port, "port", 0, 65535)
         takes_ip = _callback.takes_ip(read_callback)
         _callback.check_runs_when_called(read_callback)
         if maximum_connections is None:
             maximum_connections = socket.SOMAXCONN
-        _address.check_positive_int(maximum_connections, "maximum_connections")
-        _address.check_positive_int(recv_bytes, "recv_bytes")
+        maximum_connections = _arguments.check_int(
+            maximum_connections, "maximum_connections", 1, _arguments.MAX_C_INT)
+        recv_bytes = _arguments.check_int(recv_bytes, "recv_bytes", 1, _arguments.MAX_RECV_BYTES)
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-        grace_period = _address.check_timeout(grace_period, "grace_period", allow_none=False)
-        _address.check_positive_int(high_water, "high_water")
+            raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, "
+                             f"got {_arguments.shown(backend)}")
+        grace_period = _arguments.check_seconds(grace_period, "grace_period", allow_zero=True,
+                                                allow_none=False)
+        high_water = _arguments.check_int(high_water, "high_water", 1, _arguments.MAX_BYTES)
         if low_water is None:
             low_water = high_water // 4
-        elif isinstance(low_water, bool) or not isinstance(low_water, int):
-            raise TypeError(f"low_water must be an int, got {type(low_water).__name__}")
-        elif not 0 <= low_water <= high_water:
-            raise ValueError(f"low_water must be from 0 to high_water ({high_water}), got {low_water}")
+        low_water = _arguments.check_int(low_water, "low_water", 0, high_water)
         if connection_limit is not None:
-            _address.check_positive_int(connection_limit, "connection_limit")
-        idle_timeout = _address.check_timeout(idle_timeout, "idle_timeout")
-        if idle_timeout == 0:
-            raise ValueError("idle_timeout must be > 0 seconds, or None for no timeout")
+            connection_limit = _arguments.check_int(connection_limit, "connection_limit", 1,
+                                                    _arguments.MAX_C_INT)
+        idle_timeout = _arguments.check_seconds(idle_timeout, "idle_timeout", allow_zero=False,
+                                                allow_none=True)
 
         family, sockaddr = _address.resolve(mode, port, passive=True)
         listener = socket.socket(family, socket.SOCK_STREAM)

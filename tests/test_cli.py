@@ -86,11 +86,33 @@ def test_serves_a_callback_by_import_path(tmp_path):
     ("json:no_such_attribute", "has no attribute"),
     ("json:__name__", "not callable"),
     ("json", "MODULE:CALLABLE"),
+    (".:cb", "MODULE:CALLABLE"),  # import_module(".") raised TypeError: a traceback
+    ("json:loads.", "MODULE:CALLABLE"),
 ])
 def test_bad_target_exits_2_with_a_message(target, message):
     result = subprocess.run([sys.executable, "-m", "simpletcp", target],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--recv-bytes", "99999999999999999999"], "argument --recv-bytes: recv_bytes must be"),
+    (["--backlog", "9999999999"], "argument --backlog: maximum_connections must be"),
+    (["--port", "65536"], "argument --port: port must be"),
+    (["--grace-period", "nan"], "argument --grace-period: grace_period must be"),
+    (["--idle-timeout", "inf"], "argument --idle-timeout: idle_timeout must be"),
+    (["--high-water", "10", "--low-water", "11"], "argument --low-water: low_water must be"),
+    (["--connection-limit", "0"], "argument --connection-limit: connection_limit must be"),
+    (["--mode", "a" * 300], "argument --mode: mode is 300 characters long"),
+])
+def test_out_of_range_flags_are_usage_errors(flags, message):
+    # These ended in an OverflowError traceback before.
+    result = subprocess.run([sys.executable, "-m", "simpletcp", *flags],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "usage:" in result.stderr
     assert message in result.stderr
 
 

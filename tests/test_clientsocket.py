@@ -4,6 +4,8 @@ import threading
 
 import pytest
 
+from support import wait_for
+
 from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
 
@@ -144,6 +146,15 @@ def test_connection_refused_raises_oserror():
         (("localhost", 5000), {"recv_bytes": 0}, ValueError, "recv_bytes"),
         (("localhost", 5000), {"single_use": "yes"}, TypeError, "single_use"),
         (("localhost", 5000), {"timeout": -1}, ValueError, "timeout"),
+        # timeout=0 would make the socket non-blocking: send() raised BlockingIOError.
+        (("localhost", 5000), {"timeout": 0}, ValueError, "timeout"),
+        (("localhost", 5000), {"timeout": float("nan")}, ValueError, "timeout"),
+        (("localhost", 5000), {"timeout": 7 * 24 * 3600 + 1}, ValueError, "timeout"),
+        # recv_bytes=2**63 used to fail only in recv(), after the data was sent.
+        (("localhost", 5000), {"recv_bytes": 2**63}, ValueError, "recv_bytes"),
+        (("localhost", 5000), {"recv_bytes": 64 * 2**20 + 1}, ValueError, "recv_bytes"),
+        (("localhost", 0), {}, ValueError, "port"),
+        (("127.0.0.1\0x", 5000), {}, ValueError, "mode"),
     ],
 )
 def test_bad_arguments_name_the_argument(args, kwargs, error, word):
@@ -154,3 +165,36 @@ def test_bad_arguments_name_the_argument(args, kwargs, error, word):
 def test_send_rejects_non_bytes(server):
     with pytest.raises(TypeError, match="data"):
         ClientSocket("localhost", server.port).send(12345)
+
+
+def test_the_originals_attributes(server):
+    client = ClientSocket("localhost", server.port)
+    assert (client.connect_ip, client.connect_port) == ("127.0.0.1", server.port)
+    assert (client.closed, client.used) == (True, False)
+    assert client.send("one") == b"one"
+    assert (client.closed, client.used) == (True, True)  # single use: closed after send
+
+
+def test_a_kept_connection_opens_in_the_constructor_as_in_the_original(server):
+    with ClientSocket("localhost", server.port, single_use=False) as client:
+        assert not client.closed
+        wait_for(lambda: server.connection_count == 1)  # open before anything is sent
+        assert client.send("x") == b"x"
+    assert client.closed
+
+
+def test_a_kept_connection_to_nobody_fails_in_the_constructor():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(ConnectionRefusedError):
+        ClientSocket("localhost", port, single_use=False)
+
+
+def test_a_single_use_client_sends_again_on_a_new_connection(server):
+    # The original raised RuntimeError on a second send(); every program that worked
+    # with it works here, and this one works too.
+    client = ClientSocket("localhost", server.port)
+    assert [client.send("a"), client.send("b")] == [b"a", b"b"]
+    assert len(server.connections_seen) == 2

@@ -3,6 +3,7 @@ import functools
 import gc
 import logging
 import socket
+import sys
 
 import pytest
 
@@ -88,11 +89,54 @@ def test_default_backlog_is_not_small():
         (("localhost", 0, echo), {"backend": "kqueue"}, ValueError, "backend"),
         (("localhost", 0, echo), {"backend": 1}, TypeError, "backend"),
         (("localhost", 0, echo), {"grace_period": -1}, ValueError, "grace_period"),
+        # Past the documented upper bounds: a ValueError, never OverflowError/MemoryError.
+        (("localhost", 0, echo), {"recv_bytes": 2**63}, ValueError, "recv_bytes"),
+        (("localhost", 0, echo), {"recv_bytes": 2**40}, ValueError, "recv_bytes"),
+        (("localhost", 0, echo), {"recv_bytes": 64 * 2**20 + 1}, ValueError, "recv_bytes"),
+        (("localhost", 0, echo), {"high_water": 2**64}, ValueError, "high_water"),
+        (("localhost", 0, echo), {"low_water": 2**64}, ValueError, "low_water"),
+        (("localhost", 0, echo), {"connection_limit": 2**64}, ValueError, "connection_limit"),
+        (("localhost", 0, echo), {"connection_limit": 0}, ValueError, "connection_limit"),
+        (("localhost", 0, echo), {"maximum_connections": 2**31}, ValueError,
+         "maximum_connections"),
+        (("localhost", 0, echo), {"grace_period": float("nan")}, ValueError, "grace_period"),
+        (("localhost", 0, echo), {"grace_period": float("inf")}, ValueError, "grace_period"),
+        (("localhost", 0, echo), {"grace_period": 10**400}, ValueError, "grace_period"),
+        (("localhost", 0, echo), {"grace_period": 7 * 24 * 3600 + 1}, ValueError,
+         "grace_period"),
+        (("localhost", 0, echo), {"idle_timeout": 0}, ValueError, "idle_timeout"),
+        (("localhost", 0, echo), {"idle_timeout": float("inf")}, ValueError, "idle_timeout"),
+        (("localhost", 0, echo), {"idle_timeout": "5"}, TypeError, "idle_timeout"),
+        (("localhost", 2**64, echo), {}, ValueError, "port"),
+        (("a" * 64 + ".example", 0, echo), {}, ValueError, "mode"),
+        (("é" + "a" * 63 + ".example", 0, echo), {}, ValueError, "mode"),
+        (("127.0.0.1\0x", 0, echo), {}, ValueError, "mode"),
+        (("a" * 254, 0, echo), {}, ValueError, "mode"),
+        (("\ud800", 0, echo), {}, ValueError, "mode"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(args, kwargs, error, word):
     with pytest.raises(error, match=word):
         TCPServer(*args, **kwargs)
+
+
+@pytest.mark.parametrize("keywords", [
+    {"recv_bytes": 64 * 2**20},
+    {"high_water": sys.maxsize, "low_water": sys.maxsize},
+    {"connection_limit": 2**31 - 1},
+    {"maximum_connections": 2**31 - 1},
+    {"grace_period": 7 * 24 * 3600, "idle_timeout": 7 * 24 * 3600},
+    {"grace_period": 0},
+])
+def test_the_documented_upper_bounds_are_accepted(keywords):
+    server = TCPServer("localhost", 0, echo, **keywords)
+    server.start()
+    try:
+        with socket.create_connection((server.ip, server.port), timeout=5) as client:
+            client.sendall(b"edge")
+            assert client.recv(10) == b"edge"
+    finally:
+        assert server.stop(timeout=10)
 
 
 def test_unresolvable_mode_raises_oserror_naming_mode():

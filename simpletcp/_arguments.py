@@ -1,0 +1,82 @@
+"""Checking the arguments of TCPServer, ClientSocket and the command line.
+
+Every bound is named once, here, with its reason; README.md documents the same numbers.
+A bad argument raises TypeError (wrong type) or ValueError (out of range) naming it.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Literal, Optional, overload
+
+#: The most bytes one read hands a callback (or one ClientSocket.send() returns): 64 MiB.
+#: A socket's receive buffer holds a few MiB at most, so a larger read buffer would be
+#: allocated (per server, or per send()) and never filled.
+MAX_RECV_BYTES = 64 * 1024 * 1024
+#: The listen backlog and the connection limit are C ints (the kernel further caps the
+#: backlog at net.core.somaxconn, and connections at the descriptor limit).
+MAX_C_INT = 2**31 - 1
+#: Byte counts of unsent output are C Py_ssize_t; this large disables backpressure.
+MAX_BYTES = sys.maxsize
+#: The longest timeout, grace period or idle timeout, in seconds: a week.
+MAX_SECONDS = 7 * 24 * 3600
+#: The longest host name (a DNS name in text form).
+MAX_HOST_LENGTH = 253
+
+
+def shown(value: object) -> str:
+    """repr(value), short even for an int of a million digits (str() of one raises)."""
+    if isinstance(value, int) and not -10**30 < value < 10**30:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_int(value: object, name: str, minimum: int, maximum: int) -> int:
+    """``value`` as a plain int from ``minimum`` to ``maximum``, or TypeError/ValueError."""
+    # bool is an int subclass, but True is never meant as 1 byte or port 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be from {minimum} to {maximum}, got {shown(value)}")
+    return int(value)
+
+
+@overload
+def check_seconds(value: object, name: str, *, allow_zero: bool,
+                  allow_none: Literal[False]) -> float: ...
+@overload
+def check_seconds(value: object, name: str, *, allow_zero: bool,
+                  allow_none: bool) -> Optional[float]: ...
+def check_seconds(value: object, name: str, *, allow_zero: bool,
+                  allow_none: bool) -> Optional[float]:
+    """``value`` as float seconds, more than 0 (or from 0) up to MAX_SECONDS."""
+    if value is None and allow_none:
+        return None
+    or_none = ", or None" if allow_none else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds{or_none}, got "
+                        f"{type(value).__name__}")
+    above_minimum = value >= 0 if allow_zero else value > 0
+    if not (above_minimum and value <= MAX_SECONDS):  # NaN fails both
+        span = "from 0 to" if allow_zero else "more than 0 and at most"
+        raise ValueError(f"{name} must be {span} {MAX_SECONDS} seconds (a week){or_none}, "
+                         f"got {shown(value)}")
+    return float(value)
+
+
+def check_mode(mode: object) -> str:
+    """``mode``: a non-empty str that can be a host name; TypeError/ValueError naming it."""
+    if not isinstance(mode, str):
+        raise TypeError(
+            "mode must be 'localhost', 'public' or an IP address / host name (str), "
+            f"got {type(mode).__name__}"
+        )
+    if not mode:
+        raise ValueError("mode must not be empty: use 'localhost', 'public' or an address")
+    if "\0" in mode:
+        # The C resolver would stop at the NUL and bind what precedes it.
+        raise ValueError(f"mode must not contain a NUL character, got {shown(mode)}")
+    if len(mode) > MAX_HOST_LENGTH:
+        raise ValueError(f"mode is {len(mode)} characters long; a host name has at most "
+                         f"{MAX_HOST_LENGTH}")
+    return mode
