@@ -56,6 +56,8 @@ setup(
             # Nothing in the loop may be rebuilt from outside: an unpickled poller or
             # connection would own a descriptor it never opened.
             "auto_pickle": False,
+            # No __test__ doctest dictionary in the module: it is not API.
+            "autotestdict": False,
         },
         annotate=bool(os.environ.get("SIMPLETCP_ANNOTATE")),
     ),

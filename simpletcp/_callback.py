@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 
 def check_runs_when_called(read_callback: object) -> None:
@@ -34,7 +35,7 @@ def check_runs_when_called(read_callback: object) -> None:
             )
 
 
-def takes_ip(read_callback: object) -> bool:
+def takes_ip(read_callback: Any) -> bool:
     """True for ``callback(ip, queue, data)``, False for ``callback(queue, data)``.
 
     Both forms come from the original simpleTCP (the ip form from its later versions).

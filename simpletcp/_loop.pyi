@@ -1,28 +1,83 @@
-"""Type stub for simpletcp._loop, the compiled loop (src_pyx/loop.pyx)."""
+"""Type stub for simpletcp._loop, the compiled loop (src_pyx/loop.pyx).
+
+It lists everything the module has (python -m mypy.stubtest simpletcp checks that),
+internal classes included: they exist at runtime, but cannot be created from Python.
+"""
 import queue
 import socket
-from typing import Any, Callable, Optional, Tuple, Union
+import sys
+from typing import Any, Callable, NoReturn, Optional, Tuple, Union
 
-BytesLike = Union[bytes, bytearray, memoryview]
+from typing_extensions import disjoint_base
+
+_BytesLike = Union[bytes, bytearray, memoryview]
 
 BACKENDS: Tuple[str, ...]
 
-class ShutDown(Exception): ...
+if sys.version_info >= (3, 13):
+    from queue import ShutDown as ShutDown
+else:
+    class ShutDown(Exception):
+        """put() was called on a connection queue after shutdown()."""
 
-class ConnectionQueue(queue.Queue[BytesLike]):
+@disjoint_base
+class Connection:
+    """Internal: one accepted socket. Only the loop makes them."""
+
+    # Always raises TypeError. Not typed NoReturn: that would make the class a callable
+    # returning Never, which @disjoint_base (required by stubtest for C classes) refuses.
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+class ConnectionQueue(queue.Queue[_BytesLike]):
     """The queue a callback is given: what is put into it is sent to that peer."""
 
-    def __init__(self, connection: object) -> None: ...
-    def put(self, item: BytesLike, block: bool = True, timeout: Optional[float] = None) -> None: ...
-    def put_nowait(self, item: BytesLike) -> None: ...
+    # Only the server makes them: anything but a live Connection is a TypeError.
+    def __init__(self, connection: Connection) -> None: ...
+    def put(self, item: _BytesLike, block: bool = True, timeout: Optional[float] = None) -> None: ...
+    def put_nowait(self, item: _BytesLike) -> None: ...
     def shutdown(self, immediate: bool = False) -> None: ...
     def qsize(self) -> int: ...
     def empty(self) -> bool: ...
     def full(self) -> bool: ...
     @property
     def pending_bytes(self) -> int: ...
+    @property
+    def peer(self) -> Tuple[str, int]: ...
+    # The server consumes the queue: these raise NotImplementedError.
+    def get(self, *args: object, **kwargs: object) -> NoReturn: ...
+    def get_nowait(self, *args: object, **kwargs: object) -> NoReturn: ...
+    def task_done(self, *args: object, **kwargs: object) -> NoReturn: ...
+    def join(self, *args: object, **kwargs: object) -> NoReturn: ...
+    def _consumed_by_server(self, *args: object, **kwargs: object) -> NoReturn: ...
 
+@disjoint_base
+class LogThrottle:
+    """Internal: one log line per kind of trouble per interval."""
+
+    # Always raises TypeError (see Connection.__init__).
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+@disjoint_base
+class Poller:
+    """Internal: waits for descriptors to become ready."""
+
+    @property
+    def name(self) -> str: ...
+    # Always raises TypeError (see Connection.__init__).
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+@disjoint_base
+class EpollPoller(Poller):
+    """Internal: the epoll backend."""
+
+@disjoint_base
+class PollPoller(Poller):
+    """Internal: the poll backend."""
+
+@disjoint_base
 class Loop:
+    """The compiled server loop; simpletcp.tcpserver.TCPServer is its Python face."""
+
     def __init__(
         self,
         listener: socket.socket,
@@ -44,3 +99,4 @@ class Loop:
     def running(self) -> bool: ...
     def run(self, ready: Optional[Callable[[], object]] = None) -> None: ...
     def request_stop(self) -> None: ...
+    def _on_sigterm(self, signum: int, frame: object) -> None: ...
