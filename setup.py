@@ -24,13 +24,17 @@ class build_ext_also_in_place(build_ext):
 
     def run(self):
         super().run()
-        if self.inplace:
+        if self.inplace or self.dry_run:
             return
         for extension in self.extensions:
             built = self.get_ext_fullpath(extension.name)
             in_tree = os.path.join(HERE, self.get_ext_filename(extension.name))
             if os.path.isdir(os.path.dirname(in_tree)):
-                self.copy_file(built, in_tree)
+                # A new file renamed over the old, never the old one rewritten: a server
+                # still running from the tree has it mapped, and would crash.
+                staged = in_tree + ".new"
+                self.copy_file(built, staged)
+                os.replace(staged, in_tree)
 
 
 extensions = [

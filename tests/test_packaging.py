@@ -1,6 +1,8 @@
 """The wheel carries the compiled loop; the sdist carries the Cython sources."""
 import pathlib
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -68,6 +70,29 @@ def test_a_build_also_leaves_the_compiled_loop_in_the_source_tree(built):
         cwd=source, capture_output=True, text=True, check=True,
     )
     assert imported.stdout.strip() == str(built_module(source))
+
+
+def test_a_server_running_from_the_tree_survives_a_rebuild(built):
+    # The build replaces the tree's module with a new file: rewriting the one a running
+    # server has mapped would crash it (pip install . again, from a second terminal).
+    source, _ = built
+    module = built_module(source)
+    before = module.stat().st_ino
+    server = subprocess.Popen([sys.executable, "-m", "simpletcp", "--port", "0"], cwd=source,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline().rsplit(":", 1)[1])
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext"], cwd=source,
+                       check=True, capture_output=True)
+        assert built_module(source).stat().st_ino != before
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"still here")
+            assert client.recv(100) == b"still here"
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0, server.stderr.read()
+    finally:
+        server.kill()
+        server.wait()
 
 
 @pytest.mark.parametrize("command", [["-c", "import simpletcp"], ["-m", "simpletcp", "--help"]])
