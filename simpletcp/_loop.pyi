@@ -6,7 +6,7 @@ internal classes included: they exist at runtime, but cannot be created from Pyt
 import queue
 import socket
 import sys
-from typing import Any, Callable, NoReturn, Optional, Tuple, Union
+from typing import Any, Callable, NoReturn, Optional, SupportsIndex, Tuple, Union
 
 from typing_extensions import disjoint_base
 
@@ -49,6 +49,8 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     def task_done(self, *args: object, **kwargs: object) -> NoReturn: ...
     def join(self, *args: object, **kwargs: object) -> NoReturn: ...
     def _consumed_by_server(self, *args: object, **kwargs: object) -> NoReturn: ...
+    # Raises TypeError: a queue cannot be copied or pickled.
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn: ...
 
 @disjoint_base
 class LogThrottle:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List
 
 import pytest
 
-if TYPE_CHECKING:  # the compiled module is imported when a fixture is used, not at load
+if TYPE_CHECKING:  # tcpserver is imported when a fixture is used, not at load
     from simpletcp.tcpserver import TCPServer
 
 ServerFactory = Callable[..., "TCPServer"]

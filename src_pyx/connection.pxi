@@ -356,6 +356,13 @@ class ConnectionQueue(_queue.Queue):
 
     get = get_nowait = task_done = join = _consumed_by_server
 
+    def __reduce_ex__(self, protocol):
+        # A copy would stand for the same connection without being its queue: a worker
+        # holding only the copy would not keep the connection open at stop() (the loop
+        # watches who holds the queue), and the queue would no longer be one per peer.
+        raise TypeError("a ConnectionQueue cannot be copied or pickled: it is the one "
+                        "queue of a live connection")
+
     def __repr__(self):
         cdef Connection connection = live_connection(getattr(self, "_connection", None))
         if connection is None:

@@ -121,16 +121,17 @@ attempt("unbound.get", lambda: unbound.get(), "NotImplementedError")
 poke_everything("unbound", unbound)
 
 server, client, live = echo_server_with_a_queue()
+attempt("copy a live queue", lambda: copy.copy(live), "TypeError")
+attempt("deepcopy a live queue", lambda: copy.deepcopy(live), "TypeError")
 real_connection = live._connection
 for replacement in (None, 42, live, m.Connection.__new__(m.Connection), real_connection):
-    hijacked = copy.copy(live)
+    hijacked = ConnectionQueue.__new__(ConnectionQueue)
     object.__setattr__(hijacked, "_connection", replacement)
     expected = "ok" if replacement is real_connection else "TypeError"
     attempt(f"queue bound to {replacement!r}: put", lambda: hijacked.put(b"x"), expected)
     attempt(f"queue bound to {replacement!r}: peer", lambda: hijacked.peer, expected)
-emptied = copy.copy(live)
-del emptied._connection
-attempt("queue with its slot deleted: put", lambda: emptied.put(b"x"), "TypeError")
+del hijacked._connection
+attempt("queue with its slot deleted: put", lambda: hijacked.put(b"x"), "TypeError")
 attempt("re-__init__ a live queue with None", lambda: live.__init__(None), "TypeError")
 attempt("put(str)", lambda: live.put("text"), "TypeError")
 attempt("put(None)", lambda: live.put(None), "TypeError")

@@ -30,11 +30,18 @@ def run_mypy(*paths):
     )
 
 
-def test_the_stub_matches_the_compiled_module():
+def test_the_stub_matches_the_compiled_module(tmp_path):
     # Every name, signature and class of simpletcp._loop (and of the .py modules) as
     # the stub says, internal classes included; always-raising methods are NoReturn.
-    result = subprocess.run([sys.executable, "-m", "mypy.stubtest", "simpletcp"],
-                            capture_output=True, text=True, env=mypy_environment())
+    # As under --strict, what a module imports is not its API: without this, stubtest
+    # on Python 3.9 takes `from typing import Any` in a .py module for a class that
+    # typing.Any is not there.
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\nimplicit_reexport = False\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "--mypy-config-file", str(config), "simpletcp"],
+        capture_output=True, text=True, env=mypy_environment(),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
