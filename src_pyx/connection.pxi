@@ -256,27 +256,26 @@ cdef bytes as_chunk(object item):
                         f"memoryview), not {type(item).__name__}") from None
 
 
-cdef Connection live_connection(object candidate):
-    """`candidate` if it is a connection the loop made, else None.
+cdef inline bint is_live(object candidate):
+    """Whether `candidate` is a connection the loop made.
 
     A Connection made from Python (Connection.__new__) has no loop: nothing may use it.
+    The loop makes only exact Connections, so the type test is exact (and cheap).
     """
-    if isinstance(candidate, Connection) and (<Connection>candidate).loop is not None:
-        return <Connection>candidate
-    return None
+    return type(candidate) is Connection and (<Connection>candidate).loop is not None
 
 
-cdef Connection connection_of(object queue):
+cdef inline Connection connection_of(object queue):
     """The connection behind `queue`, or TypeError: never a crash.
 
     The queue is a Python object whose slot can be emptied or replaced
     (ConnectionQueue.__new__, object.__setattr__), so every method comes through here.
     """
-    cdef Connection connection = live_connection(getattr(queue, "_connection", None))
-    if connection is None:
+    cdef object connection = getattr(queue, "_connection", None)
+    if not is_live(connection):
         raise TypeError("this ConnectionQueue is not bound to a connection: the server "
                         "creates each connection's queue and hands it to the callback")
-    return connection
+    return <Connection>connection
 
 
 class ConnectionQueue(_queue.Queue):
@@ -294,7 +293,7 @@ class ConnectionQueue(_queue.Queue):
     __slots__ = ("_connection",)
 
     def __init__(self, connection):
-        if live_connection(connection) is None:
+        if not is_live(connection):
             raise TypeError("ConnectionQueue cannot be created from Python: the server "
                             "creates each connection's queue and hands it to the callback "
                             f"(got {type(connection).__name__})")
@@ -364,7 +363,9 @@ class ConnectionQueue(_queue.Queue):
                         "queue of a live connection")
 
     def __repr__(self):
-        cdef Connection connection = live_connection(getattr(self, "_connection", None))
-        if connection is None:
+        cdef Connection connection
+        try:
+            connection = connection_of(self)
+        except TypeError:
             return "<ConnectionQueue not bound to a connection>"
         return f"<ConnectionQueue {connection.describe()} pending={connection.out.pending}>"
