@@ -14,6 +14,19 @@
  *   warmup   all connections run, nothing is counted;
  *   measure  requests, bytes, latencies and CPU times are counted.
  *
+ * With --counted, the warmup and the measured window are a fixed number of round
+ * trips instead of a time (--warmup-requests, --requests): exactly that many are
+ * started, and the phase ends when the last one has come back, so the server is
+ * idle at both edges of the window. At each edge the load generator prints
+ * "quiet window-start" / "quiet window-end" on stdout and waits for a line on
+ * stdin before it goes on: whoever drives it (bench/run.py --counted) zeroes or
+ * reads instruction and system call counters there, and the figures cover
+ * exactly the window's requests, however fast or slow the server is.
+ *
+ * With --lines K each message is K pipelined lines: --size/K bytes each, the last
+ * byte '\n' and no other '\n' in it, sent in one write. Every line is answered
+ * by echoing it, so the check is the same; "messages" in the output counts lines.
+ *
  * If --server-pid is given, the server's CPU time (utime+stime of the whole
  * process, all threads) is read from /proc/PID/stat exactly at the start and
  * end of the measured window, and its VmRSS/VmHWM at the end of the window,
@@ -103,7 +116,10 @@ struct options {
     size_t message_size;
     double duration_s;
     double warmup_s;
-    long long request_limit;     /* 0 = run for duration_s */
+    long long request_limit;     /* 0 = run for duration_s; with counted: the window's round trips */
+    long long warmup_requests;   /* counted: round trips before the window */
+    bool counted;                /* fixed round-trip counts, quiet edges, stdin handshake */
+    int lines;                   /* lines per message (1 = one opaque message) */
     int connect_concurrency;
     double ramp_timeout_s;
     int server_pid;              /* 0 = no server figures */
@@ -118,6 +134,7 @@ struct conn {
     enum conn_state state;
     bool proven;                 /* first echo came back */
     bool want_write;             /* EPOLLOUT is registered */
+    bool in_round;               /* a message was started and its echo is not complete */
     uint32_t round;
     size_t sent;
     size_t received;
@@ -143,6 +160,9 @@ static struct options opt = {
     .duration_s = 5.0,
     .warmup_s = 1.0,
     .request_limit = 0,
+    .warmup_requests = 0,
+    .counted = false,
+    .lines = 1,
     .connect_concurrency = 128,
     .ramp_timeout_s = 60.0,
     .server_pid = 0,
@@ -163,6 +183,10 @@ static int proven_total;         /* ever proven: "connections established" */
 static int alive;                /* CONNECTING or ACTIVE */
 
 static uint64_t measured_requests;
+/* Counted mode: round trips the current phase may still start, and round trips
+ * started but not yet echoed in full. */
+static long long phase_budget = -1; /* -1 = unlimited */
+static int in_flight;
 static uint64_t measured_echo_bytes;
 
 static uint64_t now_ns(void)
@@ -289,6 +313,10 @@ static void close_conn(struct conn *c, uint64_t *error_counter)
         (*error_counter)++;
     if (!c->proven)
         unproven--;
+    if (c->in_round) {
+        c->in_round = false;
+        in_flight--;
+    }
     alive--;
     /* RST instead of FIN: no TIME_WAIT left behind, so back-to-back runs with
      * 10,000 connections never run out of local ports. */
@@ -337,14 +365,37 @@ static void start_round(struct conn *c)
     size_t stamp_len = opt.message_size < sizeof stamp ? opt.message_size : sizeof stamp;
     for (size_t i = 0; i < stamp_len; i++)
         c->message[i] ^= ((unsigned char *)stamp)[i];
+    if (opt.lines > 1) {
+        size_t line_bytes = opt.message_size / (size_t)opt.lines;
+        for (size_t i = 0; i < opt.message_size; i++) {
+            if ((i + 1) % line_bytes == 0)
+                c->message[i] = '\n';
+            else if (c->message[i] == '\n')
+                c->message[i] = '\n' ^ 0x80;
+        }
+    }
     c->sent = 0;
+    c->in_round = true;
+    in_flight++;
     c->received = 0;
     c->round_start_ns = now_ns();
     send_pending(c);
 }
 
+/* Start the next round on `c` unless the phase's budget is spent. */
+static void start_round_if_budget(struct conn *c)
+{
+    if (phase_budget == 0)
+        return;
+    if (phase_budget > 0)
+        phase_budget--;
+    start_round(c);
+}
+
 static void finish_round(struct conn *c, uint64_t now)
 {
+    c->in_round = false;
+    in_flight--;
     if (phase == PHASE_MEASURE) {
         histogram[hist_index(now - c->round_start_ns)]++;
         measured_requests++;
@@ -359,7 +410,7 @@ static void finish_round(struct conn *c, uint64_t now)
     /* During the ramp a proven connection waits, idle, for the others: load
      * from early connections would slow the handshakes of later ones. */
     if (phase != PHASE_RAMP)
-        start_round(c);
+        start_round_if_budget(c);
 }
 
 static void on_readable(struct conn *c)
@@ -455,13 +506,39 @@ static void open_more_connections(void)
 
 /* ---------------------------------------------------------------- main */
 
+/* Counted mode: say that every connection is idle at this edge of the window, and
+ * wait until the driver has read its counters (a line on stdin, or end of input). */
+static void quiet_edge(const char *edge)
+{
+    printf("quiet %s\n", edge);
+    fflush(stdout);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin) && ferror(stdin))
+        die("reading stdin");
+}
+
+/* Counted mode: no round trip left to start and none unanswered. */
+static bool phase_complete(void)
+{
+    return phase_budget == 0 && in_flight == 0;
+}
+
+static void start_phase(long long budget)
+{
+    phase_budget = opt.counted ? budget : -1;
+    for (int i = 0; i < opt.connections; i++)
+        if (conns[i].state == CONN_ACTIVE && !conns[i].in_round)
+            start_round_if_budget(&conns[i]);
+}
+
 static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s --port PORT [--host 127.0.0.1] [--connections N] [--size BYTES]\n"
             "          [--duration SECONDS] [--warmup SECONDS] [--requests COUNT]\n"
             "          [--connect-concurrency N] [--ramp-timeout SECONDS] [--server-pid PID]\n"
-            "          [--server-core CORE]\n",
+            "          [--server-core CORE] [--lines K]\n"
+            "          [--counted --warmup-requests COUNT --requests COUNT]\n",
             argv0);
     exit(2);
 }
@@ -480,6 +557,9 @@ static void parse_args(int argc, char **argv)
         {"ramp-timeout", required_argument, 0, 't'},
         {"server-pid", required_argument, 0, 'P'},
         {"server-core", required_argument, 0, 'C'},
+        {"counted", no_argument, 0, 'K'},
+        {"warmup-requests", required_argument, 0, 'W'},
+        {"lines", required_argument, 0, 'L'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -496,13 +576,25 @@ static void parse_args(int argc, char **argv)
         case 't': opt.ramp_timeout_s = atof(optarg); break;
         case 'P': opt.server_pid = atoi(optarg); break;
         case 'C': opt.server_core = atoi(optarg); break;
+        case 'K': opt.counted = true; break;
+        case 'W': opt.warmup_requests = atoll(optarg); break;
+        case 'L': opt.lines = atoi(optarg); break;
         default: usage(argv[0]);
         }
     }
     if (opt.port <= 0 || opt.port > 65535 || opt.connections <= 0 ||
         opt.message_size == 0 || opt.duration_s <= 0 || opt.warmup_s < 0 ||
-        opt.connect_concurrency <= 0)
+        opt.connect_concurrency <= 0 || opt.request_limit < 0 || opt.warmup_requests < 0)
         usage(argv[0]);
+    if (opt.counted && opt.request_limit == 0) {
+        fprintf(stderr, "loadgen: --counted needs --requests\n");
+        exit(2);
+    }
+    if (opt.lines < 1 || opt.message_size % (size_t)opt.lines != 0 ||
+        opt.message_size / (size_t)opt.lines < 2) {
+        fprintf(stderr, "loadgen: --lines must divide --size into lines of 2 bytes or more\n");
+        exit(2);
+    }
 }
 
 /* Each connection needs a descriptor; the soft limit is often 1024. */
@@ -594,12 +686,12 @@ int main(int argc, char **argv)
                 phase = PHASE_WARMUP;
                 ramp_end = now;
                 warmup_end = now + (uint64_t)(opt.warmup_s * 1e9);
-                for (int i = 0; i < opt.connections; i++)
-                    if (conns[i].state == CONN_ACTIVE)
-                        start_round(&conns[i]);
+                start_phase(opt.warmup_requests);
             }
         }
-        if (phase == PHASE_WARMUP && now >= warmup_end) {
+        if (phase == PHASE_WARMUP && (opt.counted ? phase_complete() : now >= warmup_end)) {
+            if (opt.counted)
+                quiet_edge("window-start");
             phase = PHASE_MEASURE;
             measure_start = now_ns();
             measure_end = measure_start + (uint64_t)(opt.duration_s * 1e9);
@@ -610,10 +702,14 @@ int main(int argc, char **argv)
                 server_core_start = core_busy_seconds(opt.server_core);
             if (loadgen_core >= 0)
                 loadgen_core_start = core_busy_seconds(loadgen_core);
+            if (opt.counted)
+                start_phase(opt.request_limit);
         }
         if (phase == PHASE_MEASURE &&
             (now >= measure_end || alive == 0 ||
-             (opt.request_limit > 0 && measured_requests >= (uint64_t)opt.request_limit))) {
+             (opt.counted ? phase_complete()
+                          : opt.request_limit > 0 &&
+                                measured_requests >= (uint64_t)opt.request_limit))) {
             measure_end = now_ns();
             self_cpu_s = self_cpu_seconds() - self_cpu_start;
             if (server_core_start >= 0)
@@ -627,6 +723,8 @@ int main(int argc, char **argv)
                 server_rss_kib = process_status_kib(opt.server_pid, "VmRSS");
                 server_hwm_kib = process_status_kib(opt.server_pid, "VmHWM");
             }
+            if (opt.counted)
+                quiet_edge("window-end");
             phase = PHASE_DONE;
             break;
         }
@@ -671,6 +769,7 @@ int main(int argc, char **argv)
     printf("{\"connections\": %d, \"connections_established\": %d, "
            "\"connections_alive_at_end\": %d, \"message_bytes\": %zu, "
            "\"ramp_s\": %.3f, \"window_s\": %.3f, \"requests\": %llu, "
+           "\"lines_per_request\": %d, \"messages\": %llu, \"counted\": %s, "
            "\"requests_per_s\": %.1f, \"echo_mb_per_s\": %.2f, "
            "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"p999\": %.1f, "
            "\"max\": %.1f, \"mean\": %.1f}, "
@@ -682,6 +781,8 @@ int main(int argc, char **argv)
            opt.connections, proven_total, alive, opt.message_size,
            (double)((ramp_end ? ramp_end : measure_end) - run_start) / 1e9, window_s,
            (unsigned long long)measured_requests,
+           opt.lines, (unsigned long long)measured_requests * (unsigned long long)opt.lines,
+           opt.counted ? "true" : "false",
            window_s > 0 ? (double)measured_requests / window_s : 0.0,
            window_s > 0 ? (double)measured_echo_bytes / window_s / 1e6 : 0.0,
            hist_percentile(measured_requests, 0.50) / 1000.0,
