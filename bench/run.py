@@ -481,36 +481,46 @@ def initial_cells(workload: Workload, servers: list[Server], connections: int,
     return cells
 
 
-def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
+def run_rounds(args, servers: list[Server], workloads: list[Workload], kind: str, measure,
+               describe) -> dict[str, dict[str, Cell]]:
+    """Each server meant for each workload, once per round, servers interleaved within a
+    round. measure(server, workload, connections) returns a run with .status/.reason;
+    describe(run) is its progress line."""
     cells: dict[str, dict[str, Cell]] = {}
     availability = {server.name: unavailable_reason(server) for server in servers}
     for workload in workloads:
         connections = connections_for(workload, args)
         cells[workload.name] = initial_cells(workload, servers, connections, availability)
-        servers_here = [s for s in servers if s.name in cells[workload.name]]
         for round_number in range(1, args.rounds + 1):
-            for server in servers_here:
-                cell = cells[workload.name][server.name]
-                if cell.status != "ok":
-                    continue  # unavailable, or already failed: failures repeat
-                result = run_once(server, workload, connections, args, pin)
-                cell.runs.append(result)
-                if result.status != "ok":
-                    cell.status, cell.reason = "failed", result.reason
-                progress = (f"[{workload.name} round {round_number}/{args.rounds}] "
-                            f"{server.name:24s} ")
-                if result.status == "ok":
-                    m = result.metrics
-                    progress += (f"{m['requests_per_s']:>10,.0f} req/s "
-                                 f"{m['echo_mb_per_s']:>8,.1f} MB/s "
-                                 f"{m.get('cpu_us_per_request', float('nan')):>8.2f} µs/req "
-                                 f"p99 {m['p99_us']:,.0f} µs  "
-                                 f"cpu server {m.get('server_cpu_pct', 0):.0f}% "
-                                 f"loadgen {m['loadgen_cpu_pct']:.0f}%")
-                else:
-                    progress += f"FAILED: {result.reason}"
-                print(progress, file=sys.stderr, flush=True)
-        for cell in cells[workload.name].values():
+            for server in servers:
+                cell = cells[workload.name].get(server.name)
+                if cell is None or cell.status != "ok":
+                    continue  # not meant for it, unavailable, or failed: failures repeat
+                run = measure(server, workload, connections)
+                cell.runs.append(run)
+                if run.status != "ok":
+                    cell.status, cell.reason = "failed", run.reason
+                print(f"[{workload.name} {kind} {round_number}/{args.rounds}] {server.name:24s} "
+                      + (describe(run) if run.status == "ok" else f"FAILED: {run.reason}"),
+                      file=sys.stderr, flush=True)
+    return cells
+
+
+def describe_timed(run: RunResult) -> str:
+    m = run.metrics
+    return (f"{m['requests_per_s']:>10,.0f} req/s {m['echo_mb_per_s']:>8,.1f} MB/s "
+            f"{m.get('cpu_us_per_request', float('nan')):>8.2f} µs/req "
+            f"p99 {m['p99_us']:,.0f} µs  cpu server {m.get('server_cpu_pct', 0):.0f}% "
+            f"loadgen {m['loadgen_cpu_pct']:.0f}%")
+
+
+def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
+    cells = run_rounds(args, servers, workloads, "round",
+                       lambda server, workload, connections:
+                           run_once(server, workload, connections, args, pin),
+                       describe_timed)
+    for workload_cells in cells.values():
+        for cell in workload_cells.values():
             if cell.status == "ok":
                 cell.medians = median_metrics(cell.runs)
     return {"cells": cells,
@@ -527,44 +537,36 @@ def counted_requests_for(workload: Workload, args) -> tuple[int, int]:
     return workload.smoke_counted_requests if args.smoke else workload.counted_requests
 
 
+def count_once(server: Server, workload: Workload, connections: int, args,
+               pin: bool) -> counted.CountedRun:
+    @contextlib.contextmanager
+    def start_server(wrapper, timeout):
+        try:
+            with running_server(server, pin, wrapper, timeout) as running:
+                yield running
+        except ServerStartError as error:
+            raise counted.CountingError(str(error)) from None
+
+    warmup, requests = counted_requests_for(workload, args)
+    return counted.measure(
+        start_server, SERVER_START_TIMEOUT_S, SERVER_START_UNDER_VALGRIND_TIMEOUT_S,
+        lambda port: loadgen_argv(port, workload, connections, pin),
+        connections, warmup, requests, workload.lines,
+        child_setup(LOADGEN_CORE if pin else None), live_processes)
+
+
+def describe_counted(run: counted.CountedRun) -> str:
+    figures = run.per_request()
+    return (f"{figures['instructions']:>10,.0f} instructions/req "
+            f"{figures['syscalls']:>7.3f} system calls/req")
+
+
 def run_counted_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
     """Instructions and system calls per request, each server once per round."""
-    cells: dict[str, dict[str, Cell]] = {}
-    availability = {server.name: unavailable_reason(server) for server in servers}
-    for workload in workloads:
-        connections = connections_for(workload, args)
-        cells[workload.name] = initial_cells(workload, servers, connections, availability)
-        warmup, requests = counted_requests_for(workload, args)
-        for round_number in range(1, args.rounds + 1):
-            for server in servers:
-                cell = cells[workload.name].get(server.name)
-                if cell is None or cell.status != "ok":
-                    continue
-
-                @contextlib.contextmanager
-                def start_server(wrapper, timeout, server=server):
-                    try:
-                        with running_server(server, pin, wrapper, timeout) as running:
-                            yield running
-                    except ServerStartError as error:
-                        raise counted.CountingError(str(error)) from None
-
-                run = counted.measure(
-                    start_server, SERVER_START_TIMEOUT_S, SERVER_START_UNDER_VALGRIND_TIMEOUT_S,
-                    lambda port, w=workload, c=connections: loadgen_argv(port, w, c, pin),
-                    connections, warmup, requests, workload.lines,
-                    child_setup(LOADGEN_CORE if pin else None), live_processes)
-                cell.runs.append(run)
-                progress = (f"[{workload.name} counted {round_number}/{args.rounds}] "
-                            f"{server.name:24s} ")
-                if run.status == "ok":
-                    figures = run.per_request()
-                    progress += (f"{figures['instructions']:>10,.0f} instructions/req "
-                                 f"{figures['syscalls']:>7.3f} system calls/req")
-                else:
-                    cell.status, cell.reason = "failed", run.reason
-                    progress += f"FAILED: {run.reason}"
-                print(progress, file=sys.stderr, flush=True)
+    cells = run_rounds(args, servers, workloads, "counted",
+                       lambda server, workload, connections:
+                           count_once(server, workload, connections, args, pin),
+                       describe_counted)
     return {"cells": cells,
             "connections": {w.name: connections_for(w, args) for w in workloads},
             "requests": {w.name: counted_requests_for(w, args) for w in workloads}}
@@ -787,6 +789,8 @@ def parse_args(argv=None):
                              "the other")
     parser.add_argument("--counted", dest="mode", action="store_const", const="counted",
                         help="same as --mode counted")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR,
+                        help=f"directory for the .md/.json results (default {RESULTS_DIR})")
     args = parser.parse_args(argv)
     counted_only = args.mode == "counted"
     defaults = ({"duration": 1.0, "warmup": 0.3, "rounds": 1, "ramp_timeout": 20.0} if args.smoke
@@ -817,11 +821,11 @@ def parse_args(argv=None):
     return args
 
 
-def write_results(stem: str, report: str, data: dict, started: float):
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / f"{stem}.md").write_text(report)
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
-    print(f"written: {RESULTS_DIR / (stem + '.md')}, {RESULTS_DIR / (stem + '.json')} "
+def write_results(directory: Path, stem: str, report: str, data: dict, started: float):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stem}.md").write_text(report)
+    (directory / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"written: {directory / (stem + '.md')}, {directory / (stem + '.json')} "
           f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
 
 
@@ -862,7 +866,7 @@ def main(argv=None) -> int:
         suite = suites["timed"]
         report = render_report(args, suite, args.server_list, args.workload_list, machine, pin)
         print(report)
-        write_results("smoke" if args.smoke else "latest", report,
+        write_results(args.output, "smoke" if args.smoke else "latest", report,
                       results_json(args, suite, machine), started)
         failures += unexpected_failures(suite, args.required)
     if "counted" in suites:
@@ -870,7 +874,7 @@ def main(argv=None) -> int:
         report = render_counted_report(args, suite, args.server_list,
                                        args.counted_workload_list, machine)
         print(report)
-        write_results("counted-smoke" if args.smoke else "counted", report,
+        write_results(args.output, "counted-smoke" if args.smoke else "counted", report,
                       counted_results_json(args, suite, machine), started)
         failures += unexpected_failures(suite, args.required)
     if failures:

@@ -6,6 +6,7 @@ runs once on each poller backend.
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import socket
 import threading
 import time
@@ -17,6 +18,8 @@ from simpletcp.tcpserver import TCPServer
 
 BACKENDS = ["epoll", "poll"]
 TIMEOUT = 10.0
+# The benchmark suite of the source tree (its C programs are also test tools).
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,17 +6,12 @@ check always runs. The load comes from bench/loadgen.c, which checks every echoe
 """
 import json
 import os
-import pathlib
-import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-LOADGEN_SOURCE = ROOT / "bench" / "loadgen.c"
 
 SERVER = textwrap.dedent(
     """
@@ -37,13 +32,8 @@ SERVER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def loadgen(tmp_path_factory):
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None or not LOADGEN_SOURCE.exists():
-        pytest.skip("needs a C compiler and the source tree's bench/loadgen.c")
-    binary = tmp_path_factory.mktemp("loadgen") / "loadgen"
-    subprocess.run([compiler, "-O2", "-o", str(binary), str(LOADGEN_SOURCE)], check=True)
-    return binary
+def loadgen(bench_programs):
+    return bench_programs["loadgen"]
 
 
 def _open_fds(pid):

@@ -11,7 +11,8 @@
  *       Completion work (the receive a socket wakeup asks for) runs only inside this
  *       thread's io_uring_enter(GETEVENTS), in a batch, never as an interruption; the
  *       kernel wakes the thread only when enough completions are pending for what it
- *       waits for. (COOP_TASKRUN only matters without DEFER_TASKRUN.)
+ *       waits for. (--no-defer-taskrun uses COOP_TASKRUN | TASKRUN_FLAG instead, to
+ *       compare: the same here within noise.)
  *   one io_uring_enter per loop turn
  *       It submits every SQE the turn queued and waits for the next completion.
  *       Sends usually complete inside that same call, and their CQEs would end the
@@ -42,7 +43,7 @@
  * loopback the data is copied anyway, and it adds a notification CQE per send).
  *
  * Usage: c_uring_echo [--port PORT] [--recv-bytes N] [--buffers N] [--backlog N]
- *                     [--no-bundles]
+ *                     [--no-bundles] [--no-defer-taskrun]
  *        c_uring_echo --probe      exit 0 if io_uring can do all of the above here, else
  *                                  print why on stdout and exit 1
  * --recv-bytes is the size of one buffer (2048 by default, like the C floor's reads).
@@ -135,12 +136,16 @@ struct ring {
     struct io_uring_cqe *cqes;
 };
 
+/* --no-defer-taskrun: COOP_TASKRUN | TASKRUN_FLAG instead (for comparison). */
+static bool defer_taskrun = true;
+
 /* Returns 0, or -errno of the step that failed and names it in *step. */
 static int ring_init(struct ring *r, const char **step)
 {
     struct io_uring_params p;
-    unsigned base = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-                    IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+    unsigned base = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE |
+                    (defer_taskrun ? IORING_SETUP_DEFER_TASKRUN
+                                   : IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
     /* NO_SQARRAY (6.6) first; older kernels reject it with EINVAL. */
     unsigned tries[2] = {base | IORING_SETUP_NO_SQARRAY, base};
     int fd = -1;
@@ -153,7 +158,8 @@ static int ring_init(struct ring *r, const char **step)
             break;
     }
     if (fd < 0) {
-        *step = "io_uring_setup(SINGLE_ISSUER|DEFER_TASKRUN)";
+        *step = defer_taskrun ? "io_uring_setup(SINGLE_ISSUER|DEFER_TASKRUN)"
+                              : "io_uring_setup(SINGLE_ISSUER|COOP_TASKRUN)";
         return -errno;
     }
     memset(r, 0, sizeof *r);
@@ -988,6 +994,7 @@ int main(int argc, char **argv)
         {"backlog", required_argument, 0, 'b'},
         {"probe", no_argument, 0, 'P'},
         {"no-bundles", no_argument, 0, 'B'},
+        {"no-defer-taskrun", no_argument, 0, 'D'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -999,9 +1006,10 @@ int main(int argc, char **argv)
         case 'b': backlog = atoi(optarg); break;
         case 'P': probe_only = true; break;
         case 'B': bundles_allowed = false; break;
+        case 'D': defer_taskrun = false; break;
         default:
             fprintf(stderr, "usage: %s [--port PORT] [--recv-bytes N] [--buffers N] "
-                            "[--backlog N] [--no-bundles] | --probe\n", argv[0]);
+                            "[--backlog N] [--no-bundles] [--no-defer-taskrun] | --probe\n", argv[0]);
             return 2;
         }
     }
