@@ -6,6 +6,7 @@ Figures are never asserted as speeds; only what must hold on any machine: a coun
 window holds exactly the requests asked for, the C floor makes one read and one send
 per 1 KiB echo, two counted runs agree.
 """
+import importlib
 import json
 import os
 import shutil
@@ -19,6 +20,15 @@ import pytest
 from support import BENCH, closing_all, recv_exactly, recv_until_eof, wait_for
 
 TIMEOUT = 60
+
+
+def bench_module(name):
+    """A module of bench/ (run, counted), imported as the runner imports it."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
 
 
 def start_server(binary, *args):
@@ -156,11 +166,7 @@ def test_the_line_floor_answers_each_line_however_it_is_cut(bench_programs):
 # ----------------------------------------------------------------------------- counted runner
 
 def test_strace_summaries_are_read_call_by_call():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import counted
-    finally:
-        sys.path.remove(str(BENCH))
+    counted = bench_module("counted")
     summary = """\
 % time     seconds  usecs/call     calls    errors syscall
 ------ ----------- ----------- --------- --------- ----------------
@@ -211,11 +217,7 @@ def test_counted_mode_counts_the_c_floor_and_repeats_itself(tmp_path):
 
 
 def test_a_server_whose_probe_fails_is_unavailable_with_the_probe_words():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import run
-    finally:
-        sys.path.remove(str(BENCH))
+    run = bench_module("run")
     forbidden = run.Server("c_uring", "C io_uring", ("/nonexistent",), probe=(
         sys.executable, "-c",
         "print('io_uring unavailable: io_uring_setup failed: Operation not permitted'); exit(1)"))
@@ -224,6 +226,62 @@ def test_a_server_whose_probe_fails_is_unavailable_with_the_probe_words():
 
 
 # ----------------------------------------------------------------------------- io_uring prototype
+
+# Runs a program with io_uring_setup() failing with the errno given, as container
+# seccomp profiles make it fail.
+FORBID_IO_URING = r"""
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (atoi(argv[1]) & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog program = {.len = 4, .filter = filter};
+    if (argc < 3 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program))
+        return 126;
+    execv(argv[2], argv + 2);
+    return 127;
+}
+"""
+
+
+@pytest.mark.parametrize("errno_value, words", [(1, "Operation not permitted"),
+                                                 (38, "Function not implemented")])
+def test_where_io_uring_is_forbidden_the_prototype_is_unavailable_and_says_why(
+        bench_programs, tmp_path, errno_value, words):
+    binary = bench_programs["c_uring_echo"]
+    if binary is None:
+        pytest.skip("c_uring_echo.c does not compile here (needs Linux 6.1 headers)")
+    source = tmp_path / "forbid.c"
+    source.write_text(FORBID_IO_URING)
+    forbid = tmp_path / "forbid"
+    subprocess.run(["gcc", "-o", str(forbid), str(source)], check=True)
+    probe = (str(forbid), str(errno_value), str(binary), "--probe")
+    checked = subprocess.run(probe, capture_output=True, text=True, timeout=TIMEOUT)
+    if checked.returncode == 126:
+        pytest.skip("cannot install a seccomp filter here")
+    assert checked.returncode == 1
+    assert checked.stdout.startswith("io_uring unavailable: io_uring_setup")
+    assert words in checked.stdout
+    run = bench_module("run")
+    prototype = run.Server("c_uring", "C io_uring", (str(binary),), probe=probe)
+    assert run.unavailable_reason(prototype).startswith("unavailable (io_uring unavailable")
+    # The server itself refuses to start, naming the step, rather than serving nothing.
+    started = subprocess.run(probe[:3] + ("--port", "0"), capture_output=True, text=True,
+                             timeout=TIMEOUT)
+    assert started.returncode == 1 and words in started.stderr
+
 
 @pytest.fixture(params=[(), ("--buffers", "64"), ("--buffers", "64", "--no-bundles")],
                 ids=["default", "64-buffers", "64-buffers-no-bundles"])
