@@ -481,11 +481,11 @@ def initial_cells(workload: Workload, servers: list[Server], connections: int,
     return cells
 
 
-def run_rounds(args, servers: list[Server], workloads: list[Workload], kind: str, measure,
-               describe) -> dict[str, dict[str, Cell]]:
+def run_rounds(args, servers: list[Server], workloads: list[Workload], pin: bool, kind: str,
+               measure, describe) -> dict:
     """Each server meant for each workload, once per round, servers interleaved within a
-    round. measure(server, workload, connections) returns a run with .status/.reason;
-    describe(run) is its progress line."""
+    round. measure(server, workload, connections, args, pin) returns a run with
+    .status/.reason; describe(run) is its progress line."""
     cells: dict[str, dict[str, Cell]] = {}
     availability = {server.name: unavailable_reason(server) for server in servers}
     for workload in workloads:
@@ -496,14 +496,15 @@ def run_rounds(args, servers: list[Server], workloads: list[Workload], kind: str
                 cell = cells[workload.name].get(server.name)
                 if cell is None or cell.status != "ok":
                     continue  # not meant for it, unavailable, or failed: failures repeat
-                run = measure(server, workload, connections)
+                run = measure(server, workload, connections, args, pin)
                 cell.runs.append(run)
                 if run.status != "ok":
                     cell.status, cell.reason = "failed", run.reason
                 print(f"[{workload.name} {kind} {round_number}/{args.rounds}] {server.name:24s} "
                       + (describe(run) if run.status == "ok" else f"FAILED: {run.reason}"),
                       file=sys.stderr, flush=True)
-    return cells
+    return {"cells": cells,
+            "connections": {w.name: connections_for(w, args) for w in workloads}}
 
 
 def describe_timed(run: RunResult) -> str:
@@ -515,16 +516,12 @@ def describe_timed(run: RunResult) -> str:
 
 
 def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
-    cells = run_rounds(args, servers, workloads, "round",
-                       lambda server, workload, connections:
-                           run_once(server, workload, connections, args, pin),
-                       describe_timed)
-    for workload_cells in cells.values():
+    suite = run_rounds(args, servers, workloads, pin, "round", run_once, describe_timed)
+    for workload_cells in suite["cells"].values():
         for cell in workload_cells.values():
             if cell.status == "ok":
                 cell.medians = median_metrics(cell.runs)
-    return {"cells": cells,
-            "connections": {w.name: connections_for(w, args) for w in workloads}}
+    return suite
 
 
 # ----------------------------------------------------------------------------- counted suite
@@ -563,13 +560,9 @@ def describe_counted(run: counted.CountedRun) -> str:
 
 def run_counted_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
     """Instructions and system calls per request, each server once per round."""
-    cells = run_rounds(args, servers, workloads, "counted",
-                       lambda server, workload, connections:
-                           count_once(server, workload, connections, args, pin),
-                       describe_counted)
-    return {"cells": cells,
-            "connections": {w.name: connections_for(w, args) for w in workloads},
-            "requests": {w.name: counted_requests_for(w, args) for w in workloads}}
+    suite = run_rounds(args, servers, workloads, pin, "counted", count_once, describe_counted)
+    suite["requests"] = {w.name: counted_requests_for(w, args) for w in workloads}
+    return suite
 
 
 # ----------------------------------------------------------------------------- report
@@ -704,26 +697,25 @@ def render_counted_report(args, suite: dict, servers, workloads, machine: dict) 
     return "\n".join(header) + "\n" + "\n".join(tables)
 
 
+def results_tree(suite: dict, cell_record) -> dict:
+    """{workload: {server: cell_record(cell)}} for the JSON results."""
+    return {workload: {server: cell_record(cell) for server, cell in cells.items()}
+            for workload, cells in suite["cells"].items()}
+
+
 def counted_results_json(args, suite: dict, machine: dict) -> dict:
     return {
         "config": {"smoke": args.smoke, "runs": args.rounds,
                    "connections": suite["connections"], "requests": suite["requests"]},
         "machine": machine,
-        "results": {
-            workload: {
-                server: {
-                    "status": cell.status,
-                    "reason": cell.reason,
-                    "runs": [{"status": run.status, "reason": run.reason,
-                              "messages": run.messages, "instructions": run.instructions,
-                              "syscalls": run.syscalls, "per_request": run.per_request(),
-                              "loadgen": run.loadgen}
-                             for run in cell.runs],
-                }
-                for server, cell in cells.items()
-            }
-            for workload, cells in suite["cells"].items()
-        },
+        "results": results_tree(suite, lambda cell: {
+            "status": cell.status,
+            "reason": cell.reason,
+            "runs": [{"status": run.status, "reason": run.reason, "messages": run.messages,
+                      "instructions": run.instructions, "syscalls": run.syscalls,
+                      "per_request": run.per_request(), "loadgen": run.loadgen}
+                     for run in cell.runs],
+        }),
     }
 
 
@@ -732,21 +724,15 @@ def results_json(args, suite: dict, machine: dict) -> dict:
         "config": {"smoke": args.smoke, "rounds": args.rounds, "duration_s": args.duration,
                    "warmup_s": args.warmup, "connections": suite["connections"]},
         "machine": machine,
-        "results": {
-            workload: {
-                server: {
-                    "status": cell.status,
-                    "reason": cell.reason,
-                    "expected_failure": cell.expected_failure,
-                    "median": cell.medians,
-                    "rounds": [{"status": run.status, "reason": run.reason,
-                                "metrics": run.metrics, "loadgen": run.raw}
-                               for run in cell.runs],
-                }
-                for server, cell in cells.items()
-            }
-            for workload, cells in suite["cells"].items()
-        },
+        "results": results_tree(suite, lambda cell: {
+            "status": cell.status,
+            "reason": cell.reason,
+            "expected_failure": cell.expected_failure,
+            "median": cell.medians,
+            "rounds": [{"status": run.status, "reason": run.reason,
+                        "metrics": run.metrics, "loadgen": run.raw}
+                       for run in cell.runs],
+        }),
     }
 
 
