@@ -19,6 +19,15 @@
  * end of the measured window, and its VmRSS/VmHWM at the end of the window,
  * while every connection is still open.
  *
+ * For fault injection (tests/test_fault_injection.py) two options tell connections
+ * the server failed from healthy ones:
+ *   --reconnect  a connection the server closes or resets is counted as failed and
+ *                replaced by a new one, so the load goes on;
+ *   --drain S    after the window no new round starts, and every round in flight on
+ *                a connection still open must complete within S seconds: one that
+ *                does not lost bytes ("rounds_incomplete"). A wrong, repeated or
+ *                extra byte is always a "mismatch".
+ *
  * Build: gcc -O2 -o loadgen loadgen.c
  */
 #define _GNU_SOURCE
@@ -108,6 +117,8 @@ struct options {
     double ramp_timeout_s;
     int server_pid;              /* 0 = no server figures */
     int server_core;             /* -1 = the server is not pinned to one core */
+    bool reconnect;              /* replace connections the server fails */
+    double drain_s;              /* 0 = stop at once when the window ends */
 };
 
 enum conn_state { CONN_UNUSED, CONN_CONNECTING, CONN_ACTIVE, CONN_CLOSED };
@@ -117,6 +128,7 @@ struct conn {
     uint32_t id;
     enum conn_state state;
     bool proven;                 /* first echo came back */
+    bool in_flight;              /* a round is started and its echo not complete */
     bool want_write;             /* EPOLLOUT is registered */
     uint32_t round;
     size_t sent;
@@ -133,7 +145,7 @@ struct errors {
     uint64_t connect_timeout;    /* not proven before the ramp timeout */
 };
 
-enum phase { PHASE_RAMP, PHASE_WARMUP, PHASE_MEASURE, PHASE_DONE };
+enum phase { PHASE_RAMP, PHASE_WARMUP, PHASE_MEASURE, PHASE_DRAIN, PHASE_DONE };
 
 static struct options opt = {
     .host = "127.0.0.1",
@@ -164,6 +176,8 @@ static int alive;                /* CONNECTING or ACTIVE */
 
 static uint64_t measured_requests;
 static uint64_t measured_echo_bytes;
+static uint64_t connections_failed;  /* established, then closed or reset by the server */
+static uint64_t reconnects;
 
 static uint64_t now_ns(void)
 {
@@ -281,12 +295,15 @@ static void update_events(struct conn *c, bool want_write)
     c->want_write = want_write;
 }
 
+static void open_connection(struct conn *c);
+
 static void close_conn(struct conn *c, uint64_t *error_counter)
 {
     if (c->state == CONN_CLOSED || c->state == CONN_UNUSED)
         return;
     if (error_counter)
         (*error_counter)++;
+    c->in_flight = false;
     if (!c->proven)
         unproven--;
     alive--;
@@ -299,10 +316,26 @@ static void close_conn(struct conn *c, uint64_t *error_counter)
     c->state = CONN_CLOSED;
 }
 
+/* The server closed (eof) or reset a connection: with --reconnect, a failed
+ * connection, replaced so the load goes on. */
+static void server_failed(struct conn *c, uint64_t *error_counter)
+{
+    bool was_established = c->state == CONN_ACTIVE;
+    close_conn(c, error_counter);
+    if (!opt.reconnect)
+        return;
+    if (was_established)
+        connections_failed++;
+    if (phase != PHASE_DRAIN && phase != PHASE_DONE) {
+        reconnects++;
+        open_connection(c);
+    }
+}
+
 static void socket_error(struct conn *c, int error)
 {
     (void)error; /* every socket error after connect counts as a reset */
-    close_conn(c, &errors.reset);
+    server_failed(c, &errors.reset);
 }
 
 /* Send as much of the pending message as the socket takes. */
@@ -340,11 +373,13 @@ static void start_round(struct conn *c)
     c->sent = 0;
     c->received = 0;
     c->round_start_ns = now_ns();
+    c->in_flight = true;
     send_pending(c);
 }
 
 static void finish_round(struct conn *c, uint64_t now)
 {
+    c->in_flight = false;
     if (phase == PHASE_MEASURE) {
         histogram[hist_index(now - c->round_start_ns)]++;
         measured_requests++;
@@ -358,7 +393,7 @@ static void finish_round(struct conn *c, uint64_t now)
     c->round++;
     /* During the ramp a proven connection waits, idle, for the others: load
      * from early connections would slow the handshakes of later ones. */
-    if (phase != PHASE_RAMP)
+    if (phase != PHASE_RAMP && phase != PHASE_DRAIN)
         start_round(c);
 }
 
@@ -384,7 +419,7 @@ static void on_readable(struct conn *c)
             continue;
         }
         if (n == 0) {
-            close_conn(c, &errors.eof);
+            server_failed(c, &errors.eof);
             return;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -427,7 +462,8 @@ static void on_connect_done(struct conn *c)
         return;
     }
     c->state = CONN_ACTIVE;
-    start_round(c);
+    if (phase != PHASE_DRAIN)
+        start_round(c);
 }
 
 static void handle_event(struct conn *c, uint32_t events)
@@ -461,7 +497,7 @@ static void usage(const char *argv0)
             "usage: %s --port PORT [--host 127.0.0.1] [--connections N] [--size BYTES]\n"
             "          [--duration SECONDS] [--warmup SECONDS] [--requests COUNT]\n"
             "          [--connect-concurrency N] [--ramp-timeout SECONDS] [--server-pid PID]\n"
-            "          [--server-core CORE]\n",
+            "          [--server-core CORE] [--reconnect] [--drain SECONDS]\n",
             argv0);
     exit(2);
 }
@@ -480,6 +516,8 @@ static void parse_args(int argc, char **argv)
         {"ramp-timeout", required_argument, 0, 't'},
         {"server-pid", required_argument, 0, 'P'},
         {"server-core", required_argument, 0, 'C'},
+        {"reconnect", no_argument, 0, 'R'},
+        {"drain", required_argument, 0, 'D'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -496,12 +534,14 @@ static void parse_args(int argc, char **argv)
         case 't': opt.ramp_timeout_s = atof(optarg); break;
         case 'P': opt.server_pid = atoi(optarg); break;
         case 'C': opt.server_core = atoi(optarg); break;
+        case 'R': opt.reconnect = true; break;
+        case 'D': opt.drain_s = atof(optarg); break;
         default: usage(argv[0]);
         }
     }
     if (opt.port <= 0 || opt.port > 65535 || opt.connections <= 0 ||
         opt.message_size == 0 || opt.duration_s <= 0 || opt.warmup_s < 0 ||
-        opt.connect_concurrency <= 0)
+        opt.connect_concurrency <= 0 || opt.drain_s < 0)
         usage(argv[0]);
 }
 
@@ -569,6 +609,7 @@ int main(int argc, char **argv)
     uint64_t run_start = now_ns();
     uint64_t ramp_deadline = run_start + (uint64_t)(opt.ramp_timeout_s * 1e9);
     uint64_t ramp_end = 0, warmup_end = 0, measure_start = 0, measure_end = 0;
+    uint64_t drain_end = 0;
     double server_cpu_start = -1, self_cpu_start = 0;
     double server_cpu_s = -1, self_cpu_s = 0;
     int loadgen_core = own_core();
@@ -627,8 +668,24 @@ int main(int argc, char **argv)
                 server_rss_kib = process_status_kib(opt.server_pid, "VmRSS");
                 server_hwm_kib = process_status_kib(opt.server_pid, "VmHWM");
             }
-            phase = PHASE_DONE;
-            break;
+            if (opt.drain_s > 0) {
+                phase = PHASE_DRAIN;
+                drain_end = now_ns() + (uint64_t)(opt.drain_s * 1e9);
+            } else {
+                phase = PHASE_DONE;
+                break;
+            }
+        }
+        if (phase == PHASE_DRAIN) {
+            bool settled = true;
+            for (int i = 0; i < opt.connections && settled; i++)
+                if (conns[i].state == CONN_CONNECTING ||
+                    (conns[i].state == CONN_ACTIVE && conns[i].in_flight))
+                    settled = false;
+            if (settled || now_ns() >= drain_end) {
+                phase = PHASE_DONE;
+                break;
+            }
         }
         if (alive == 0 && phase != PHASE_RAMP) {
             /* Everything died before measuring: report an empty window. */
@@ -649,6 +706,12 @@ int main(int argc, char **argv)
         if (phase == PHASE_RAMP)
             open_more_connections();
     }
+
+    /* Rounds still in flight on connections the server kept open: their bytes were lost. */
+    uint64_t rounds_incomplete = 0;
+    for (int i = 0; i < opt.connections; i++)
+        if (conns[i].state == CONN_ACTIVE && conns[i].in_flight)
+            rounds_incomplete++;
 
     double window_s = (double)(measure_end - measure_start) / 1e9;
     uint64_t error_total = errors.mismatch + errors.reset + errors.eof +
@@ -678,7 +741,8 @@ int main(int argc, char **argv)
            "\"connect_failed\": %llu, \"connect_timeout\": %llu}, \"errors_total\": %llu, "
            "\"loadgen_cpu_s\": %.4f, \"server_cpu_s\": %.4f, "
            "\"server_core_busy_s\": %.4f, \"loadgen_core_busy_s\": %.4f, "
-           "\"server_rss_kib\": %ld, \"server_hwm_kib\": %ld}\n",
+           "\"server_rss_kib\": %ld, \"server_hwm_kib\": %ld, "
+           "\"connections_failed\": %llu, \"reconnects\": %llu, \"rounds_incomplete\": %llu}\n",
            opt.connections, proven_total, alive, opt.message_size,
            (double)((ramp_end ? ramp_end : measure_end) - run_start) / 1e9, window_s,
            (unsigned long long)measured_requests,
@@ -691,7 +755,9 @@ int main(int argc, char **argv)
            (unsigned long long)errors.mismatch, (unsigned long long)errors.reset,
            (unsigned long long)errors.eof, (unsigned long long)errors.connect_failed,
            (unsigned long long)errors.connect_timeout, (unsigned long long)error_total,
-           self_cpu_s, server_cpu_s, server_core_busy_s, loadgen_core_busy_s, server_rss_kib, server_hwm_kib);
+           self_cpu_s, server_cpu_s, server_core_busy_s, loadgen_core_busy_s, server_rss_kib, server_hwm_kib,
+           (unsigned long long)connections_failed, (unsigned long long)reconnects,
+           (unsigned long long)rounds_incomplete);
     fflush(stdout);
 
     for (int i = 0; i < opt.connections; i++)

@@ -1,5 +1,11 @@
-"""Shared test configuration."""
+"""Shared test configuration and fixtures."""
+import pathlib
+import shutil
+import subprocess
+
 import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -8,3 +14,21 @@ def _run_in_a_scratch_directory(tmp_path, monkeypatch):
     # sys.path. From the repository root that would import the source tree, which has
     # no compiled loop, instead of the installed package the tests are meant to check.
     monkeypatch.chdir(tmp_path)
+
+
+def compile_c(tmp_path_factory, source: pathlib.Path, *flags: str) -> pathlib.Path:
+    """``source`` compiled with gcc (skips the test if there is no compiler)."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("needs a C compiler (gcc)")
+    if not source.exists():
+        pytest.skip(f"needs the source tree's {source.relative_to(ROOT)}")
+    output = tmp_path_factory.mktemp(source.stem) / source.stem
+    subprocess.run([compiler, "-O2", "-o", str(output), str(source), *flags], check=True)
+    return output
+
+
+@pytest.fixture(scope="session")
+def loadgen(tmp_path_factory):
+    """bench/loadgen.c, built: the closed-loop load generator that checks every echoed byte."""
+    return compile_c(tmp_path_factory, ROOT / "bench" / "loadgen.c")

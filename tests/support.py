@@ -150,3 +150,12 @@ def cpu_seconds(pid: int, thread: Optional[int] = None) -> float:
 def open_descriptors(pid: "int | str" = "self") -> List[int]:
     """The descriptor numbers process ``pid`` has open."""
     return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid``, in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

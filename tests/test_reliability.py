@@ -13,7 +13,7 @@ import pytest
 
 from simpletcp.tcpserver import TCPServer
 from support import (HandOff, backend, connect, recv_exactly, recv_until_eof,  # noqa: F401
-                     reset_at_once, serve, wait_for)
+                     reset_at_once, rss_kib, serve, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -234,14 +234,6 @@ SLOW_READER_SERVER = textwrap.dedent(
 )
 
 
-def _rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.timeout(120)
 def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mark(backend):
     child = subprocess.Popen([sys.executable, "-c", SLOW_READER_SERVER, backend],
@@ -251,7 +243,7 @@ def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mar
         with socket.create_connection(("127.0.0.1", port), timeout=30) as warm:
             warm.sendall(b"x" * 100_000)
             recv_exactly(warm, 100_000)
-        before = _rss_kib(child.pid)
+        before = rss_kib(child.pid)
         client = socket.create_connection(("127.0.0.1", port))
         client.settimeout(0.5)
         chunk = b"w" * (1 << 20)
@@ -262,7 +254,7 @@ def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mar
         except socket.timeout:
             pass  # the server stopped reading and the kernel buffers are full
         time.sleep(0.2)
-        growth_kib = _rss_kib(child.pid) - before
+        growth_kib = rss_kib(child.pid) - before
         # The default high-water mark is 1 MiB; allow for the allocator and reads in flight.
         assert growth_kib < 6 * 1024, f"server grew by {growth_kib} KiB after {written} bytes"
         assert written < 300 * (1 << 20)
