@@ -8,12 +8,13 @@ discards input until the client closes (or a bound), then closes.
 """
 import logging
 import socket
+import threading
 import time
 
 import pytest
 
 from support import (backend, connect, recv_exactly, recv_until_eof, reset_at_once,  # noqa: F401
-                     serve)
+                     serve, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,3 +117,114 @@ def test_connections_refused_at_the_limit_are_reset_whether_or_not_they_sent(ser
         assert reset_at_once(server.port)
         member.sendall(b"still served")
         assert recv_exactly(member, 12) == b"still served"
+
+
+def test_shutdown_immediate_drops_the_queue_but_still_closes_gracefully(serve):
+    def drop_and_close(queue, data):
+        queue.put(b"never sent" * 1000)
+        queue.shutdown(immediate=True)
+
+    server = serve(drop_and_close)
+    with connect(server) as client:
+        client.sendall(b"go")
+        time.sleep(0.2)
+        client.sendall(b"unread by the server")
+        assert recv_until_eof(client) == b""  # EOF, not a reset
+
+
+def test_a_peer_that_keeps_the_connection_after_eof_is_let_go_once_quiet(serve):
+    # Lingering ends LINGER_QUIET_SECONDS (2 s) after the peer's last byte, once it has
+    # acknowledged everything: a client that never closes does not hold a descriptor.
+    server = serve(reply_then_close("shutdown", b"bye", []))
+    with connect(server) as client:
+        client.sendall(b"GET\n")
+        assert recv_until_eof(client) == b"bye"
+        started = time.monotonic()
+        wait_for(lambda: server.connection_count == 0, timeout=10)
+        assert 1.5 < time.monotonic() - started < 8
+
+
+def test_a_peer_that_streams_after_the_close_is_cut_off_by_the_byte_bound(serve):
+    # Every byte resets the quiet timer; only LINGER_MAX_BYTES (16 MiB) ends it.
+    server = serve(reply_then_close("shutdown", b"bye", []))
+    client = connect(server)
+    client.sendall(b"GET\n")
+    assert recv_exactly(client, 3) == b"bye"
+    sent = [0]
+
+    def stream():
+        try:
+            while True:
+                sent[0] += client.send(b"s" * 65536)
+        except OSError:
+            pass  # reset once the server gives up
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    wait_for(lambda: server.connection_count == 0, timeout=20)
+    client.close()
+    streamer.join(10)
+    assert sent[0] >= 16 * MIB
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(90)
+def test_a_peer_that_trickles_input_is_cut_off_by_the_time_bound(serve):
+    # One byte a second keeps the peer from being quiet; LINGER_MAX_SECONDS (30 s) ends it.
+    server = serve(reply_then_close("shutdown", b"bye", []))
+    with connect(server) as client:
+        client.sendall(b"GET\n")
+        assert recv_exactly(client, 3) == b"bye"
+        started = time.monotonic()
+        try:
+            while server.connection_count and time.monotonic() - started < 60:
+                client.sendall(b".")
+                time.sleep(1)
+        except OSError:
+            pass
+        assert server.connection_count == 0
+        assert 29 < time.monotonic() - started < 40
+
+
+def test_stop_closes_idle_connections_at_once(serve):
+    # A connection quiet for LINGER_QUIET_SECONDS that has acknowledged all it was sent
+    # is owed nothing: stop() closes it without lingering.
+    server = serve(lambda queue, data: queue.put(data))
+    with connect(server) as client:
+        client.sendall(b"hello")
+        assert recv_exactly(client, 5) == b"hello"
+        time.sleep(2.5)
+        started = time.monotonic()
+        assert server.stop(timeout=10)
+        assert time.monotonic() - started < 1.0
+        assert recv_until_eof(client) == b""
+
+
+def test_stop_lingers_for_a_client_that_just_talked_then_lets_it_go(serve):
+    # The client may still be sending (pipelining): the server shuts its side, waits
+    # for the client to close or be quiet 2 s, and does not exceed the grace period.
+    server = serve(lambda queue, data: queue.put(data), grace_period=10)
+    with connect(server) as client:
+        client.sendall(b"hello")
+        assert recv_exactly(client, 5) == b"hello"
+        started = time.monotonic()
+        assert server.stop(timeout=15)
+        assert 1.5 < time.monotonic() - started < 8
+        assert recv_until_eof(client) == b""
+
+
+def test_a_late_put_to_a_lingering_connection_is_dropped_quietly(serve, caplog):
+    caplog.set_level(logging.DEBUG, logger="simpletcp")
+    queues = []
+
+    def keep_and_fail(queue, data):
+        queues.append(queue)
+        queue.put(b"answer")
+        raise ValueError("the worker will put more, too late")
+
+    server = serve(keep_and_fail)
+    with connect(server) as client:
+        client.sendall(b"GET\n")
+        assert recv_until_eof(client) == b"answer"
+        queues[0].put(b"too late")  # the server has shut its side: dropped
+        assert any("dropped" in r.getMessage() for r in caplog.records)
