@@ -154,19 +154,30 @@ cdef class Connection:
             self.close_reason = reason
             self.paused = False
 
-    cdef void mark_active(self, double now):
+    cdef inline void mark_active(self, double now) noexcept:
         self.last_active = now
         if self.listed_in is not None and self is not self.listed_in.newest:
             self.listed_in.move_to_newest(self)
 
-    cdef int on_readable(self) except -1:
+    cdef inline int on_events(self, int events) except -1:
+        """READABLE reads (and then sends), WRITABLE sends, HANGUP acts on an error or
+        hang-up the poller reports."""
+        if events & READABLE:
+            self.on_readable()
+        elif events & WRITABLE:
+            self.service()
+        if events & HANGUP and self.fd >= 0:
+            self.on_hangup()
+        return 0
+
+    cdef inline int on_readable(self) except -1:
         if self.state == OPEN:
             self.read_for_callback()
         elif self.input_open:
             self.discard_input()
         return self.service()
 
-    cdef int read_for_callback(self) except -1:
+    cdef inline int read_for_callback(self) except -1:
         # A read that fills the buffer means more is probably waiting: read again (each
         # chunk is still its own callback) and flush the replies once, in one sendmsg().
         # The bound keeps one streaming peer from starving the others.
@@ -249,7 +260,7 @@ cdef class Connection:
                 loop.notify_drained()
         return self.update_interest()
 
-    cdef int flush(self) except -1:
+    cdef inline int flush(self) except -1:
         cdef Py_ssize_t sent
         cdef int error
         while self.out.pending:
@@ -265,7 +276,7 @@ cdef class Connection:
             self.mark_active(self.loop.now)
         return 0
 
-    cdef int update_interest(self) except -1:
+    cdef inline int update_interest(self) except -1:
         cdef int wanted = 0
         if not self.backing_off:
             if self.state == OPEN:
@@ -398,7 +409,7 @@ cdef class ActivityList:
     cdef Connection oldest
     cdef Connection newest
 
-    cdef void append(self, Connection connection):
+    cdef void append(self, Connection connection) noexcept:
         connection.older = self.newest
         connection.newer = None
         if self.newest is not None:
@@ -408,7 +419,7 @@ cdef class ActivityList:
         self.newest = connection
         connection.listed_in = self
 
-    cdef void unlink(self, Connection connection):
+    cdef void unlink(self, Connection connection) noexcept:
         if connection.older is not None:
             connection.older.newer = connection.newer
         elif self.oldest is connection:
@@ -420,7 +431,7 @@ cdef class ActivityList:
         connection.older = connection.newer = None
         connection.listed_in = None
 
-    cdef void move_to_newest(self, Connection connection):
+    cdef void move_to_newest(self, Connection connection) noexcept:
         self.unlink(connection)
         self.append(connection)
 
