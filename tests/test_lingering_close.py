@@ -27,8 +27,10 @@ def pattern(size):
     return (block * (size // len(block) + 1))[:size]
 
 
-def reply_then_close(how, payload, holder):
-    """A callback that answers GET with ``payload`` and then closes, in one of three ways."""
+def serve_reply_then_close(serve, how, payload):
+    """A server that answers GET with ``payload`` and then closes: by queue.shutdown(),
+    server.stop() or an exception."""
+    servers = []
 
     def callback(queue, data):
         if not data.startswith(b"GET"):
@@ -37,11 +39,12 @@ def reply_then_close(how, payload, holder):
         if how == "shutdown":
             queue.shutdown()
         elif how == "stop":
-            holder[0].stop()
+            servers[0].stop()
         else:
             raise RuntimeError("the reply is queued, then the callback fails")
 
-    return callback
+    servers.append(serve(callback))
+    return servers[0]
 
 
 @pytest.mark.parametrize("size", [2 * MIB, 16 * MIB], ids=["2MiB", "16MiB"])
@@ -49,9 +52,7 @@ def reply_then_close(how, payload, holder):
 def test_a_reply_before_a_close_survives_pipelined_input(serve, how, size, caplog):
     caplog.set_level(logging.CRITICAL, logger="simpletcp")  # the raise is expected
     payload = pattern(size)
-    holder = []
-    server = serve(reply_then_close(how, payload, holder))
-    holder.append(server)
+    server = serve_reply_then_close(serve, how, payload)
     with connect(server, timeout=30) as client:
         client.sendall(b"GET\n")
         time.sleep(0.2)
@@ -65,9 +66,7 @@ def test_input_arriving_after_the_reply_is_out_does_not_reset_it(serve, how, cap
     # server has shut its side; what it sends then must not turn into a reset.
     caplog.set_level(logging.CRITICAL, logger="simpletcp")
     payload = pattern(256 * 1024)
-    holder = []
-    server = serve(reply_then_close(how, payload, holder))
-    holder.append(server)
+    server = serve_reply_then_close(serve, how, payload)
     with connect(server, timeout=30) as client:
         client.sendall(b"GET\n")
         time.sleep(0.3)
@@ -81,7 +80,7 @@ def test_a_client_that_keeps_sending_while_the_reply_drains_gets_it_whole(serve)
     # A client that writes a large upload after the server decided to close, and only
     # then reads: discarding its input while the reply drains keeps both sides moving.
     payload = pattern(8 * MIB)
-    server = serve(reply_then_close("shutdown", payload, []))
+    server = serve_reply_then_close(serve, "shutdown", payload)
     with connect(server, timeout=30) as client:
         client.sendall(b"GET\n")
         client.sendall(b"u" * (4 * MIB))  # more than both kernels' buffers hold
@@ -135,7 +134,7 @@ def test_shutdown_immediate_drops_the_queue_but_still_closes_gracefully(serve):
 def test_a_peer_that_keeps_the_connection_after_eof_is_let_go_once_quiet(serve):
     # Lingering ends LINGER_QUIET_SECONDS (2 s) after the peer's last byte, once it has
     # acknowledged everything: a client that never closes does not hold a descriptor.
-    server = serve(reply_then_close("shutdown", b"bye", []))
+    server = serve_reply_then_close(serve, "shutdown", b"bye")
     with connect(server) as client:
         client.sendall(b"GET\n")
         assert recv_until_eof(client) == b"bye"
@@ -146,7 +145,7 @@ def test_a_peer_that_keeps_the_connection_after_eof_is_let_go_once_quiet(serve):
 
 def test_a_peer_that_streams_after_the_close_is_cut_off_by_the_byte_bound(serve):
     # Every byte resets the quiet timer; only LINGER_MAX_BYTES (16 MiB) ends it.
-    server = serve(reply_then_close("shutdown", b"bye", []))
+    server = serve_reply_then_close(serve, "shutdown", b"bye")
     client = connect(server)
     client.sendall(b"GET\n")
     assert recv_exactly(client, 3) == b"bye"
@@ -171,7 +170,7 @@ def test_a_peer_that_streams_after_the_close_is_cut_off_by_the_byte_bound(serve)
 @pytest.mark.timeout(90)
 def test_a_peer_that_trickles_input_is_cut_off_by_the_time_bound(serve):
     # One byte a second keeps the peer from being quiet; LINGER_MAX_SECONDS (30 s) ends it.
-    server = serve(reply_then_close("shutdown", b"bye", []))
+    server = serve_reply_then_close(serve, "shutdown", b"bye")
     with connect(server) as client:
         client.sendall(b"GET\n")
         assert recv_exactly(client, 3) == b"bye"
