@@ -364,7 +364,8 @@ cdef class Connection:
             logger.debug("connection %s: %s: %s", self.describe(), operation,
                          strerror(error).decode())
         else:
-            self.loop.log_connection_error(self, f"{operation} failed: {strerror(error).decode()}")
+            self.loop.log_connection_error(self.describe(),
+                                           f"{operation} failed: {strerror(error).decode()}")
         self.close()
         return 0
 

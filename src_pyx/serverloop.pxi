@@ -28,10 +28,11 @@ def raised_by_signal_handler(exc):
     """
     codes = set()
     for signum in _signal.valid_signals():
+        handler = None
         try:
             handler = _signal.getsignal(signum)
         except (OSError, ValueError):
-            continue
+            pass
         code = getattr(handler, "__code__", None) or getattr(
             getattr(handler, "__func__", None), "__code__", None)
         if code is not None:
@@ -377,8 +378,12 @@ cdef class Loop:
         return 0
 
     cdef int connection_failed(self, Connection connection, object error) except -1:
-        self.log_connection_error(connection, f"closed after an error: {error!r}")
-        connection.abort()
+        cdef int fd = connection.fd
+        connection.abort()  # before saying so, which may fail in turn (out of memory)
+        try:
+            self.log_connection_error(f"fd {fd}", f"closed after an error: {error!r}")
+        except MemoryError:
+            pass
         return 0
 
     cdef int handle_ready(self, int count) except -1:
@@ -410,11 +415,12 @@ cdef class Loop:
                 connection = None
         return 0
 
-    cdef void log_connection_error(self, Connection connection, str what):
+    cdef int log_connection_error(self, str described, str what) except -1:
         cdef Py_ssize_t skipped = self.connection_error_log.due()
         if skipped >= 0:
-            logger.warning("connection %s: %s%s", connection.describe(), what,
+            logger.warning("connection %s: %s%s", described, what,
                            since_last(skipped, "connection errors"))
+        return 0
 
     cdef int on_deadline(self) except -1:
         """Whatever timed thing is due at self.now: grace period, workers' replies,
@@ -526,13 +532,18 @@ cdef class Loop:
             else:
                 self.callback(connection.get_queue(), data)
         except BaseException as error:
-            if self.restore_signals is not None and raised_by_signal_handler(error):
-                self.stop_for(error)
-            else:
-                logger.exception("read_callback raised %s; closing connection %s once its "
-                                 "queued output is sent", type(error).__name__,
-                                 connection.describe())
+            # The close first: under memory pressure what follows may fail in turn, and
+            # the input this callback was given is consumed whatever happens.
             connection.begin_close(CALLBACK_FAILED)
+            try:
+                if self.restore_signals is not None and raised_by_signal_handler(error):
+                    self.stop_for(error)
+                else:
+                    logger.exception("read_callback raised %s; closing connection %s once "
+                                     "its queued output is sent", type(error).__name__,
+                                     connection.describe())
+            except MemoryError:
+                pass  # out of memory to say so; the connection closes all the same
         finally:
             self.dispatching = None
         return 0
@@ -652,11 +663,14 @@ cdef class Loop:
 
     cdef int adopt(self, int fd, sockaddr_storage *address) except -1:
         cdef int one = 1
-        cdef Connection connection
+        cdef Connection connection = None
+        cdef object failure = None
         if address.ss_family == AF_INET or address.ss_family == AF_INET6:
             # Replies are often written in pieces; Nagle would hold the last one back
             # until the peer's delayed ACK (~40 ms).
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        # No return inside the except clause: Cython's return path there assumes the
+        # exception has a traceback, which it lacks when making one ran out of memory.
         try:
             connection = Connection.__new__(Connection)
             if self.callback_takes_ip:
@@ -664,12 +678,12 @@ cdef class Loop:
             self.reserve_slot(fd)
             self.poller.register(fd, READABLE)
         except Exception as error:
+            failure = error
+        if failure is not None:
             # Out of memory, or the poller refused it: this connection cannot be served.
             reset_and_close(fd)
-            skipped = self.connection_error_log.due()
-            if skipped >= 0:
-                logger.warning("could not take a new connection: %r%s", error,
-                               since_last(skipped, "connection errors"))
+            if self.connection_error_log.due() >= 0:
+                logger.warning("could not take a new connection: %r", failure)
             return 0
         connection.fd = fd
         connection.loop = self
@@ -733,17 +747,19 @@ cdef class Loop:
         self.accept_resume_at = monotonic() + ACCEPT_RETRY_SECONDS
 
     cdef void resume_accepting(self):
+        cdef int error = 0
         self.accept_resume_at = 0
         if not self.accepting and not self.stopping:
             try:
                 self.poller.register(self.listen_fd, READABLE)
-            except OSError as error:
-                self.pause_accepting(error.errno or ENOMEM)
-                return
+            except OSError as failure:
+                error = failure.errno or ENOMEM
             except MemoryError:
-                self.pause_accepting(ENOMEM)
-                return
-            self.accepting = True
+                error = ENOMEM
+            if error:
+                self.pause_accepting(error)
+            else:
+                self.accepting = True
 
     # ---- stopping -------------------------------------------------------------------
 

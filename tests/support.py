@@ -70,6 +70,8 @@ def refused(port: int, host: str = "127.0.0.1") -> bool:
         return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return True  # it was in the backlog when the listening socket was closed
 
 
 def reset_at_once(port: int, request: bytes = b"", host: str = "127.0.0.1") -> bool:

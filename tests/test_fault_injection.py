@@ -172,3 +172,61 @@ def test_injected_faults_lose_nothing_on_healthy_connections(shim, loadgen, back
 def test_fault_soak(shim, loadgen, backend):
     requests = int(os.environ.get("SIMPLETCP_FAULT_SOAK_REQUESTS", 300_000))
     fault_soak(shim, loadgen, backend, requests=requests, connections=200, seed=2)
+
+
+# The same server with a callback that allocates (slices), so that allocations fail in
+# the callback, in the loop and in logging. Each "nomem START COUNT" command fails
+# allocations START to START+COUNT from now on, in every thread (the main thread sleeps
+# meanwhile, making none), for 0.3 s.
+NOMEM_SERVER = textwrap.dedent(
+    """
+    import _testcapi, logging, socket, sys, time
+    from simpletcp.tcpserver import TCPServer
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+    def echo_in_two_pieces(queue, data):
+        queue.put(data[:500])
+        queue.put(data[500:])
+
+    server = TCPServer("localhost", 0, echo_in_two_pieces, backend=sys.argv[1])
+    server.start()
+    print(server.port, flush=True)
+    for command in sys.stdin:
+        start, count = map(int, command.split()[1:])
+        _testcapi.set_nomemory(start, start + count)
+        time.sleep(0.3)
+        _testcapi.remove_mem_hooks()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as probe:
+            probe.sendall(b"p" * 1000)
+            got = b""
+            while len(got) < 1000:
+                got += probe.recv(1000)
+        print("served" if server.running and got == b"p" * 1000 else "NOT SERVING", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_allocation_failures_close_connections_not_the_server(loadgen, backend):
+    # Found with this test: a MemoryError while reporting a MemoryError left connections
+    # open with their input consumed (a silent stall), and a return inside an except
+    # clause crashed the process when the exception had no traceback (no memory for it).
+    testcapi = pytest.importorskip("_testcapi")
+    if not hasattr(testcapi, "set_nomemory"):
+        pytest.skip("this CPython's _testcapi has no set_nomemory")
+    with child_server(NOMEM_SERVER, backend) as (child, port):
+        generator = subprocess.Popen(
+            [str(loadgen), "--port", str(port), "--connections", "20", "--size", "1000",
+             "--warmup", "0", "--duration", "4", "--reconnect", "--drain", "5"],
+            stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        for start, count in [(0, 20), (5, 500), (100, 3000), (0, 100_000)]:
+            child.stdin.write(f"nomem {start} {count}\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "served\n", child.stderr.read()
+        report = json.loads(generator.communicate(timeout=60)[0].strip().splitlines()[-1])
+        assert report["errors"]["mismatch"] == 0, report
+        assert report["rounds_incomplete"] == 0, report
+        assert child.poll() is None
