@@ -8,10 +8,12 @@
 # A connection's life (ConnectionState):
 #
 #   OPEN ──close begins──> DRAINING ──all sent──> LINGERING ──peer's EOF / a bound──> CLOSED
-#                              │  ↑                   (or CLOSED at once, see finish_close)
-#                 stopping and │  │ a late reply
-#             the queue is held↓  │
-#                          AWAITING_WORKER
+#                              │                ↑     (or CLOSED at once, see finish_close)
+#     all sent, stopping, and  │                │ the queue let go of (its late reply,
+#     user code holds the queue↓                │ if any, sent)
+#                          AWAITING_WORKER ─────┘
+#
+# Any state can go to CLOSED at once: a socket error, the end of the grace period.
 #
 # A close begins (begin_close) at the peer's EOF, queue.shutdown(), a failing callback,
 # stop() or the idle timeout; what is queued is sent first. Once the close has begun,
