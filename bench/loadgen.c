@@ -32,6 +32,15 @@
  * end of the measured window, and its VmRSS/VmHWM at the end of the window,
  * while every connection is still open.
  *
+ * For fault injection (tests/test_fault_injection.py) two options tell connections
+ * the server failed from healthy ones:
+ *   --reconnect  a connection the server closes or resets is counted as failed and
+ *                replaced by a new one, so the load goes on;
+ *   --drain S    after the window no new round starts, and every round in flight on
+ *                a connection still open must complete within S seconds: one that
+ *                does not lost bytes ("rounds_incomplete"). A wrong, repeated or
+ *                extra byte is always a "mismatch".
+ *
  * Build: gcc -O2 -o loadgen loadgen.c
  */
 #define _GNU_SOURCE
@@ -124,6 +133,8 @@ struct options {
     double ramp_timeout_s;
     int server_pid;              /* 0 = no server figures */
     int server_core;             /* -1 = the server is not pinned to one core */
+    bool reconnect;              /* replace connections the server fails */
+    double drain_s;              /* 0 = stop at once when the window ends */
 };
 
 enum conn_state { CONN_UNUSED, CONN_CONNECTING, CONN_ACTIVE, CONN_CLOSED };
@@ -150,7 +161,7 @@ struct errors {
     uint64_t connect_timeout;    /* not proven before the ramp timeout */
 };
 
-enum phase { PHASE_RAMP, PHASE_WARMUP, PHASE_MEASURE, PHASE_DONE };
+enum phase { PHASE_RAMP, PHASE_WARMUP, PHASE_MEASURE, PHASE_DRAIN, PHASE_DONE };
 
 static struct options opt = {
     .host = "127.0.0.1",
@@ -188,6 +199,8 @@ static uint64_t measured_requests;
 static long long phase_budget = -1; /* -1 = unlimited */
 static int in_flight;
 static uint64_t measured_echo_bytes;
+static uint64_t connections_failed;  /* established, then closed or reset by the server */
+static uint64_t reconnects;
 
 static uint64_t now_ns(void)
 {
@@ -305,6 +318,8 @@ static void update_events(struct conn *c, bool want_write)
     c->want_write = want_write;
 }
 
+static void open_connection(struct conn *c);
+
 static void close_conn(struct conn *c, uint64_t *error_counter)
 {
     if (c->state == CONN_CLOSED || c->state == CONN_UNUSED)
@@ -327,10 +342,26 @@ static void close_conn(struct conn *c, uint64_t *error_counter)
     c->state = CONN_CLOSED;
 }
 
+/* The server closed (eof) or reset a connection: with --reconnect, a failed
+ * connection, replaced so the load goes on. */
+static void server_failed(struct conn *c, uint64_t *error_counter)
+{
+    bool was_established = c->state == CONN_ACTIVE;
+    close_conn(c, error_counter);
+    if (!opt.reconnect)
+        return;
+    if (was_established)
+        connections_failed++;
+    if (phase != PHASE_DRAIN && phase != PHASE_DONE) {
+        reconnects++;
+        open_connection(c);
+    }
+}
+
 static void socket_error(struct conn *c, int error)
 {
     (void)error; /* every socket error after connect counts as a reset */
-    close_conn(c, &errors.reset);
+    server_failed(c, &errors.reset);
 }
 
 /* Send as much of the pending message as the socket takes. */
@@ -409,7 +440,7 @@ static void finish_round(struct conn *c, uint64_t now)
     c->round++;
     /* During the ramp a proven connection waits, idle, for the others: load
      * from early connections would slow the handshakes of later ones. */
-    if (phase != PHASE_RAMP)
+    if (phase != PHASE_RAMP && phase != PHASE_DRAIN)
         start_round_if_budget(c);
 }
 
@@ -435,7 +466,7 @@ static void on_readable(struct conn *c)
             continue;
         }
         if (n == 0) {
-            close_conn(c, &errors.eof);
+            server_failed(c, &errors.eof);
             return;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -478,7 +509,8 @@ static void on_connect_done(struct conn *c)
         return;
     }
     c->state = CONN_ACTIVE;
-    start_round(c);
+    if (phase != PHASE_DRAIN)
+        start_round(c);
 }
 
 static void handle_event(struct conn *c, uint32_t events)
@@ -537,7 +569,7 @@ static void usage(const char *argv0)
             "usage: %s --port PORT [--host 127.0.0.1] [--connections N] [--size BYTES]\n"
             "          [--duration SECONDS] [--warmup SECONDS] [--requests COUNT]\n"
             "          [--connect-concurrency N] [--ramp-timeout SECONDS] [--server-pid PID]\n"
-            "          [--server-core CORE] [--lines K]\n"
+            "          [--server-core CORE] [--lines K] [--reconnect] [--drain SECONDS]\n"
             "          [--counted --warmup-requests COUNT --requests COUNT]\n",
             argv0);
     exit(2);
@@ -560,6 +592,8 @@ static void parse_args(int argc, char **argv)
         {"counted", no_argument, 0, 'K'},
         {"warmup-requests", required_argument, 0, 'W'},
         {"lines", required_argument, 0, 'L'},
+        {"reconnect", no_argument, 0, 'R'},
+        {"drain", required_argument, 0, 'D'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -579,12 +613,15 @@ static void parse_args(int argc, char **argv)
         case 'K': opt.counted = true; break;
         case 'W': opt.warmup_requests = atoll(optarg); break;
         case 'L': opt.lines = atoi(optarg); break;
+        case 'R': opt.reconnect = true; break;
+        case 'D': opt.drain_s = atof(optarg); break;
         default: usage(argv[0]);
         }
     }
     if (opt.port <= 0 || opt.port > 65535 || opt.connections <= 0 ||
         opt.message_size == 0 || opt.duration_s <= 0 || opt.warmup_s < 0 ||
-        opt.connect_concurrency <= 0 || opt.request_limit < 0 || opt.warmup_requests < 0)
+        opt.connect_concurrency <= 0 || opt.request_limit < 0 || opt.warmup_requests < 0 ||
+        opt.drain_s < 0)
         usage(argv[0]);
     if (opt.counted && opt.request_limit == 0) {
         fprintf(stderr, "loadgen: --counted needs --requests\n");
@@ -661,6 +698,7 @@ int main(int argc, char **argv)
     uint64_t run_start = now_ns();
     uint64_t ramp_deadline = run_start + (uint64_t)(opt.ramp_timeout_s * 1e9);
     uint64_t ramp_end = 0, warmup_end = 0, measure_start = 0, measure_end = 0;
+    uint64_t drain_end = 0;
     double server_cpu_start = -1, self_cpu_start = 0;
     double server_cpu_s = -1, self_cpu_s = 0;
     int loadgen_core = own_core();
@@ -725,8 +763,24 @@ int main(int argc, char **argv)
             }
             if (opt.counted)
                 quiet_edge("window-end");
-            phase = PHASE_DONE;
-            break;
+            if (opt.drain_s > 0) {
+                phase = PHASE_DRAIN;
+                drain_end = now_ns() + (uint64_t)(opt.drain_s * 1e9);
+            } else {
+                phase = PHASE_DONE;
+                break;
+            }
+        }
+        if (phase == PHASE_DRAIN) {
+            bool settled = true;
+            for (int i = 0; i < opt.connections && settled; i++)
+                if (conns[i].state == CONN_CONNECTING ||
+                    (conns[i].state == CONN_ACTIVE && conns[i].in_round))
+                    settled = false;
+            if (settled || now_ns() >= drain_end) {
+                phase = PHASE_DONE;
+                break;
+            }
         }
         if (alive == 0 && phase != PHASE_RAMP) {
             /* Everything died before measuring: report an empty window. */
@@ -747,6 +801,12 @@ int main(int argc, char **argv)
         if (phase == PHASE_RAMP)
             open_more_connections();
     }
+
+    /* Rounds still in flight on connections the server kept open: their bytes were lost. */
+    uint64_t rounds_incomplete = 0;
+    for (int i = 0; i < opt.connections; i++)
+        if (conns[i].state == CONN_ACTIVE && conns[i].in_round)
+            rounds_incomplete++;
 
     double window_s = (double)(measure_end - measure_start) / 1e9;
     uint64_t error_total = errors.mismatch + errors.reset + errors.eof +
@@ -777,7 +837,8 @@ int main(int argc, char **argv)
            "\"connect_failed\": %llu, \"connect_timeout\": %llu}, \"errors_total\": %llu, "
            "\"loadgen_cpu_s\": %.4f, \"server_cpu_s\": %.4f, "
            "\"server_core_busy_s\": %.4f, \"loadgen_core_busy_s\": %.4f, "
-           "\"server_rss_kib\": %ld, \"server_hwm_kib\": %ld}\n",
+           "\"server_rss_kib\": %ld, \"server_hwm_kib\": %ld, "
+           "\"connections_failed\": %llu, \"reconnects\": %llu, \"rounds_incomplete\": %llu}\n",
            opt.connections, proven_total, alive, opt.message_size,
            (double)((ramp_end ? ramp_end : measure_end) - run_start) / 1e9, window_s,
            (unsigned long long)measured_requests,
@@ -792,7 +853,9 @@ int main(int argc, char **argv)
            (unsigned long long)errors.mismatch, (unsigned long long)errors.reset,
            (unsigned long long)errors.eof, (unsigned long long)errors.connect_failed,
            (unsigned long long)errors.connect_timeout, (unsigned long long)error_total,
-           self_cpu_s, server_cpu_s, server_core_busy_s, loadgen_core_busy_s, server_rss_kib, server_hwm_kib);
+           self_cpu_s, server_cpu_s, server_core_busy_s, loadgen_core_busy_s, server_rss_kib, server_hwm_kib,
+           (unsigned long long)connections_failed, (unsigned long long)reconnects,
+           (unsigned long long)rounds_incomplete);
     fflush(stdout);
 
     for (int i = 0; i < opt.connections; i++)
