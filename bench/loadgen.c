@@ -14,10 +14,32 @@
  *   warmup   all connections run, nothing is counted;
  *   measure  requests, bytes, latencies and CPU times are counted.
  *
+ * With --counted, the warmup and the measured window are a fixed number of round
+ * trips instead of a time (--warmup-requests, --requests): exactly that many are
+ * started, and the phase ends when the last one has come back, so the server is
+ * idle at both edges of the window. At each edge the load generator prints
+ * "quiet window-start" / "quiet window-end" on stdout and waits for a line on
+ * stdin before it goes on: whoever drives it (bench/run.py --counted) zeroes or
+ * reads instruction and system call counters there, and the figures cover
+ * exactly the window's requests, however fast or slow the server is.
+ *
+ * With --lines K each message is K pipelined lines: --size/K bytes each, the last
+ * byte '\n' and no other '\n' in it, sent in one write. Every line is answered
+ * by echoing it, so the check is the same; "messages" in the output counts lines.
+ *
  * If --server-pid is given, the server's CPU time (utime+stime of the whole
  * process, all threads) is read from /proc/PID/stat exactly at the start and
  * end of the measured window, and its VmRSS/VmHWM at the end of the window,
  * while every connection is still open.
+ *
+ * For fault injection (tests/test_fault_injection.py) two options tell connections
+ * the server failed from healthy ones:
+ *   --reconnect  a connection the server closes or resets is counted as failed and
+ *                replaced by a new one, so the load goes on;
+ *   --drain S    after the window no new round starts, and every round in flight on
+ *                a connection still open must complete within S seconds: one that
+ *                does not lost bytes ("rounds_incomplete"). A wrong, repeated or
+ *                extra byte is always a "mismatch".
  *
  * Build: gcc -O2 -o loadgen loadgen.c
  */
@@ -103,11 +125,16 @@ struct options {
     size_t message_size;
     double duration_s;
     double warmup_s;
-    long long request_limit;     /* 0 = run for duration_s */
+    long long request_limit;     /* 0 = run for duration_s; with counted: the window's round trips */
+    long long warmup_requests;   /* counted: round trips before the window */
+    bool counted;                /* fixed round-trip counts, quiet edges, stdin handshake */
+    int lines;                   /* lines per message (1 = one opaque message) */
     int connect_concurrency;
     double ramp_timeout_s;
     int server_pid;              /* 0 = no server figures */
     int server_core;             /* -1 = the server is not pinned to one core */
+    bool reconnect;              /* replace connections the server fails */
+    double drain_s;              /* 0 = stop at once when the window ends */
 };
 
 enum conn_state { CONN_UNUSED, CONN_CONNECTING, CONN_ACTIVE, CONN_CLOSED };
@@ -118,6 +145,7 @@ struct conn {
     enum conn_state state;
     bool proven;                 /* first echo came back */
     bool want_write;             /* EPOLLOUT is registered */
+    bool in_round;               /* a message was started and its echo is not complete */
     uint32_t round;
     size_t sent;
     size_t received;
@@ -133,7 +161,7 @@ struct errors {
     uint64_t connect_timeout;    /* not proven before the ramp timeout */
 };
 
-enum phase { PHASE_RAMP, PHASE_WARMUP, PHASE_MEASURE, PHASE_DONE };
+enum phase { PHASE_RAMP, PHASE_WARMUP, PHASE_MEASURE, PHASE_DRAIN, PHASE_DONE };
 
 static struct options opt = {
     .host = "127.0.0.1",
@@ -143,6 +171,9 @@ static struct options opt = {
     .duration_s = 5.0,
     .warmup_s = 1.0,
     .request_limit = 0,
+    .warmup_requests = 0,
+    .counted = false,
+    .lines = 1,
     .connect_concurrency = 128,
     .ramp_timeout_s = 60.0,
     .server_pid = 0,
@@ -163,7 +194,13 @@ static int proven_total;         /* ever proven: "connections established" */
 static int alive;                /* CONNECTING or ACTIVE */
 
 static uint64_t measured_requests;
+/* Counted mode: round trips the current phase may still start, and round trips
+ * started but not yet echoed in full. */
+static long long phase_budget = -1; /* -1 = unlimited */
+static int in_flight;
 static uint64_t measured_echo_bytes;
+static uint64_t connections_failed;  /* established, then closed or reset by the server */
+static uint64_t reconnects;
 
 static uint64_t now_ns(void)
 {
@@ -281,6 +318,8 @@ static void update_events(struct conn *c, bool want_write)
     c->want_write = want_write;
 }
 
+static void open_connection(struct conn *c);
+
 static void close_conn(struct conn *c, uint64_t *error_counter)
 {
     if (c->state == CONN_CLOSED || c->state == CONN_UNUSED)
@@ -289,6 +328,10 @@ static void close_conn(struct conn *c, uint64_t *error_counter)
         (*error_counter)++;
     if (!c->proven)
         unproven--;
+    if (c->in_round) {
+        c->in_round = false;
+        in_flight--;
+    }
     alive--;
     /* RST instead of FIN: no TIME_WAIT left behind, so back-to-back runs with
      * 10,000 connections never run out of local ports. */
@@ -299,10 +342,26 @@ static void close_conn(struct conn *c, uint64_t *error_counter)
     c->state = CONN_CLOSED;
 }
 
+/* The server closed (eof) or reset a connection: with --reconnect, a failed
+ * connection, replaced so the load goes on. */
+static void server_failed(struct conn *c, uint64_t *error_counter)
+{
+    bool was_established = c->state == CONN_ACTIVE;
+    close_conn(c, error_counter);
+    if (!opt.reconnect)
+        return;
+    if (was_established)
+        connections_failed++;
+    if (phase != PHASE_DRAIN && phase != PHASE_DONE) {
+        reconnects++;
+        open_connection(c);
+    }
+}
+
 static void socket_error(struct conn *c, int error)
 {
     (void)error; /* every socket error after connect counts as a reset */
-    close_conn(c, &errors.reset);
+    server_failed(c, &errors.reset);
 }
 
 /* Send as much of the pending message as the socket takes. */
@@ -337,14 +396,37 @@ static void start_round(struct conn *c)
     size_t stamp_len = opt.message_size < sizeof stamp ? opt.message_size : sizeof stamp;
     for (size_t i = 0; i < stamp_len; i++)
         c->message[i] ^= ((unsigned char *)stamp)[i];
+    if (opt.lines > 1) {
+        size_t line_bytes = opt.message_size / (size_t)opt.lines;
+        for (size_t i = 0; i < opt.message_size; i++) {
+            if ((i + 1) % line_bytes == 0)
+                c->message[i] = '\n';
+            else if (c->message[i] == '\n')
+                c->message[i] = '\n' ^ 0x80;
+        }
+    }
     c->sent = 0;
+    c->in_round = true;
+    in_flight++;
     c->received = 0;
     c->round_start_ns = now_ns();
     send_pending(c);
 }
 
+/* Start the next round on `c` unless the phase's budget is spent. */
+static void start_round_if_budget(struct conn *c)
+{
+    if (phase_budget == 0)
+        return;
+    if (phase_budget > 0)
+        phase_budget--;
+    start_round(c);
+}
+
 static void finish_round(struct conn *c, uint64_t now)
 {
+    c->in_round = false;
+    in_flight--;
     if (phase == PHASE_MEASURE) {
         histogram[hist_index(now - c->round_start_ns)]++;
         measured_requests++;
@@ -358,8 +440,8 @@ static void finish_round(struct conn *c, uint64_t now)
     c->round++;
     /* During the ramp a proven connection waits, idle, for the others: load
      * from early connections would slow the handshakes of later ones. */
-    if (phase != PHASE_RAMP)
-        start_round(c);
+    if (phase != PHASE_RAMP && phase != PHASE_DRAIN)
+        start_round_if_budget(c);
 }
 
 static void on_readable(struct conn *c)
@@ -384,7 +466,7 @@ static void on_readable(struct conn *c)
             continue;
         }
         if (n == 0) {
-            close_conn(c, &errors.eof);
+            server_failed(c, &errors.eof);
             return;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -427,7 +509,8 @@ static void on_connect_done(struct conn *c)
         return;
     }
     c->state = CONN_ACTIVE;
-    start_round(c);
+    if (phase != PHASE_DRAIN)
+        start_round(c);
 }
 
 static void handle_event(struct conn *c, uint32_t events)
@@ -455,13 +538,39 @@ static void open_more_connections(void)
 
 /* ---------------------------------------------------------------- main */
 
+/* Counted mode: say that every connection is idle at this edge of the window, and
+ * wait until the driver has read its counters (a line on stdin, or end of input). */
+static void quiet_edge(const char *edge)
+{
+    printf("quiet %s\n", edge);
+    fflush(stdout);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin) && ferror(stdin))
+        die("reading stdin");
+}
+
+/* Counted mode: no round trip left to start and none unanswered. */
+static bool phase_complete(void)
+{
+    return phase_budget == 0 && in_flight == 0;
+}
+
+static void start_phase(long long budget)
+{
+    phase_budget = opt.counted ? budget : -1;
+    for (int i = 0; i < opt.connections; i++)
+        if (conns[i].state == CONN_ACTIVE && !conns[i].in_round)
+            start_round_if_budget(&conns[i]);
+}
+
 static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s --port PORT [--host 127.0.0.1] [--connections N] [--size BYTES]\n"
             "          [--duration SECONDS] [--warmup SECONDS] [--requests COUNT]\n"
             "          [--connect-concurrency N] [--ramp-timeout SECONDS] [--server-pid PID]\n"
-            "          [--server-core CORE]\n",
+            "          [--server-core CORE] [--lines K] [--reconnect] [--drain SECONDS]\n"
+            "          [--counted --warmup-requests COUNT --requests COUNT]\n",
             argv0);
     exit(2);
 }
@@ -480,6 +589,11 @@ static void parse_args(int argc, char **argv)
         {"ramp-timeout", required_argument, 0, 't'},
         {"server-pid", required_argument, 0, 'P'},
         {"server-core", required_argument, 0, 'C'},
+        {"counted", no_argument, 0, 'K'},
+        {"warmup-requests", required_argument, 0, 'W'},
+        {"lines", required_argument, 0, 'L'},
+        {"reconnect", no_argument, 0, 'R'},
+        {"drain", required_argument, 0, 'D'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -496,13 +610,28 @@ static void parse_args(int argc, char **argv)
         case 't': opt.ramp_timeout_s = atof(optarg); break;
         case 'P': opt.server_pid = atoi(optarg); break;
         case 'C': opt.server_core = atoi(optarg); break;
+        case 'K': opt.counted = true; break;
+        case 'W': opt.warmup_requests = atoll(optarg); break;
+        case 'L': opt.lines = atoi(optarg); break;
+        case 'R': opt.reconnect = true; break;
+        case 'D': opt.drain_s = atof(optarg); break;
         default: usage(argv[0]);
         }
     }
     if (opt.port <= 0 || opt.port > 65535 || opt.connections <= 0 ||
         opt.message_size == 0 || opt.duration_s <= 0 || opt.warmup_s < 0 ||
-        opt.connect_concurrency <= 0)
+        opt.connect_concurrency <= 0 || opt.request_limit < 0 || opt.warmup_requests < 0 ||
+        opt.drain_s < 0)
         usage(argv[0]);
+    if (opt.counted && opt.request_limit == 0) {
+        fprintf(stderr, "loadgen: --counted needs --requests\n");
+        exit(2);
+    }
+    if (opt.lines < 1 || opt.message_size % (size_t)opt.lines != 0 ||
+        opt.message_size / (size_t)opt.lines < 2) {
+        fprintf(stderr, "loadgen: --lines must divide --size into lines of 2 bytes or more\n");
+        exit(2);
+    }
 }
 
 /* Each connection needs a descriptor; the soft limit is often 1024. */
@@ -569,6 +698,7 @@ int main(int argc, char **argv)
     uint64_t run_start = now_ns();
     uint64_t ramp_deadline = run_start + (uint64_t)(opt.ramp_timeout_s * 1e9);
     uint64_t ramp_end = 0, warmup_end = 0, measure_start = 0, measure_end = 0;
+    uint64_t drain_end = 0;
     double server_cpu_start = -1, self_cpu_start = 0;
     double server_cpu_s = -1, self_cpu_s = 0;
     int loadgen_core = own_core();
@@ -594,12 +724,12 @@ int main(int argc, char **argv)
                 phase = PHASE_WARMUP;
                 ramp_end = now;
                 warmup_end = now + (uint64_t)(opt.warmup_s * 1e9);
-                for (int i = 0; i < opt.connections; i++)
-                    if (conns[i].state == CONN_ACTIVE)
-                        start_round(&conns[i]);
+                start_phase(opt.warmup_requests);
             }
         }
-        if (phase == PHASE_WARMUP && now >= warmup_end) {
+        if (phase == PHASE_WARMUP && (opt.counted ? phase_complete() : now >= warmup_end)) {
+            if (opt.counted)
+                quiet_edge("window-start");
             phase = PHASE_MEASURE;
             measure_start = now_ns();
             measure_end = measure_start + (uint64_t)(opt.duration_s * 1e9);
@@ -610,10 +740,14 @@ int main(int argc, char **argv)
                 server_core_start = core_busy_seconds(opt.server_core);
             if (loadgen_core >= 0)
                 loadgen_core_start = core_busy_seconds(loadgen_core);
+            if (opt.counted)
+                start_phase(opt.request_limit);
         }
         if (phase == PHASE_MEASURE &&
             (now >= measure_end || alive == 0 ||
-             (opt.request_limit > 0 && measured_requests >= (uint64_t)opt.request_limit))) {
+             (opt.counted ? phase_complete()
+                          : opt.request_limit > 0 &&
+                                measured_requests >= (uint64_t)opt.request_limit))) {
             measure_end = now_ns();
             self_cpu_s = self_cpu_seconds() - self_cpu_start;
             if (server_core_start >= 0)
@@ -627,8 +761,26 @@ int main(int argc, char **argv)
                 server_rss_kib = process_status_kib(opt.server_pid, "VmRSS");
                 server_hwm_kib = process_status_kib(opt.server_pid, "VmHWM");
             }
-            phase = PHASE_DONE;
-            break;
+            if (opt.counted)
+                quiet_edge("window-end");
+            if (opt.drain_s > 0) {
+                phase = PHASE_DRAIN;
+                drain_end = now_ns() + (uint64_t)(opt.drain_s * 1e9);
+            } else {
+                phase = PHASE_DONE;
+                break;
+            }
+        }
+        if (phase == PHASE_DRAIN) {
+            bool settled = true;
+            for (int i = 0; i < opt.connections && settled; i++)
+                if (conns[i].state == CONN_CONNECTING ||
+                    (conns[i].state == CONN_ACTIVE && conns[i].in_round))
+                    settled = false;
+            if (settled || now_ns() >= drain_end) {
+                phase = PHASE_DONE;
+                break;
+            }
         }
         if (alive == 0 && phase != PHASE_RAMP) {
             /* Everything died before measuring: report an empty window. */
@@ -649,6 +801,12 @@ int main(int argc, char **argv)
         if (phase == PHASE_RAMP)
             open_more_connections();
     }
+
+    /* Rounds still in flight on connections the server kept open: their bytes were lost. */
+    uint64_t rounds_incomplete = 0;
+    for (int i = 0; i < opt.connections; i++)
+        if (conns[i].state == CONN_ACTIVE && conns[i].in_round)
+            rounds_incomplete++;
 
     double window_s = (double)(measure_end - measure_start) / 1e9;
     uint64_t error_total = errors.mismatch + errors.reset + errors.eof +
@@ -671,6 +829,7 @@ int main(int argc, char **argv)
     printf("{\"connections\": %d, \"connections_established\": %d, "
            "\"connections_alive_at_end\": %d, \"message_bytes\": %zu, "
            "\"ramp_s\": %.3f, \"window_s\": %.3f, \"requests\": %llu, "
+           "\"lines_per_request\": %d, \"messages\": %llu, \"counted\": %s, "
            "\"requests_per_s\": %.1f, \"echo_mb_per_s\": %.2f, "
            "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"p999\": %.1f, "
            "\"max\": %.1f, \"mean\": %.1f}, "
@@ -678,10 +837,13 @@ int main(int argc, char **argv)
            "\"connect_failed\": %llu, \"connect_timeout\": %llu}, \"errors_total\": %llu, "
            "\"loadgen_cpu_s\": %.4f, \"server_cpu_s\": %.4f, "
            "\"server_core_busy_s\": %.4f, \"loadgen_core_busy_s\": %.4f, "
-           "\"server_rss_kib\": %ld, \"server_hwm_kib\": %ld}\n",
+           "\"server_rss_kib\": %ld, \"server_hwm_kib\": %ld, "
+           "\"connections_failed\": %llu, \"reconnects\": %llu, \"rounds_incomplete\": %llu}\n",
            opt.connections, proven_total, alive, opt.message_size,
            (double)((ramp_end ? ramp_end : measure_end) - run_start) / 1e9, window_s,
            (unsigned long long)measured_requests,
+           opt.lines, (unsigned long long)measured_requests * (unsigned long long)opt.lines,
+           opt.counted ? "true" : "false",
            window_s > 0 ? (double)measured_requests / window_s : 0.0,
            window_s > 0 ? (double)measured_echo_bytes / window_s / 1e6 : 0.0,
            hist_percentile(measured_requests, 0.50) / 1000.0,
@@ -691,7 +853,9 @@ int main(int argc, char **argv)
            (unsigned long long)errors.mismatch, (unsigned long long)errors.reset,
            (unsigned long long)errors.eof, (unsigned long long)errors.connect_failed,
            (unsigned long long)errors.connect_timeout, (unsigned long long)error_total,
-           self_cpu_s, server_cpu_s, server_core_busy_s, loadgen_core_busy_s, server_rss_kib, server_hwm_kib);
+           self_cpu_s, server_cpu_s, server_core_busy_s, loadgen_core_busy_s, server_rss_kib, server_hwm_kib,
+           (unsigned long long)connections_failed, (unsigned long long)reconnects,
+           (unsigned long long)rounds_incomplete);
     fflush(stdout);
 
     for (int i = 0; i < opt.connections; i++)

@@ -10,6 +10,7 @@ as JSON. See bench/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -25,12 +26,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import counted
+
 BENCH_DIR = Path(__file__).resolve().parent
 BUILD_DIR = BENCH_DIR / "build"
 SERVERS_DIR = BENCH_DIR / "servers"
 RESULTS_DIR = BENCH_DIR / "results"
 LOADGEN = BUILD_DIR / "loadgen"
 C_SERVER = BUILD_DIR / "c_epoll_echo"
+C_URING_SERVER = BUILD_DIR / "c_uring_echo"
 
 SERVER_CORE = 0
 LOADGEN_CORE = 1
@@ -38,6 +42,8 @@ LOADGEN_CORE = 1
 # --connect-concurrency (128) handshakes unanswered, so 1024 never overflows.
 LISTEN_BACKLOG = 1024
 SERVER_START_TIMEOUT_S = 20.0
+# Under valgrind a Python server takes seconds just to import its modules.
+SERVER_START_UNDER_VALGRIND_TIMEOUT_S = 180.0
 # Time to let a server settle after it printed its port, before idle RSS is read.
 SERVER_SETTLE_S = 0.3
 STOP_GRACE_S = 2.0
@@ -58,6 +64,13 @@ class Server:
     connection_limit: int | None = None
     # Workloads this server variant is meant for; empty = all.
     workloads: tuple = ()
+    # A command that exits 0 if the server can run here; otherwise its first line of
+    # output says why (c_uring: io_uring may be missing or forbidden by seccomp).
+    probe: tuple = ()
+    # Answers each line of a pipelined-lines workload (W5) as a message of its own.
+    # A plain echo would pass W5's byte check without doing the work, so servers
+    # without framing are reported as unsupported there.
+    line_framing: bool = False
 
 
 def python_server(script: str, *args: str) -> tuple:
@@ -69,6 +82,14 @@ SERVERS = [
     # Bulk transfer is bounded by the read size: these show what 64 KiB reads buy.
     Server("c_epoll_64k", "C epoll, 64 KiB reads", (str(C_SERVER), "--recv-bytes", "65536"),
            workloads=("W3",)),
+    # The floor of the framed workload: finds each line with memchr() and answers it.
+    Server("c_epoll_lines", "C epoll, line by line (floor)", (str(C_SERVER), "--lines"),
+           workloads=("W5",), line_framing=True),
+    # The io_uring prototype (BENCHMARKS.md, "io_uring prototype").
+    Server("c_uring", "C io_uring (prototype)", (str(C_URING_SERVER),),
+           probe=(str(C_URING_SERVER), "--probe")),
+    Server("c_uring_64k", "C io_uring, 64 KiB buffers", (str(C_URING_SERVER), "--recv-bytes", "65536"),
+           probe=(str(C_URING_SERVER), "--probe"), workloads=("W3",)),
     Server("simpletcp", "simpletcp epoll", python_server("simpletcp_echo.py", "--backend", "epoll"),
            requires=("simpletcp.tcpserver",)),
     Server("simpletcp_poll", "simpletcp poll", python_server("simpletcp_echo.py", "--backend", "poll"),
@@ -96,6 +117,17 @@ class Workload:
     message_bytes: int
     columns: tuple               # metric keys shown in its table, see METRICS
     smoke_connections: int | None = None
+    # Each message is this many pipelined lines, each answered on its own (W5); the
+    # per-request figures are then per line.
+    lines: int = 1
+    # Counted mode: round trips (writes) before the window, and in it.
+    counted_requests: tuple = (2_000, 20_000)
+    smoke_counted_requests: tuple = (200, 2_000)
+    # The server the "× C" columns divide by.
+    floor: str = FLOOR
+
+    def supported_by(self, server: "Server") -> bool:
+        return self.lines == 1 or server.line_framing
 
 
 @dataclass(frozen=True)
@@ -127,15 +159,25 @@ WORKLOADS = [
               "server_cpu_pct", "loadgen_cpu_pct")),
     Workload("W2", "1 connection × 64 B ping-pong (latency)", 1, 64,
              ("p50_us", "p99_us", "requests_per_s", "cpu_us_per_request",
-              "server_cpu_pct", "loadgen_cpu_pct")),
+              "server_cpu_pct", "loadgen_cpu_pct"),
+             counted_requests=(500, 5_000), smoke_counted_requests=(100, 500)),
     Workload("W3", "10 connections × 256 KiB (bulk)", 10, 256 * 1024,
              ("echo_mb_per_s", "cpu_us_per_request", "p50_us", "p99_us",
-              "server_cpu_pct", "loadgen_cpu_pct")),
+              "server_cpu_pct", "loadgen_cpu_pct"),
+             counted_requests=(20, 200), smoke_counted_requests=(5, 50)),
     Workload("W4", "10,000 concurrent connections × 64 B", 10_000, 64,
              ("established", "requests_per_s", "cpu_us_per_request", "rss_idle_mib",
               "rss_loaded_mib", "kib_per_connection", "p99_us", "server_cpu_pct",
               "loadgen_cpu_pct"),
-             smoke_connections=500),
+             smoke_connections=500,
+             counted_requests=(10_000, 50_000), smoke_counted_requests=(500, 2_000)),
+    # Framing (issue 12): every write holds 16 lines of 64 bytes ("\n" last), each
+    # answered by its echo. A request here is one line.
+    Workload("W5", "100 connections × 16 pipelined 64-byte lines per write", 100, 16 * 64,
+             ("requests_per_s", "cpu_us_per_request", "p50_us", "p99_us",
+              "server_cpu_pct", "loadgen_cpu_pct"),
+             lines=16, counted_requests=(200, 2_000), smoke_counted_requests=(20, 200),
+             floor="c_epoll_lines"),
 ]
 WORKLOADS_BY_NAME = {workload.name: workload for workload in WORKLOADS}
 
@@ -232,9 +274,10 @@ class RunResult:
 
 def derive_metrics(raw: dict, rss_idle_kib: int | None) -> dict:
     window = raw["window_s"]
-    requests = raw["requests"]
+    # A request is one answered message: a line in W5, a round trip elsewhere.
+    requests = raw["messages"]
     metrics = {
-        "requests_per_s": raw["requests_per_s"],
+        "requests_per_s": requests / window if window else 0.0,
         "echo_mb_per_s": raw["echo_mb_per_s"],
         "p50_us": raw["latency_us"]["p50"],
         "p99_us": raw["latency_us"]["p99"],
@@ -253,12 +296,30 @@ def derive_metrics(raw: dict, rss_idle_kib: int | None) -> dict:
     return metrics
 
 
-def describe_errors(raw: dict) -> str:
-    parts = [f"{name.replace('_', ' ')} {count:,}" for name, count in raw["errors"].items() if count]
-    return ", ".join(parts)
+class ServerStartError(Exception):
+    """The server did not print its port; the message says what it printed instead."""
 
 
-def run_once(server: Server, workload: Workload, connections: int, args, pin: bool) -> RunResult:
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    port: int
+    stderr_path: Path
+
+    def exit_problem(self) -> str | None:
+        """'server exited with code N (last stderr line)' if it has exited, else None."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        last = tail(self.stderr_path, 1)
+        return f"server exited with code {code}" + (f" ({last})" if last else "")
+
+
+@contextlib.contextmanager
+def running_server(server: Server, pin: bool, wrapper: tuple = (),
+                   start_timeout: float = SERVER_START_TIMEOUT_S):
+    """Start `server` (inside `wrapper`, e.g. valgrind), pinned to the server core, and
+    yield it once it has printed its port; stop it on the way out, whatever happens."""
     with tempfile.NamedTemporaryFile(prefix=f"{server.name}-", suffix=".stderr",
                                      delete=False) as stderr_file:
         stderr_path = Path(stderr_file.name)
@@ -266,81 +327,107 @@ def run_once(server: Server, workload: Workload, connections: int, args, pin: bo
     try:
         with open(stderr_path, "wb") as stderr_sink:
             proc = subprocess.Popen(
-                [*server.argv, "--port", "0", "--backlog", str(LISTEN_BACKLOG)],
+                [*wrapper, *server.argv, "--port", "0", "--backlog", str(LISTEN_BACKLOG)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_sink,
                 preexec_fn=child_setup(SERVER_CORE if pin else None),
                 start_new_session=True, cwd=SERVERS_DIR)
         live_processes.add(proc)
-        port_line = read_first_line(proc, SERVER_START_TIMEOUT_S)
+        port_line = read_first_line(proc, start_timeout)
         if not port_line or not port_line.isdigit():
-            return RunResult("failed", f"server did not start: {tail(stderr_path) or port_line}")
-        time.sleep(SERVER_SETTLE_S)
-        rss_idle_kib = vm_rss_kib(proc.pid)
-
-        loadgen_argv = [
-            str(LOADGEN), "--port", port_line, "--connections", str(connections),
-            "--size", str(workload.message_bytes), "--duration", str(args.duration),
-            "--warmup", str(args.warmup), "--ramp-timeout", str(args.ramp_timeout),
-            "--server-pid", str(proc.pid),
-        ]
-        if pin:
-            loadgen_argv += ["--server-core", str(SERVER_CORE)]
-        time_limit = args.ramp_timeout + args.warmup + args.duration + 30
-        try:
-            loadgen = subprocess.run(
-                loadgen_argv, capture_output=True, text=True, timeout=time_limit,
-                preexec_fn=child_setup(LOADGEN_CORE if pin else None))
-        except subprocess.TimeoutExpired:
-            return RunResult("failed", f"load generator exceeded {time_limit:.0f} s")
-        server_exit = proc.poll()
-        if loadgen.returncode != 0 or not loadgen.stdout.strip():
-            return RunResult("failed", f"load generator failed: {loadgen.stderr.strip()[-300:]}")
-        raw = json.loads(loadgen.stdout.strip().splitlines()[-1])
-        raw["server_rss_idle_kib"] = rss_idle_kib
-        result = RunResult("ok", metrics=derive_metrics(raw, rss_idle_kib), raw=raw)
-
-        problems = []
-        if server_exit is not None:
-            problems.append(f"server exited with code {server_exit}"
-                            + (f" ({tail(stderr_path, 1)})" if tail(stderr_path) else ""))
-        if raw["connections_established"] < connections:
-            problems.append(f"{raw['connections_established']:,} of {connections:,} "
-                            "connections established")
-        if raw["errors_total"]:
-            problems.append(f"errors: {describe_errors(raw)}")
-        if raw["requests"] == 0:
-            problems.append("no requests completed")
-        if problems:
-            result.status = "failed"
-            result.reason = "; ".join(problems)
-        return result
+            raise ServerStartError(f"server did not start: {tail(stderr_path) or port_line}")
+        yield ServerProcess(proc, int(port_line), stderr_path)
     finally:
         if proc is not None:
             stop_process(proc)
         stderr_path.unlink(missing_ok=True)
 
 
+def loadgen_argv(port: int, workload: Workload, connections: int, pin: bool) -> list[str]:
+    argv = [str(LOADGEN), "--port", str(port), "--connections", str(connections),
+            "--size", str(workload.message_bytes), "--lines", str(workload.lines)]
+    if pin:
+        argv += ["--server-core", str(SERVER_CORE)]
+    return argv
+
+
+def run_once(server: Server, workload: Workload, connections: int, args, pin: bool) -> RunResult:
+    try:
+        with running_server(server, pin) as running:
+            time.sleep(SERVER_SETTLE_S)
+            rss_idle_kib = vm_rss_kib(running.proc.pid)
+            argv = loadgen_argv(running.port, workload, connections, pin) + [
+                "--duration", str(args.duration), "--warmup", str(args.warmup),
+                "--ramp-timeout", str(args.ramp_timeout), "--server-pid", str(running.proc.pid)]
+            time_limit = args.ramp_timeout + args.warmup + args.duration + 30
+            try:
+                loadgen = subprocess.run(
+                    argv, capture_output=True, text=True, timeout=time_limit,
+                    preexec_fn=child_setup(LOADGEN_CORE if pin else None))
+            except subprocess.TimeoutExpired:
+                return RunResult("failed", f"load generator exceeded {time_limit:.0f} s")
+            server_problem = running.exit_problem()
+    except ServerStartError as error:
+        return RunResult("failed", str(error))
+    if loadgen.returncode != 0 or not loadgen.stdout.strip():
+        return RunResult("failed", f"load generator failed: {loadgen.stderr.strip()[-300:]}")
+    raw = json.loads(loadgen.stdout.strip().splitlines()[-1])
+    raw["server_rss_idle_kib"] = rss_idle_kib
+    result = RunResult("ok", metrics=derive_metrics(raw, rss_idle_kib), raw=raw)
+    problems = (([server_problem] if server_problem else [])
+                + counted.load_problems(raw, connections))
+    if problems:
+        result.status = "failed"
+        result.reason = "; ".join(problems)
+    return result
+
+
 # ----------------------------------------------------------------------------- suite
+
+# (source, binary, required): a required program that does not compile stops the run;
+# an optional one makes its servers unavailable, with the compiler's first error.
+C_PROGRAMS = [
+    (BENCH_DIR / "loadgen.c", LOADGEN, True),
+    (SERVERS_DIR / "c_epoll_echo.c", C_SERVER, True),
+    # Needs <linux/io_uring.h> from Linux >= 6.1 headers.
+    (SERVERS_DIR / "c_uring_echo.c", C_URING_SERVER, False),
+]
+build_failures: dict[str, str] = {}   # binary path -> why it did not build
+
 
 def build_c_programs():
     BUILD_DIR.mkdir(exist_ok=True)
-    for source, binary in [(BENCH_DIR / "loadgen.c", LOADGEN),
-                           (SERVERS_DIR / "c_epoll_echo.c", C_SERVER)]:
+    for source, binary, required in C_PROGRAMS:
         if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
             continue
         command = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source)]
         print("building:", " ".join(command), file=sys.stderr)
-        subprocess.run(command, check=True)
+        compiled = subprocess.run(command, capture_output=True, text=True)
+        sys.stderr.write(compiled.stderr)
+        if compiled.returncode == 0:
+            continue
+        if required:
+            raise SystemExit(f"building {source.name} failed")
+        errors = [line for line in compiled.stderr.splitlines() if "error" in line]
+        build_failures[str(binary)] = (f"{source.name} does not compile here: "
+                                       f"{(errors or ['gcc failed'])[0].strip()}")
+        binary.unlink(missing_ok=True)
 
 
 def unavailable_reason(server: Server) -> str | None:
     """Why a server cannot run here, or None. Imports are tried the way the script would."""
+    if server.argv[0] in build_failures:
+        return f"unavailable ({build_failures[server.argv[0]]})"
     for module in server.requires:
         check = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=SERVERS_DIR,
                                capture_output=True, text=True, timeout=60)
         if check.returncode != 0:
             last_line = (check.stderr.strip().splitlines() or ["import failed"])[-1]
             return f"unavailable ({last_line})"
+    if server.probe:
+        check = subprocess.run(server.probe, capture_output=True, text=True, timeout=60)
+        if check.returncode != 0:
+            said = (check.stdout.strip() or check.stderr.strip() or "probe failed").splitlines()
+            return f"unavailable ({said[0]})"
     return None
 
 
@@ -357,7 +444,7 @@ def median_metrics(runs: list[RunResult]) -> dict:
 @dataclass
 class Cell:
     """Outcome of one server on one workload over all rounds."""
-    status: str                  # "ok", "failed", "unavailable"
+    status: str                  # "ok", "failed", "unavailable", "unsupported"
     reason: str = ""
     expected_failure: bool = False
     runs: list = field(default_factory=list)
@@ -372,46 +459,110 @@ def connections_for(workload: Workload, args) -> int:
     return workload.connections
 
 
-def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
-    cells: dict[str, dict[str, Cell]] = {w.name: {} for w in workloads}
+# A plain echo would pass W5's byte check without answering each line: not counted.
+UNSUPPORTED_LINES = "unsupported (no line framing yet)"
+
+
+def initial_cells(workload: Workload, servers: list[Server], connections: int,
+                  availability: dict) -> dict[str, Cell]:
+    """A cell for each server meant for `workload`: ok to run, or why not."""
+    cells = {}
+    for server in servers:
+        if server.workloads and workload.name not in server.workloads:
+            continue  # a variant meant for other workloads
+        cell = Cell("ok")
+        if not workload.supported_by(server):
+            cell.status, cell.reason = "unsupported", UNSUPPORTED_LINES
+        elif availability[server.name]:
+            cell.status, cell.reason = "unavailable", availability[server.name]
+        cell.expected_failure = (server.connection_limit is not None
+                                 and connections > server.connection_limit)
+        cells[server.name] = cell
+    return cells
+
+
+def run_rounds(args, servers: list[Server], workloads: list[Workload], pin: bool, kind: str,
+               measure, describe) -> dict:
+    """Each server meant for each workload, once per round, servers interleaved within a
+    round. measure(server, workload, connections, args, pin) returns a run with
+    .status/.reason; describe(run) is its progress line."""
+    cells: dict[str, dict[str, Cell]] = {}
     availability = {server.name: unavailable_reason(server) for server in servers}
     for workload in workloads:
         connections = connections_for(workload, args)
-        servers_here = [s for s in servers if not s.workloads or workload.name in s.workloads]
-        for server in servers_here:
-            cell = Cell("ok")
-            if availability[server.name]:
-                cell.status, cell.reason = "unavailable", availability[server.name]
-            cell.expected_failure = (server.connection_limit is not None
-                                     and connections > server.connection_limit)
-            cells[workload.name][server.name] = cell
+        cells[workload.name] = initial_cells(workload, servers, connections, availability)
         for round_number in range(1, args.rounds + 1):
-            for server in servers_here:
-                cell = cells[workload.name][server.name]
-                if cell.status != "ok":
-                    continue  # unavailable, or already failed: failures repeat
-                result = run_once(server, workload, connections, args, pin)
-                cell.runs.append(result)
-                if result.status != "ok":
-                    cell.status, cell.reason = "failed", result.reason
-                progress = (f"[{workload.name} round {round_number}/{args.rounds}] "
-                            f"{server.name:24s} ")
-                if result.status == "ok":
-                    m = result.metrics
-                    progress += (f"{m['requests_per_s']:>10,.0f} req/s "
-                                 f"{m['echo_mb_per_s']:>8,.1f} MB/s "
-                                 f"{m.get('cpu_us_per_request', float('nan')):>8.2f} µs/req "
-                                 f"p99 {m['p99_us']:,.0f} µs  "
-                                 f"cpu server {m.get('server_cpu_pct', 0):.0f}% "
-                                 f"loadgen {m['loadgen_cpu_pct']:.0f}%")
-                else:
-                    progress += f"FAILED: {result.reason}"
-                print(progress, file=sys.stderr, flush=True)
-        for cell in cells[workload.name].values():
-            if cell.status == "ok":
-                cell.medians = median_metrics(cell.runs)
+            for server in servers:
+                cell = cells[workload.name].get(server.name)
+                if cell is None or cell.status != "ok":
+                    continue  # not meant for it, unavailable, or failed: failures repeat
+                run = measure(server, workload, connections, args, pin)
+                cell.runs.append(run)
+                if run.status != "ok":
+                    cell.status, cell.reason = "failed", run.reason
+                print(f"[{workload.name} {kind} {round_number}/{args.rounds}] {server.name:24s} "
+                      + (describe(run) if run.status == "ok" else f"FAILED: {run.reason}"),
+                      file=sys.stderr, flush=True)
     return {"cells": cells,
             "connections": {w.name: connections_for(w, args) for w in workloads}}
+
+
+def describe_timed(run: RunResult) -> str:
+    m = run.metrics
+    return (f"{m['requests_per_s']:>10,.0f} req/s {m['echo_mb_per_s']:>8,.1f} MB/s "
+            f"{m.get('cpu_us_per_request', float('nan')):>8.2f} µs/req "
+            f"p99 {m['p99_us']:,.0f} µs  cpu server {m.get('server_cpu_pct', 0):.0f}% "
+            f"loadgen {m['loadgen_cpu_pct']:.0f}%")
+
+
+def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
+    suite = run_rounds(args, servers, workloads, pin, "round", run_once, describe_timed)
+    for workload_cells in suite["cells"].values():
+        for cell in workload_cells.values():
+            if cell.status == "ok":
+                cell.medians = median_metrics(cell.runs)
+    return suite
+
+
+# ----------------------------------------------------------------------------- counted suite
+
+COUNTED_DEFAULT_WORKLOADS = ("W1", "W3", "W5")
+
+
+def counted_requests_for(workload: Workload, args) -> tuple[int, int]:
+    """(warm-up, measured) round trips of a counted run."""
+    return workload.smoke_counted_requests if args.smoke else workload.counted_requests
+
+
+def count_once(server: Server, workload: Workload, connections: int, args,
+               pin: bool) -> counted.CountedRun:
+    @contextlib.contextmanager
+    def start_server(wrapper, timeout):
+        try:
+            with running_server(server, pin, wrapper, timeout) as running:
+                yield running
+        except ServerStartError as error:
+            raise counted.CountingError(str(error)) from None
+
+    warmup, requests = counted_requests_for(workload, args)
+    return counted.measure(
+        start_server, SERVER_START_TIMEOUT_S, SERVER_START_UNDER_VALGRIND_TIMEOUT_S,
+        lambda port: loadgen_argv(port, workload, connections, pin),
+        connections, warmup, requests, workload.lines,
+        child_setup(LOADGEN_CORE if pin else None), live_processes)
+
+
+def describe_counted(run: counted.CountedRun) -> str:
+    figures = run.per_request()
+    return (f"{figures['instructions']:>10,.0f} instructions/req "
+            f"{figures['syscalls']:>7.3f} system calls/req")
+
+
+def run_counted_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
+    """Instructions and system calls per request, each server once per round."""
+    suite = run_rounds(args, servers, workloads, pin, "counted", count_once, describe_counted)
+    suite["requests"] = {w.name: counted_requests_for(w, args) for w in workloads}
+    return suite
 
 
 # ----------------------------------------------------------------------------- report
@@ -433,7 +584,7 @@ def workload_table(workload: Workload, cells: dict[str, Cell], servers: list[Ser
         headers.append(METRICS[key].header)
         if METRICS[key].vs_floor:
             headers.append("× C")
-    floor = cells.get(FLOOR)
+    floor = cells.get(workload.floor)
     floor_medians = floor.medians if floor and floor.status == "ok" else {}
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for server in servers:
@@ -442,7 +593,7 @@ def workload_table(workload: Workload, cells: dict[str, Cell], servers: list[Ser
         cell = cells[server.name]
         row = [server.label]
         if cell.status != "ok":
-            status = cell.reason if cell.status == "unavailable" else f"**failed**: {cell.reason}"
+            status = cell.reason if cell.status != "failed" else f"**failed**: {cell.reason}"
             if cell.expected_failure:
                 status += (f" (expected: more than {server.connection_limit:,} connections;"
                            " select() only takes descriptors below 1024)")
@@ -516,26 +667,72 @@ def render_report(args, suite: dict, servers, workloads, machine: dict, pin: boo
     return "\n".join(header) + "\n" + "\n".join(tables)
 
 
+def render_counted_report(args, suite: dict, servers, workloads, machine: dict) -> str:
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    tools = machine.get("tools", {})
+    header = [
+        f"## simpletcp counted cost{' (smoke run: small counts)' if args.smoke else ''}",
+        "",
+        f"{started}; {machine['cpu']}, {machine['cores']} cores, Linux {machine['kernel']}, "
+        f"Python {machine['python']}, uvloop {machine['uvloop_version'] or 'not installed'}, "
+        f"{tools.get('valgrind') or 'valgrind ?'}, {tools.get('strace') or 'strace ?'}.",
+        f"{args.rounds} run(s) per server and workload, each a fixed number of requests "
+        "after a warm-up; medians shown. Instructions: user space, counted by callgrind "
+        "between the window's edges. System calls: strace -c -f over the same window, in a "
+        "second run. × C: value ÷ the C floor's value. Spread: (max − min) ÷ mean over "
+        "the runs, instructions / system calls.",
+        "",
+    ]
+    labels = {server.name: server.label for server in servers}
+    tables = []
+    for workload in workloads:
+        warmup, requests = suite["requests"][workload.name]
+        unit = (f"{requests:,} writes = {requests * workload.lines:,} lines"
+                if workload.lines > 1 else f"{requests:,} requests")
+        title = (f"### {workload.name}: {workload.title} — counted: {unit} after "
+                 f"{warmup:,} warm-up")
+        if suite["connections"][workload.name] != workload.connections:
+            title += f", {suite['connections'][workload.name]:,} connections"
+        tables.append(counted.table(title, suite["cells"][workload.name], labels, workload.floor))
+    return "\n".join(header) + "\n" + "\n".join(tables)
+
+
+def results_tree(suite: dict, cell_record) -> dict:
+    """{workload: {server: cell_record(cell)}} for the JSON results."""
+    return {workload: {server: cell_record(cell) for server, cell in cells.items()}
+            for workload, cells in suite["cells"].items()}
+
+
+def counted_results_json(args, suite: dict, machine: dict) -> dict:
+    return {
+        "config": {"smoke": args.smoke, "runs": args.rounds,
+                   "connections": suite["connections"], "requests": suite["requests"]},
+        "machine": machine,
+        "results": results_tree(suite, lambda cell: {
+            "status": cell.status,
+            "reason": cell.reason,
+            "runs": [{"status": run.status, "reason": run.reason, "messages": run.messages,
+                      "instructions": run.instructions, "syscalls": run.syscalls,
+                      "per_request": run.per_request(), "loadgen": run.loadgen}
+                     for run in cell.runs],
+        }),
+    }
+
+
 def results_json(args, suite: dict, machine: dict) -> dict:
     return {
         "config": {"smoke": args.smoke, "rounds": args.rounds, "duration_s": args.duration,
                    "warmup_s": args.warmup, "connections": suite["connections"]},
         "machine": machine,
-        "results": {
-            workload: {
-                server: {
-                    "status": cell.status,
-                    "reason": cell.reason,
-                    "expected_failure": cell.expected_failure,
-                    "median": cell.medians,
-                    "rounds": [{"status": run.status, "reason": run.reason,
-                                "metrics": run.metrics, "loadgen": run.raw}
-                               for run in cell.runs],
-                }
-                for server, cell in cells.items()
-            }
-            for workload, cells in suite["cells"].items()
-        },
+        "results": results_tree(suite, lambda cell: {
+            "status": cell.status,
+            "reason": cell.reason,
+            "expected_failure": cell.expected_failure,
+            "median": cell.medians,
+            "rounds": [{"status": run.status, "reason": run.reason,
+                        "metrics": run.metrics, "loadgen": run.raw}
+                       for run in cell.runs],
+        }),
     }
 
 
@@ -570,9 +767,21 @@ def parse_args(argv=None):
     parser.add_argument("--w4-connections", type=int, help="override W4's connection count")
     parser.add_argument("--require", default="",
                         help="comma-separated servers that must be available (else exit non-zero)")
+    parser.add_argument("--mode", choices=("timed", "counted", "both"), default="timed",
+                        help="timed: req/s, CPU, latency (default); counted: instructions "
+                             "and system calls per request for a fixed number of requests "
+                             "(needs valgrind and strace; default workloads "
+                             f"{','.join(COUNTED_DEFAULT_WORKLOADS)}, 2 runs); both: one then "
+                             "the other")
+    parser.add_argument("--counted", dest="mode", action="store_const", const="counted",
+                        help="same as --mode counted")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR,
+                        help=f"directory for the .md/.json results (default {RESULTS_DIR})")
     args = parser.parse_args(argv)
+    counted_only = args.mode == "counted"
     defaults = ({"duration": 1.0, "warmup": 0.3, "rounds": 1, "ramp_timeout": 20.0} if args.smoke
-                else {"duration": 5.0, "warmup": 1.0, "rounds": 3, "ramp_timeout": 60.0})
+                else {"duration": 5.0, "warmup": 1.0, "rounds": 2 if counted_only else 3,
+                      "ramp_timeout": 60.0})
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -588,6 +797,9 @@ def parse_args(argv=None):
 
     args.server_list = pick(args.servers, SERVERS_BY_NAME, "server")
     args.workload_list = pick(args.workloads, WORKLOADS_BY_NAME, "workload")
+    args.counted_workload_list = (
+        args.workload_list if args.workloads
+        else [WORKLOADS_BY_NAME[name] for name in COUNTED_DEFAULT_WORKLOADS])
     args.required = ({server.name for server in pick(args.require, SERVERS_BY_NAME, "server")}
                      if args.require else set())
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
@@ -595,8 +807,20 @@ def parse_args(argv=None):
     return args
 
 
+def write_results(directory: Path, stem: str, report: str, data: dict, started: float):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stem}.md").write_text(report)
+    (directory / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"written: {directory / (stem + '.md')}, {directory / (stem + '.json')} "
+          f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.mode != "timed" and counted.missing_tools():
+        print("counted mode needs valgrind (callgrind_control, vgdb) and strace; install: "
+              f"apt-get install {' '.join(counted.missing_tools())}", file=sys.stderr)
+        return 2
     # Ctrl-C must reach the cleanup even if SIGINT was ignored by whoever started us.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, terminate_on_signal)
@@ -606,27 +830,39 @@ def main(argv=None) -> int:
         print("warning: fewer than 2 CPUs; server and load generator share a core",
               file=sys.stderr)
     started = time.monotonic()
+    suites = {}
     try:
         build_c_programs()
         machine = machine_description()
-        suite = run_suite(args, args.server_list, args.workload_list, pin)
+        if args.mode != "timed":
+            machine["tools"] = counted.tool_versions()
+        if args.mode != "counted":
+            suites["timed"] = run_suite(args, args.server_list, args.workload_list, pin)
+        if args.mode != "timed":
+            suites["counted"] = run_counted_suite(args, args.server_list,
+                                                  args.counted_workload_list, pin)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
         stop_all_processes()
 
-    report = render_report(args, suite, args.server_list, args.workload_list, machine, pin)
-    print(report)
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stem = "smoke" if args.smoke else "latest"
-    (RESULTS_DIR / f"{stem}.md").write_text(report)
-    (RESULTS_DIR / f"{stem}.json").write_text(
-        json.dumps(results_json(args, suite, machine), indent=2) + "\n")
-    print(f"written: {RESULTS_DIR / (stem + '.md')}, {RESULTS_DIR / (stem + '.json')} "
-          f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
-
-    failures = unexpected_failures(suite, args.required)
+    failures = []
+    if "timed" in suites:
+        suite = suites["timed"]
+        report = render_report(args, suite, args.server_list, args.workload_list, machine, pin)
+        print(report)
+        write_results(args.output, "smoke" if args.smoke else "latest", report,
+                      results_json(args, suite, machine), started)
+        failures += unexpected_failures(suite, args.required)
+    if "counted" in suites:
+        suite = suites["counted"]
+        report = render_counted_report(args, suite, args.server_list,
+                                       args.counted_workload_list, machine)
+        print(report)
+        write_results(args.output, "counted-smoke" if args.smoke else "counted", report,
+                      counted_results_json(args, suite, machine), started)
+        failures += unexpected_failures(suite, args.required)
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -1,12 +1,13 @@
 """Type stub for simpletcp._loop, the compiled loop (src_pyx/loop.pyx).
 
 It lists everything the module has (python -m mypy.stubtest simpletcp checks that),
-internal classes included: they exist at runtime, but cannot be created from Python.
+internal classes included: they exist at runtime, but cannot be created from Python
+(their __init__ always raises TypeError; the loop makes them with Cls.__new__).
 """
 import queue
 import socket
 import sys
-from typing import Any, Callable, NoReturn, Optional, SupportsIndex, Tuple, Union
+from typing import Any, Callable, NoReturn, Optional, SupportsIndex, Tuple, Union, final
 
 from typing_extensions import disjoint_base
 
@@ -20,13 +21,19 @@ else:
     class ShutDown(Exception):
         """put() was called on a connection queue after shutdown()."""
 
-@disjoint_base
+def raised_by_signal_handler(exc: BaseException) -> bool: ...
+
+@final
 class Connection:
     """Internal: one accepted socket. Only the loop makes them."""
 
-    # Always raises TypeError. Not typed NoReturn: that would make the class a callable
-    # returning Never, which @disjoint_base (required by stubtest for C classes) refuses.
-    def __init__(self, *args: object, **kwargs: object) -> None: ...
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
+class ActivityList:
+    """Internal: connections ordered by last activity."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
 
 class ConnectionQueue(queue.Queue[_BytesLike]):
     """The queue a callback is given: what is put into it is sent to that peer."""
@@ -52,12 +59,11 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     # Raises TypeError: a queue cannot be copied or pickled.
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn: ...
 
-@disjoint_base
+@final
 class LogThrottle:
     """Internal: one log line per kind of trouble per interval."""
 
-    # Always raises TypeError (see Connection.__init__).
-    def __init__(self, *args: object, **kwargs: object) -> None: ...
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
 
 @disjoint_base
 class Poller:
@@ -65,18 +71,23 @@ class Poller:
 
     @property
     def name(self) -> str: ...
-    # Always raises TypeError (see Connection.__init__).
+    # Always raises TypeError too. Not typed NoReturn: that makes the class a callable
+    # returning Never, which @disjoint_base (stubtest's due for a C base class) refuses.
     def __init__(self, *args: object, **kwargs: object) -> None: ...
 
-@disjoint_base
+@final
 class EpollPoller(Poller):
     """Internal: the epoll backend."""
 
-@disjoint_base
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
 class PollPoller(Poller):
     """Internal: the poll backend."""
 
-@disjoint_base
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
 class Loop:
     """The compiled server loop; simpletcp.tcpserver.TCPServer is its Python face."""
 
@@ -101,4 +112,5 @@ class Loop:
     def running(self) -> bool: ...
     def run(self, ready: Optional[Callable[[], object]] = None) -> None: ...
     def request_stop(self) -> None: ...
-    def _on_sigterm(self, signum: int, frame: object) -> None: ...
+    def close(self) -> None: ...
+    def _on_stop_signal(self, signum: int, frame: object) -> None: ...

@@ -124,12 +124,14 @@ class TCPServer:
         self.low_water = low_water
         self.connection_limit = connection_limit
         self.idle_timeout = idle_timeout
-        self._state = threading.Lock()
-        self._started = False
+        self._state = threading.Lock()  # guards _started and _stopped
+        self._started = False  # run() or start() has claimed the server
+        self._stopped = False  # stop() has been called: final
         self._serving = threading.Event()
         self._finished = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._loop_thread_id: Optional[int] = None
+        self._start_failure: Optional[BaseException] = None
 
     # ---- properties ----------------------------------------------------------------
 
@@ -163,13 +165,44 @@ class TCPServer:
     def run(self) -> None:
         """Serve in this thread until stop(), Ctrl-C or (in the main thread) SIGTERM.
 
-        On return every connection and the listening socket are closed. A server
-        runs once: create a new one to serve again.
+        On return every connection, the listening socket and every other descriptor
+        the server holds are closed. A server runs once: create a new one to serve
+        again. After stop() (even one racing this call) it returns at once.
         """
+        if self._claim():
+            self._serve()
+
+    serve_forever = run
+
+    def start(self) -> "TCPServer":
+        """Serve in a background thread; returns once the loop is serving.
+
+        After stop() (even one racing this call) it returns at once, without serving.
+        """
+        if not self._claim():
+            return self
+        thread = threading.Thread(
+            target=self._serve_in_thread, name=f"simpletcp {self._ip}:{self._port}", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+        self._serving.wait()  # set once serving, or when serving could not begin
+        if self._start_failure is not None:
+            thread.join()
+            raise self._start_failure
+        return self
+
+    def _claim(self) -> bool:
+        """Take the server for run()/start(): False if stop() came first."""
         with self._state:
             if self._started:
                 raise RuntimeError("this TCPServer has already been run; create a new one")
+            if self._stopped:
+                return False
             self._started = True
+            return True
+
+    def _serve(self) -> None:
         self._loop_thread_id = threading.get_ident()
         logger.info("listening on %s:%d (%s)", self._ip, self._port, self.backend)
         try:
@@ -178,27 +211,22 @@ class TCPServer:
             self._finished.set()
             logger.info("stopped serving %s:%d", self._ip, self._port)
 
-    serve_forever = run
-
-    def start(self) -> "TCPServer":
-        """Serve in a background thread; returns once the loop is serving."""
-        with self._state:
-            if self._started:
-                raise RuntimeError("this TCPServer has already been run; create a new one")
-            thread = threading.Thread(
-                target=self.run, name=f"simpletcp {self._ip}:{self._port}", daemon=True
-            )
-            self._thread = thread
-        thread.start()
-        # run() may fail before serving (it then sets _finished): wait for either.
-        while not self._serving.wait(0.05):
-            if self._finished.is_set() or not thread.is_alive():
-                thread.join()
-                raise RuntimeError("the server thread ended before serving")
-        return self
+    def _serve_in_thread(self) -> None:
+        # Nothing may escape a thread: threading would print it to stderr.
+        try:
+            self._serve()
+        except BaseException as failure:
+            if self._serving.is_set():
+                logger.critical("the server loop failed", exc_info=True)
+            else:
+                self._start_failure = failure  # start() raises it in its caller
+                self._serving.set()
 
     def stop(self, timeout: Optional[float] = None) -> bool:
         """Stop serving: stop accepting, send what is queued, close everything.
+
+        Final: a server stopped before (or while) it starts never serves. Once stop()
+        has returned True the server holds no descriptor.
 
         A connection whose queue is still held outside the server (a worker that has
         not replied yet) is closed once the queue is let go of; ``grace_period`` bounds
@@ -209,14 +237,15 @@ class TCPServer:
         return, and returns whether it did; from the loop's own thread (a callback, or a
         signal handler while run() serves in the main thread) it returns at once.
         """
-        self._loop.request_stop()
         with self._state:
-            if not self._started:
-                # Never served: just release the port.
-                self._started = True
-                self._finished.set()
-                self._listener.close()
-                return True
+            self._stopped = True
+            started = self._started
+        self._loop.request_stop()
+        if not started:
+            # It never will serve: release the port and every other descriptor now.
+            self._loop.close()
+            self._finished.set()
+            return True
         if threading.get_ident() == self._loop_thread_id:
             return self._finished.is_set()
         return self._finished.wait(timeout)

@@ -4,40 +4,100 @@
 # writing its state, so a put() from any thread is atomic against the loop without a
 # lock. Only the loop thread touches the descriptor: a put from elsewhere appends to
 # the buffer and hands the connection to the loop (Loop.schedule) to be sent.
+#
+# A connection's life (ConnectionState):
+#
+#   OPEN ──close begins──> DRAINING ──all sent──> LINGERING ──peer's EOF / a bound──> CLOSED
+#                              │                ↑     (or CLOSED at once, see finish_close)
+#     all sent, stopping, and  │                │ the queue let go of (its late reply,
+#     user code holds the queue↓                │ if any, sent)
+#                          AWAITING_WORKER ─────┘
+#
+# Any state can go to CLOSED at once: a socket error, the end of the grace period.
+#
+# A close begins (begin_close) at the peer's EOF, queue.shutdown(), a failing callback,
+# stop() or the idle timeout; what is queued is sent first. Once the close has begun,
+# whatever the peer still sends is read and dropped: left unread, it would make the
+# kernel answer the final close() with RST and throw away the tail of the reply.
+#
+# The lingering close (as nginx's lingering_close, Apache's lingering close): when
+# the server closes for any reason but the peer's EOF, it shuts its write side once
+# everything is sent, so the peer reads the whole reply and then EOF, and keeps reading
+# and dropping input until the peer closes too. Bounded by the LINGER_* constants below
+# and, while stopping, by the grace period. After the peer's EOF a plain close is
+# already graceful: nothing more can arrive.
 
 
-# Reads from one connection per readiness event, at most (see on_readable).
+# Reads from one connection per readiness event, at most (see read_for_callback).
 DEF READS_PER_EVENT = 16
+# The most bytes one recv() drops (MSG_TRUNC: the kernel discards them, no copy).
+DEF DISCARD_CHUNK = 262144
+
+# Bounds of the lingering close; README.md and RELIABILITY.md describe them.
+# A lingering connection is closed once the peer has sent nothing for this long and
+# has acknowledged every byte sent to it (and the FIN): it has what it was sent and
+# is not talking. Also how quiet a connection must have been for a close to skip
+# lingering altogether (an idle keep-alive connection when the server stops).
+DEF LINGER_QUIET_SECONDS = 2.0
+# The longest a connection lingers, however the peer behaves (a peer that does not
+# read what was sent, or trickles input to keep the connection).
+DEF LINGER_MAX_SECONDS = 30.0
+# The most input dropped after a close began; past it the server stops reading (and
+# a lingering connection closes): a peer that keeps streaming is not owed more CPU.
+DEF LINGER_MAX_BYTES = 16777216
 
 
-cdef struct PeerAddress:
-    # Where a connection came from, as accept() said, kept in 8 bytes so that every
-    # connection has it (queue.peer, log lines) at no cost in memory; an IPv6 host does
-    # not fit and is kept as text in Connection.peer_ip instead.
-    sa_family_t family        # AF_INET, AF_INET6, or 0: not an IP peer
-    unsigned short port       # network byte order
-    in_addr ipv4              # AF_INET only
+cdef enum ConnectionState:
+    OPEN             # the callback gets what arrives; its replies are sent
+    DRAINING         # closing: what is queued is being sent; input is dropped
+    AWAITING_WORKER  # stopping, all sent, but user code still holds the queue (Loop.check_awaiting_workers)
+    LINGERING        # all sent and the write side shut: input dropped until the peer closes
+    CLOSED
 
 
+cdef enum CloseReason:
+    NOT_CLOSING
+    PEER_CLOSED      # the peer's EOF (or half-close)
+    QUEUE_SHUTDOWN   # queue.shutdown()
+    CALLBACK_FAILED  # the callback raised
+    SERVER_STOPPING  # stop(), Ctrl-C, SIGTERM
+    IDLE_TIMEOUT
+
+
+cdef class ActivityList
+
+
+@cython.final
 cdef class Connection:
+    """One accepted socket: its state, its unsent output and the queue the user sees."""
+
     cdef int fd
-    cdef PeerAddress peer     # here, beside fd, it fills what was alignment padding
+    # Where the connection came from, as accept() said: every connection has it
+    # (queue.peer, log lines) at no cost in memory, as these three fill what would be
+    # alignment padding beside fd and beside waiters. An IPv6 host does not fit in
+    # peer_ipv4 and is kept as text in peer_ip.
+    cdef sa_family_t peer_family  # AF_INET, AF_INET6, or 0: not an IP peer
+    cdef unsigned short peer_port # network byte order
     cdef Loop loop
     cdef OutputBuffer out
     cdef object queue         # the ConnectionQueue handed to the callback, made lazily
     cdef object peer_ip       # the peer's host as str, made at accept only when the
                               # callback takes ip or the host is IPv6; see peer_host()
     cdef int interest         # READABLE/WRITABLE as registered with the poller now
-    cdef bint reading         # False after EOF, shutdown() or stop(): drain, then close
-    cdef bint closing         # close as soon as the output buffer is empty
+    cdef ConnectionState state
+    cdef CloseReason close_reason  # why the close began (the first reason wins)
+    cdef bint input_open      # input is still read (for the callback, or to be dropped)
+    cdef bint paused          # OPEN, output above the high-water mark: not reading for now
     cdef bint shut_by_user    # queue.shutdown() was called: further puts raise
-    cdef bint callback_failed # the callback raised: close once the output is sent
-    cdef bint lingering       # stopping, all sent, but the queue is held (Loop.linger)
     cdef bint scheduled       # sitting in loop.scheduled, waiting to be serviced
-    cdef bint paused          # output above the high-water mark: not reading for now
+    cdef bint backing_off     # send()/recv() said ENOBUFS/ENOMEM: no I/O until the loop retries
     cdef int waiters          # threads blocked in put() until the output drains
-    cdef double last_active   # loop.now when bytes last moved (with an idle timeout)
-    cdef Connection older     # neighbours in the loop's idle list, oldest activity first
+    cdef in_addr peer_ipv4    # AF_INET peers' address (see peer_family)
+    cdef Py_ssize_t discarded # input bytes dropped since the close began
+    cdef double last_active   # loop.now when bytes last moved either way
+    cdef double linger_started
+    cdef ActivityList listed_in  # the loop's idle or lingering list, if in one
+    cdef Connection older     # neighbours in that list, least recently active first
     cdef Connection newer
 
     def __init__(self, *args, **kwargs):
@@ -48,12 +108,12 @@ cdef class Connection:
 
     cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1:
         """Keep accept()'s `address`; as text too if `as_text` (the callback takes ip)."""
-        self.peer.family = address.ss_family
+        self.peer_family = address.ss_family
         if address.ss_family == AF_INET:
-            self.peer.port = (<sockaddr_in *>address).sin_port
-            self.peer.ipv4 = (<sockaddr_in *>address).sin_addr
+            self.peer_port = (<sockaddr_in *>address).sin_port
+            self.peer_ipv4 = (<sockaddr_in *>address).sin_addr
         elif address.ss_family == AF_INET6:
-            self.peer.port = (<sockaddr_in6 *>address).sin6_port
+            self.peer_port = (<sockaddr_in6 *>address).sin6_port
             as_text = True
         if as_text:
             self.peer_ip = format_peer_ip(address)
@@ -64,7 +124,7 @@ cdef class Connection:
         cdef char text[INET6_ADDRSTRLEN + 1]
         if self.peer_ip is not None:
             return self.peer_ip
-        if self.peer.family == AF_INET and inet_ntop(AF_INET, &self.peer.ipv4, text,
+        if self.peer_family == AF_INET and inet_ntop(AF_INET, &self.peer_ipv4, text,
                                                       sizeof(text)) != NULL:
             return (<bytes>text).decode("ascii")
         return ""
@@ -93,9 +153,10 @@ cdef class Connection:
             chunk = as_chunk(item)
         if self.shut_by_user:
             raise ShutDown("put() on a connection queue after shutdown()")
-        if self.fd < 0:
-            # The peer is gone; a late reply (typically from a worker thread) has
-            # nowhere to go. Not an error for the caller: the server may close any time.
+        if self.state == CLOSED or self.state == LINGERING:
+            # The peer is gone, or the server has shut its side: a late reply (typically
+            # from a worker thread) has nowhere to go. Not an error for the caller: the
+            # server may close any time.
             logger.debug("dropped %d bytes put after connection %s closed",
                          PyBytes_GET_SIZE(chunk), self.describe())
             return 0
@@ -111,19 +172,48 @@ cdef class Connection:
     cdef int shutdown(self, bint immediate) except -1:
         """The user's queue.shutdown(): send what is queued (or not), then close."""
         self.shut_by_user = True
-        if self.fd < 0:
+        if self.state == CLOSED:
             return 0
         if immediate:
             outbuf_clear(&self.out)
-        self.reading = False
-        self.closing = True
+        self.begin_close(QUEUE_SHUTDOWN)
         if self is not self.loop.dispatching:
             self.loop.schedule(self)
         return 0
 
     # ---- I/O (loop thread only) ---------------------------------------------------
 
-    cdef int on_readable(self) except -1:
+    cdef void begin_close(self, CloseReason reason):
+        """Stop serving the peer: send what is queued, then close (see finish_close)."""
+        if self.state == OPEN:
+            self.state = DRAINING
+            self.close_reason = reason
+            self.paused = False
+
+    cdef inline void mark_active(self, double now) noexcept:
+        self.last_active = now
+        if self.listed_in is not None and self is not self.listed_in.newest:
+            self.listed_in.move_to_newest(self)
+
+    cdef inline int on_events(self, int events) except -1:
+        """READABLE reads (and then sends), WRITABLE sends, HANGUP acts on an error or
+        hang-up the poller reports."""
+        if events & READABLE:
+            self.on_readable()
+        elif events & WRITABLE:
+            self.service()
+        if events & HANGUP and self.fd >= 0:
+            self.on_hangup()
+        return 0
+
+    cdef inline int on_readable(self) except -1:
+        if self.state == OPEN:
+            self.read_for_callback()
+        elif self.input_open:
+            self.discard_input()
+        return self.service()
+
+    cdef inline int read_for_callback(self) except -1:
         # A read that fills the buffer means more is probably waiting: read again (each
         # chunk is still its own callback) and flush the replies once, in one sendmsg().
         # The bound keeps one streaming peer from starving the others.
@@ -131,93 +221,193 @@ cdef class Connection:
         cdef ssize_t n
         cdef int reads
         for reads in range(READS_PER_EVENT):
-            if not self.reading or self.paused:
+            if self.paused:
                 break
             n = recv(self.fd, loop.read_buffer, loop.recv_bytes, 0)
             if n > 0:
-                if loop.idle_timeout:
-                    loop.touch(self)
+                self.mark_active(loop.now)
                 loop.dispatch(self, loop.received(n))
+                if self.state != OPEN:
+                    break  # the callback closed it (shutdown(), an exception)
                 if n < loop.recv_bytes or self.out.pending >= loop.high_water:
                     break
             elif n == 0:
                 # EOF or a half-close: the peer has said all it will, but may still be
                 # reading, so what is queued goes out before the socket is closed.
-                self.reading = False
-                self.closing = True
+                self.input_open = False
+                self.begin_close(PEER_CLOSED)
                 break
             elif would_block(errno):
                 break
             elif errno != EINTR:
-                return self.fail(errno, "recv")
-        return self.service()
+                return self.on_io_error(errno, "recv")
+        return 0
+
+    cdef int discard_input(self) except -1:
+        """Read and drop what the peer sent after the close began (see the top)."""
+        cdef Loop loop = self.loop
+        cdef ssize_t n
+        cdef int reads
+        for reads in range(READS_PER_EVENT):
+            n = recv(self.fd, loop.read_buffer, DISCARD_CHUNK, MSG_TRUNC)
+            if n > 0:
+                self.discarded += n
+                self.mark_active(loop.now)
+                if self.discarded > LINGER_MAX_BYTES:
+                    logger.debug("connection %s: %d bytes dropped after the close began; "
+                                 "no longer reading", self.describe(), self.discarded)
+                    self.input_open = False
+                    break
+            elif n == 0:
+                self.input_open = False
+                break
+            elif would_block(errno):
+                break
+            elif errno != EINTR:
+                return self.on_io_error(errno, "recv")
+        if self.state == LINGERING and (
+                not self.input_open or loop.now - self.linger_started >= LINGER_MAX_SECONDS):
+            self.close()
+        return 0
 
     cdef int service(self) except -1:
-        """Send what can be sent now, then bring the registration up to date."""
+        """Send what can be sent now; move on if that finished a close; then bring the
+        reading pause and the registration up to date."""
         cdef Loop loop = self.loop
-        cdef Py_ssize_t sent
-        cdef int wanted
         if self.fd < 0:
             return 0
-        while self.out.pending:
-            sent = outbuf_send(&self.out, self.fd)
-            if sent < 0:
-                if would_block(errno):
-                    break
-                if errno == EINTR:
-                    continue
-                return self.fail(errno, "send")
-            if loop.idle_timeout:
-                loop.touch(self)
-        if self.closing and not self.out.pending:
-            # All that was queued is sent. When the server is stopping, a worker still
-            # holding the queue may be about to reply: wait for it (Loop.linger). At the
-            # peer's EOF, not: a registry of queues (a chat server) holds every queue,
-            # and its closed connections would pile up.
-            if (not loop.stopping or self.shut_by_user or self.callback_failed
-                    or not self.queue_held()):
-                self.close()
+        if not self.backing_off:
+            self.flush()
+            if self.fd < 0:
                 return 0
-            loop.linger(self)
+        if (self.state == DRAINING or self.state == AWAITING_WORKER) and not self.out.pending:
+            self.finish_close()
+            if self.fd < 0:
+                return 0
         # Backpressure: a peer that sends but does not read would otherwise grow its
         # output buffer without bound. Reading stops above the high-water mark and
         # resumes below the low one; put()s from other threads wait for the same.
         if self.out.pending >= loop.high_water:
-            self.paused = True
+            if self.state == OPEN:
+                self.paused = True
         elif self.out.pending <= loop.low_water:
             self.paused = False
             if self.waiters:
                 loop.notify_drained()
-        wanted = 0
-        if self.reading and not self.paused:
-            wanted = READABLE
-        if self.out.pending:
-            wanted |= WRITABLE
+        return self.update_interest()
+
+    cdef inline int flush(self) except -1:
+        cdef Py_ssize_t sent
+        cdef int error
+        while self.out.pending:
+            sent = outbuf_send(&self.out, self.fd)
+            if sent < 0:
+                error = errno
+                if would_block(error):
+                    break
+                if error == EINTR:
+                    continue
+                self.on_io_error(error, "send")  # closed, or backing off
+                break
+            self.mark_active(self.loop.now)
+        return 0
+
+    cdef inline int update_interest(self) except -1:
+        cdef int wanted = 0
+        if not self.backing_off:
+            if self.state == OPEN:
+                if not self.paused:
+                    wanted = READABLE
+            elif self.input_open:
+                wanted = READABLE  # to drop it, and to see the peer's EOF
+            if self.out.pending:
+                wanted |= WRITABLE
         if wanted != self.interest:
             self.loop.poller.modify(self.fd, wanted)
             self.interest = wanted
         return 0
 
-    cdef int fail(self, int error, str operation) except -1:
+    cdef int finish_close(self) except -1:
+        """Everything queued is sent (DRAINING or AWAITING_WORKER): close, linger or wait."""
+        # When the server is stopping, a worker still holding the queue may be about to
+        # reply: wait for it (Loop.check_awaiting_workers). At the peer's EOF in normal
+        # running, not: a registry of queues (a chat server) holds every queue, and its
+        # closed connections would pile up.
+        if (self.loop.stopping and not self.shut_by_user
+                and self.close_reason != CALLBACK_FAILED and self.queue_held()):
+            if self.state != AWAITING_WORKER:
+                self.state = AWAITING_WORKER
+                self.loop.await_worker(self)
+            return 0
+        if not self.input_open:
+            self.close()  # the peer's EOF was read: nothing can arrive to cause a reset
+            return 0
+        return self.start_lingering()
+
+    cdef int start_lingering(self) except -1:
+        """Shut the write side and drop input until the peer closes (see the top)."""
+        cdef Loop loop = self.loop
+        if (loop.now - self.last_active >= LINGER_QUIET_SECONDS
+                and self.unacknowledged() == 0):
+            self.close()  # quiet, and it has all it was sent: nothing to protect
+            return 0
+        if shutdown(self.fd, SHUT_WR) < 0:
+            self.close()  # the peer is gone already
+            return 0
+        self.state = LINGERING
+        self.linger_started = self.last_active = loop.now
+        if self.listed_in is not None:
+            self.listed_in.unlink(self)  # the idle timeout no longer applies
+        loop.lingering.append(self)
+        return 0
+
+    cdef int on_linger_quiet(self) except -1:
+        """The peer of this lingering connection sent nothing for LINGER_QUIET_SECONDS."""
+        if (self.unacknowledged() > 0
+                and self.loop.now - self.linger_started < LINGER_MAX_SECONDS):
+            self.mark_active(self.loop.now)  # it is still receiving what was sent
+        else:
+            self.close()
+        return 0
+
+    cdef int unacknowledged(self):
+        """Bytes sent that the peer has not acknowledged yet (0 if unknown)."""
+        cdef int queued = 0
+        if ioctl(self.fd, SIOCOUTQ, &queued) < 0:
+            return 0
+        return queued
+
+    cdef int on_hangup(self) except -1:
+        """The poller reports an error or hang-up, whatever this connection waits for.
+
+        Open, the recv() that followed the event has seen (or will, in the next turn)
+        the data still there and then the error. Past OPEN there is nothing left to
+        read for the callback, and the peer can take nothing more: close, or the poller
+        reports the same hang-up again at once, forever.
+        """
+        if self.state != OPEN:
+            self.close()
+        return 0
+
+    cdef int on_io_error(self, int error, str operation) except -1:
+        if error == ENOBUFS or error == ENOMEM:
+            # The kernel is short of memory for a moment: not the peer's fault, so the
+            # connection is not dropped; its I/O is tried again shortly (Loop.back_off).
+            self.loop.back_off(self)
+            return 0
         # A peer that resets or vanishes is ordinary life for a server: debug only.
         if error == ECONNRESET or error == EPIPE or error == ETIMEDOUT or error == ENOTCONN:
-            logger.debug("connection %s: %s: %s", self.describe(), operation, strerror(error).decode())
+            logger.debug("connection %s: %s: %s", self.describe(), operation,
+                         strerror(error).decode())
         else:
-            logger.warning("connection %s: %s failed: %s", self.describe(), operation,
-                           strerror(error).decode())
+            self.loop.log_connection_error(self.describe(),
+                                           f"{operation} failed: {strerror(error).decode()}")
         self.close()
         return 0
 
-    cdef void close_after_failed_callback(self):
-        """The callback raised (or cannot run): send what it queued, then close."""
-        self.callback_failed = True
-        self.reading = False
-        self.closing = True
-
     cdef bint must_wait(self):
         """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put)."""
-        return (self.out.pending >= self.loop.high_water and self.fd >= 0
-                and not self.closing
+        return (self.out.pending >= self.loop.high_water and self.state == OPEN
                 and PyThread_get_thread_ident() != self.loop.thread_ident)
 
     cdef void close(self):
@@ -225,20 +415,71 @@ cdef class Connection:
         if fd < 0:
             return
         self.fd = -1
-        self.reading = False
+        self.state = CLOSED
+        self.input_open = False
         outbuf_clear(&self.out)
+        if self.listed_in is not None:
+            self.listed_in.unlink(self)
         self.loop.forget(self, fd)
+
+    cdef void abort(self):
+        """Close with RST: the peer must not take what it got for a whole reply."""
+        if self.fd >= 0:
+            reset_on_close(self.fd)
+        self.close()
 
     cdef tuple peer_address(self):
         """(host, port) of the peer, as given to the user (queue.peer)."""
-        return (self.peer_host(), ntohs(self.peer.port))
+        return (self.peer_host(), ntohs(self.peer_port))
 
     cdef str describe(self):
-        if self.peer.family == AF_INET6:
-            return f"[{self.peer_host()}]:{ntohs(self.peer.port)} (fd {self.fd})"
-        if self.peer.family == AF_INET:
-            return f"{self.peer_host()}:{ntohs(self.peer.port)} (fd {self.fd})"
+        if self.peer_family == AF_INET6:
+            return f"[{self.peer_host()}]:{ntohs(self.peer_port)} (fd {self.fd})"
+        if self.peer_family == AF_INET:
+            return f"{self.peer_host()}:{ntohs(self.peer_port)} (fd {self.fd})"
         return f"fd {self.fd}"
+
+
+@cython.final
+cdef class ActivityList:
+    """Connections ordered by last activity, least recent first.
+
+    The next to time out is always the oldest; marking activity moves a connection to
+    the newest end, O(1). The loop keeps one for the idle timeout and one for lingering
+    connections; a connection is in at most one.
+    """
+
+    cdef Connection oldest
+    cdef Connection newest
+
+    def __init__(self, *args, **kwargs):
+        internal_class(self)
+
+    cdef void append(self, Connection connection) noexcept:
+        connection.older = self.newest
+        connection.newer = None
+        if self.newest is not None:
+            self.newest.newer = connection
+        else:
+            self.oldest = connection
+        self.newest = connection
+        connection.listed_in = self
+
+    cdef void unlink(self, Connection connection) noexcept:
+        if connection.older is not None:
+            connection.older.newer = connection.newer
+        elif self.oldest is connection:
+            self.oldest = connection.newer
+        if connection.newer is not None:
+            connection.newer.older = connection.older
+        elif self.newest is connection:
+            self.newest = connection.older
+        connection.older = connection.newer = None
+        connection.listed_in = None
+
+    cdef void move_to_newest(self, Connection connection) noexcept:
+        self.unlink(connection)
+        self.append(connection)
 
 
 cdef bytes as_chunk(object item):

@@ -6,6 +6,7 @@ files (poller.pxi, outbuf.pxi, connection.pxi, serverloop.pxi) and are included
 here so the C compiler sees the whole hot path at once.
 """
 
+cimport cython
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
 from cpython.exc cimport PyErr_CheckSignals
@@ -18,7 +19,7 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from posix.unistd cimport close, read, write
+from posix.unistd cimport close, read, usleep, write
 
 from includes.epoll cimport *
 from includes.eventfd cimport *

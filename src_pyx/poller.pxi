@@ -1,26 +1,62 @@
 # The Poller: one small interface over epoll and poll, in the manner of selectors.py.
 #
-# The loop speaks only READABLE/WRITABLE. A backend reports errors and hang-ups as
-# both, because the loop learns what went wrong from the recv()/send() that follows;
-# that keeps one error path, whatever the backend.
+# The loop speaks READABLE/WRITABLE, and HANGUP for errors and hang-ups. A backend
+# reports those as readable and writable too, because the loop learns what went wrong
+# from the recv()/send() that follows; HANGUP tells it that the poller will keep
+# reporting this descriptor whatever it is registered for, so a connection that was
+# not going to read or write must act on it (close) rather than ignore it and spin.
+#
+# Fairness: one wait reports every ready descriptor (the result arrays grow with the
+# registrations), so a ready connection is served in the next turn of the loop however
+# many others are busy; a fixed cap let poll() starve the descriptors past it.
 
 cdef enum:
     READABLE = 1
     WRITABLE = 2
+    HANGUP = 4
 
-# How many ready descriptors one wait hands back; the rest wait for the next turn.
-DEF MAX_READY = 512
+# How often a registration is tried again when the kernel says EINTR or EAGAIN.
+DEF CTL_ATTEMPTS = 8
 
 
 cdef class Poller:
     """Waits for descriptors to become ready. Results land in ready_fd/ready_events."""
 
-    cdef int ready_fd[MAX_READY]
-    cdef int ready_events[MAX_READY]
+    cdef int *ready_fd
+    cdef int *ready_events
+    cdef Py_ssize_t ready_capacity  # room for this many results: at least `registered`
+    cdef Py_ssize_t registered      # descriptors registered now
     cdef readonly str name
 
     def __init__(self, *args, **kwargs):
         internal_class(self)
+
+    def __dealloc__(self):
+        free(self.ready_fd)
+        free(self.ready_events)
+
+    cdef int count_registration(self) except -1:
+        """One more descriptor registered: make room for it in the result arrays."""
+        cdef Py_ssize_t capacity = max(64, self.ready_capacity * 2)
+        cdef int *fds
+        cdef int *events
+        if self.registered >= self.ready_capacity:
+            fds = <int *>realloc(self.ready_fd, capacity * sizeof(int))
+            if fds == NULL:
+                raise MemoryError()
+            self.ready_fd = fds
+            events = <int *>realloc(self.ready_events, capacity * sizeof(int))
+            if events == NULL:
+                raise MemoryError()
+            self.ready_events = events
+            self.grow_results(capacity)
+            self.ready_capacity = capacity
+        self.registered += 1
+        return 0
+
+    cdef int grow_results(self, Py_ssize_t capacity) except -1:
+        """A backend with its own result array grows it here."""
+        return 0
 
     cdef int register(self, int fd, int events) except -1:
         raise NotImplementedError
@@ -52,11 +88,13 @@ cdef inline unsigned int _epoll_mask(int events) nogil:
     return mask
 
 
+@cython.final
 cdef class EpollPoller(Poller):
     cdef int epfd
-    cdef epoll_event events[MAX_READY]
+    cdef epoll_event *events
 
     def __cinit__(self):
+        self.events = NULL
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise_errno("epoll_create1")
@@ -64,6 +102,14 @@ cdef class EpollPoller(Poller):
 
     def __dealloc__(self):
         self.close()
+        free(self.events)
+
+    cdef int grow_results(self, Py_ssize_t capacity) except -1:
+        cdef epoll_event *grown = <epoll_event *>realloc(self.events, capacity * sizeof(epoll_event))
+        if grown == NULL:
+            raise MemoryError()
+        self.events = grown
+        return 0
 
     cdef void close(self):
         if self.epfd >= 0:
@@ -72,35 +118,47 @@ cdef class EpollPoller(Poller):
 
     cdef inline int _ctl(self, int op, int fd, int events) except -1:
         cdef epoll_event ev
+        cdef int attempt
         ev.events = _epoll_mask(events)
         ev.data.u64 = 0
         ev.data.fd = fd
-        if epoll_ctl(self.epfd, op, fd, &ev) < 0:
-            raise_errno("epoll_ctl")
-        return 0
+        for attempt in range(CTL_ATTEMPTS):
+            if epoll_ctl(self.epfd, op, fd, &ev) == 0:
+                return 0
+            if errno != EINTR and not would_block(errno):
+                break
+        raise_errno("epoll_ctl")
 
     cdef int register(self, int fd, int events) except -1:
-        return self._ctl(EPOLL_CTL_ADD, fd, events)
+        self.count_registration()
+        try:
+            return self._ctl(EPOLL_CTL_ADD, fd, events)
+        except BaseException:
+            self.registered -= 1
+            raise
 
     cdef int modify(self, int fd, int events) except -1:
         return self._ctl(EPOLL_CTL_MOD, fd, events)
 
     cdef int unregister(self, int fd) except -1:
         # Closing the descriptor would also remove it; an explicit DEL keeps the
-        # interest list right even if someone else holds a dup() of it.
+        # interest list right even if someone else holds a dup() of it. If DEL fails
+        # the close() that follows removes it all the same.
         cdef epoll_event ev
-        epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev)
+        if self.epfd >= 0 and epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev) == 0:
+            self.registered -= 1
         return 0
 
     cdef int wait(self, int timeout_ms) except -2:
         cdef int n, i
         cdef unsigned int e
         cdef int ready
+        cdef int capacity = <int>self.ready_capacity
         if timeout_ms == 0:
-            n = epoll_wait(self.epfd, self.events, MAX_READY, 0)
+            n = epoll_wait(self.epfd, self.events, capacity, 0)
         else:
             with nogil:
-                n = epoll_wait(self.epfd, self.events, MAX_READY, timeout_ms)
+                n = epoll_wait(self.epfd, self.events, capacity, timeout_ms)
         if n < 0:
             if errno == EINTR:
                 return -1
@@ -112,11 +170,14 @@ cdef class EpollPoller(Poller):
                 ready = READABLE
             if e & (EPOLLOUT | EPOLLERR | EPOLLHUP):
                 ready |= WRITABLE
+            if e & (EPOLLERR | EPOLLHUP):
+                ready |= HANGUP
             self.ready_fd[i] = self.events[i].data.fd
             self.ready_events[i] = ready
         return n
 
 
+@cython.final
 cdef class PollPoller(Poller):
     # A dense pollfd array for poll(), and each descriptor's slot in it, so that
     # register/modify/unregister are O(1); wait is O(n), as poll() itself is.
@@ -157,10 +218,12 @@ cdef class PollPoller(Poller):
         self._reserve_fd(fd)
         if self.slot_of_fd[fd] >= 0:
             raise FileExistsError(f"descriptor {fd} is already registered")
+        self.count_registration()
         if self.count == self.capacity:
             new_capacity = max(64, self.capacity * 2)
             grown = <pollfd *>realloc(self.fds, new_capacity * sizeof(pollfd))
             if grown == NULL:
+                self.registered -= 1
                 raise MemoryError()
             self.fds = grown
             self.capacity = new_capacity
@@ -188,6 +251,7 @@ cdef class PollPoller(Poller):
             self.slot_of_fd[self.fds[slot].fd] = slot
         self.slot_of_fd[fd] = -1
         self.count = last
+        self.registered -= 1
         return 0
 
     cdef int wait(self, int timeout_ms) except -2:
@@ -205,7 +269,7 @@ cdef class PollPoller(Poller):
                 return -1
             raise_errno("poll")
         i = 0
-        while i < self.count and found < n and found < MAX_READY:
+        while i < self.count and found < n:
             e = self.fds[i].revents
             if e:
                 ready = 0
@@ -213,6 +277,8 @@ cdef class PollPoller(Poller):
                     ready = READABLE
                 if e & (POLLOUT | POLLERR | POLLHUP | POLLNVAL):
                     ready |= WRITABLE
+                if e & (POLLERR | POLLHUP | POLLNVAL):
+                    ready |= HANGUP
                 self.ready_fd[found] = self.fds[i].fd
                 self.ready_events[found] = ready
                 found += 1

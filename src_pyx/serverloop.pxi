@@ -8,10 +8,41 @@
 
 # Connections accepted per readiness of the listening socket before others are served.
 DEF ACCEPT_BATCH = 128
-# After EMFILE/ENFILE: how long accepting pauses if no descriptor is freed sooner.
+# After accept() fails for want of descriptors or memory (or for a reason it should
+# not): how long accepting pauses if no descriptor is freed sooner.
 DEF ACCEPT_RETRY_SECONDS = 0.1
-# How often lingering connections (Loop.linger) are looked at.
-DEF LINGER_CHECK_INTERVAL = 0.01
+# How often connections waiting for a worker's reply while stopping are looked at.
+DEF WORKER_CHECK_INTERVAL = 0.01
+# After send()/recv() said ENOBUFS/ENOMEM: how long the connection's I/O waits before
+# it is tried again (not at once: the kernel's shortage would turn into a busy loop).
+DEF IO_RETRY_SECONDS = 0.02
+# After a MemoryError in the loop's own bookkeeping: how long it pauses before going on.
+DEF MEMORY_RETRY_SECONDS = 0.01
+
+
+def raised_by_signal_handler(exc):
+    """Whether ``exc`` came out of one of the application's Python signal handlers.
+
+    Python runs a handler in the main thread wherever that thread is, a callback
+    included; the handler's frame is then in the exception's traceback.
+    """
+    codes = set()
+    for signum in _signal.valid_signals():
+        handler = None
+        try:
+            handler = _signal.getsignal(signum)
+        except (OSError, ValueError):
+            pass
+        code = getattr(handler, "__code__", None) or getattr(
+            getattr(handler, "__func__", None), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_code in codes:
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 cdef str format_peer_ip(sockaddr_storage *addr):
@@ -26,6 +57,7 @@ cdef str format_peer_ip(sockaddr_storage *addr):
     return (<bytes>text).decode("ascii")
 
 
+@cython.final
 cdef class Loop:
     """The compiled server loop; simpletcp.tcpserver.TCPServer is its Python face."""
 
@@ -52,8 +84,11 @@ cdef class Loop:
     cdef readonly Py_ssize_t connection_count
 
     cdef list scheduled           # connections with work from outside an I/O event
-    cdef list lingering           # while stopping: connections waiting for a worker's reply
-    cdef double next_linger_check
+    cdef list awaiting_workers    # while stopping: connections waiting for a worker's reply
+    cdef double next_worker_check
+    cdef ActivityList lingering   # connections in a lingering close (Connection.start_lingering)
+    cdef list backing_off         # connections whose I/O waits out ENOBUFS/ENOMEM
+    cdef double retry_at          # when they are tried again; 0: none waiting
     cdef Connection dispatching   # whose callback is running now, if any
     cdef unsigned long thread_ident
 
@@ -62,18 +97,18 @@ cdef class Loop:
     cdef bint sleeping            # blocked in the poller with the GIL released
     cdef bint wake_pending        # an eventfd write is on its way
     cdef bint stop_requested
+    cdef bint abort_requested     # a second Ctrl-C/SIGTERM: close everything without waiting
     cdef bint stopping
+    cdef object stop_cause        # an exception of the application's that stopped the loop
     cdef double stop_deadline
     cdef bint accepting           # the listening socket is registered
     cdef double accept_resume_at  # 0, or when to retry after EMFILE/ENFILE
     cdef LogThrottle accept_error_log
     cdef LogThrottle limit_log    # "connection limit reached"
     cdef LogThrottle coroutine_log  # "read_callback returned a coroutine"
+    cdef LogThrottle connection_error_log  # unexpected errors of single connections
 
-    # With an idle timeout: open connections, least recently active first, so the
-    # next to expire is always at the head (moving one to the tail is O(1)).
-    cdef Connection idle_oldest
-    cdef Connection idle_newest
+    cdef ActivityList idle        # with an idle timeout: connections not yet closing
     cdef double now               # monotonic time, read once per turn of the loop
 
     cdef object restore_signals   # what watch_signals() replaced, to put back
@@ -115,9 +150,13 @@ cdef class Loop:
         self.recv_bytes = recv_bytes
         self.grace_period = grace_period
         self.scheduled = []
-        self.lingering = []
+        self.awaiting_workers = []
+        self.lingering = ActivityList.__new__(ActivityList)
+        self.backing_off = []
+        self.idle = ActivityList.__new__(ActivityList)
         self.accept_error_log = LogThrottle.__new__(LogThrottle)
         self.limit_log = LogThrottle.__new__(LogThrottle)
+        self.connection_error_log = LogThrottle.__new__(LogThrottle)
         self.coroutine_log = LogThrottle.__new__(LogThrottle)
         self.read_buffer = <char *>malloc(recv_bytes)
         if self.read_buffer == NULL:
@@ -129,6 +168,7 @@ cdef class Loop:
 
     def __dealloc__(self):
         cdef Py_ssize_t fd
+        self.idle = self.lingering = None  # their links are references between connections
         if self.connections != NULL:
             for fd in range(self.connections_capacity):
                 if self.connections[fd] != NULL:
@@ -147,9 +187,10 @@ cdef class Loop:
         return self.poller.name
 
     cdef int check_initialized(self) except -1:
-        # Loop.__new__(Loop), or an __init__ that raised: no poller, buffer or eventfd
-        # (made last) to serve with.
-        if self.wake_fd < 0:
+        # Loop.__new__(Loop), or an __init__ that raised before making the poller (after
+        # the read buffer): nothing to serve with. (An __init__ that failed later left an
+        # eventfd of -1, which the poller refuses with an OSError.)
+        if self.poller is None:
             raise RuntimeError("this Loop was not initialized (Loop.__init__ did not "
                                "complete)")
         return 0
@@ -157,15 +198,19 @@ cdef class Loop:
     # ---- the Python-visible API -----------------------------------------------------
 
     def run(self, ready=None):
-        """Serve until request_stop() or Ctrl-C; everything is closed on return.
+        """Serve until request_stop(), Ctrl-C or SIGTERM; every descriptor the loop holds
+        is closed on return.
 
-        ``ready`` is called once the loop is about to wait for the first time.
+        ``ready`` is called once the loop is about to wait for the first time. An
+        exception raised by one of the application's signal handlers stops the loop
+        gracefully, and is raised again here once everything is closed.
         """
         self.check_initialized()
         if self.running or self.finished:
             raise RuntimeError("this loop has already run; a server serves once")
         self.running = True
         self.thread_ident = PyThread_get_thread_ident()
+        self.now = monotonic()
         try:
             self.poller.register(self.wake_fd, READABLE)
             self.poller.register(self.listen_fd, READABLE)
@@ -174,59 +219,107 @@ cdef class Loop:
                 self.watch_signals()
             if ready is not None:
                 ready()
-            try:
-                self.serve()
-            except KeyboardInterrupt:
-                logger.info("interrupted: stopping")
-            if not self.stopping:
-                self.begin_stop()
-            try:
-                self.serve()
-            except KeyboardInterrupt:
-                logger.warning("interrupted again: closing %d connections without waiting",
-                               self.connection_count)
+            self.serve_until_closed()
         finally:
             self.teardown()
             if self.restore_signals is not None:
                 self.unwatch_signals()
+        if self.stop_cause is not None:
+            cause, self.stop_cause = self.stop_cause, None
+            raise cause
 
     def request_stop(self):
         """Ask the loop to stop: safe from any thread, a callback or a signal handler."""
         self.stop_requested = True
         self.wake()
 
+    def close(self):
+        """Release every descriptor of a loop that is not running (it never will)."""
+        if self.running:
+            raise RuntimeError("the loop is running: request_stop() it")
+        self.finished = True
+        self.release_descriptors()
+
+    cdef int stop_for(self, BaseException cause) except -1:
+        """The application raised ``cause`` from a signal handler: stop gracefully, then
+        let run() raise it."""
+        if self.stop_cause is None:
+            self.stop_cause = cause
+            logger.info("a signal handler raised %r: stopping", cause)
+        self.request_stop()
+        return 0
+
+    cdef int serve_until_closed(self) except -1:
+        """serve(), carrying on past what may escape it: a MemoryError of the loop's own
+        bookkeeping (each connection's are handled where they happen), or an exception
+        that Python code the loop called let out (an application's signal handler runs
+        wherever the main thread is)."""
+        while True:
+            try:
+                self.serve()
+                return 0
+            except MemoryError:
+                try:
+                    logger.error("out of memory in the server loop; going on")
+                except MemoryError:
+                    pass
+                with nogil:
+                    usleep(<unsigned int>(MEMORY_RETRY_SECONDS * 1e6))
+            except BaseException as cause:
+                self.stop_for(cause)
+            if self.stopping and monotonic() >= self.stop_deadline:
+                self.teardown_connections()
+                return 0
+
     # ---- signals --------------------------------------------------------------------
 
     cdef int watch_signals(self) except -1:
-        """Have signals wake the loop, and SIGTERM stop it as Ctrl-C does.
+        """Have signals wake the loop, and Ctrl-C and SIGTERM stop it gracefully.
 
         Python's C-level handler only sets a flag. A signal that lands after the loop
         last ran PyErr_CheckSignals() but before it blocks in the poller would wait
-        unseen until the next I/O; signal.set_wakeup_fd turns it into I/O. SIGTERM's
-        default would kill the process with replies still queued; a handler the
-        application installed itself is left alone.
+        unseen until the next I/O; signal.set_wakeup_fd turns it into I/O.
+
+        SIGTERM's default would kill the process with replies still queued, and
+        Python's default SIGINT handler raises KeyboardInterrupt in whatever code runs,
+        a callback included, cutting it short. Where the application left those
+        defaults, the loop's own handler asks for a graceful stop instead (a second
+        signal: stop without waiting); so a KeyboardInterrupt that comes out of a
+        callback can only be the callback's own. Handlers the application installed
+        itself are left alone.
         """
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.signal_fd = read_fd
         self.signal_write_fd = write_fd
         previous_fd = _signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        previous_sigterm = None
+        previous_sigterm = previous_sigint = None
         if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
-            previous_sigterm = _signal.signal(_signal.SIGTERM, self._on_sigterm)
-        self.restore_signals = (previous_fd, previous_sigterm)
+            previous_sigterm = _signal.signal(_signal.SIGTERM, self._on_stop_signal)
+        if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+            previous_sigint = _signal.signal(_signal.SIGINT, self._on_stop_signal)
+        self.restore_signals = (previous_fd, previous_sigterm, previous_sigint)
         self.poller.register(read_fd, READABLE)
         return 0
 
-    def _on_sigterm(self, signum, frame):
-        logger.info("SIGTERM: stopping")
-        self.request_stop()
+    def _on_stop_signal(self, signum, frame):
+        name = _signal.Signals(signum).name
+        if not self.stop_requested:
+            logger.info("%s: stopping", name)
+            self.request_stop()
+        else:
+            logger.warning("%s again: closing %d connections without waiting", name,
+                           self.connection_count)
+            self.abort_requested = True
+            self.wake()
 
     cdef void unwatch_signals(self):
-        previous_fd, previous_sigterm = self.restore_signals
+        previous_fd, previous_sigterm, previous_sigint = self.restore_signals
         self.restore_signals = None
         _signal.set_wakeup_fd(previous_fd)
         if previous_sigterm is not None:
             _signal.signal(_signal.SIGTERM, previous_sigterm)
+        if previous_sigint is not None:
+            _signal.signal(_signal.SIGINT, previous_sigint)
         close(self.signal_fd)
         close(self.signal_write_fd)
         self.signal_fd = self.signal_write_fd = -1
@@ -235,18 +328,26 @@ cdef class Loop:
         cdef char sink[64]
         while read(self.signal_fd, sink, sizeof(sink)) > 0:
             pass
-        PyErr_CheckSignals()  # runs the Python handlers; Ctrl-C raises here
+        return self.run_signal_handlers()
+
+    cdef int run_signal_handlers(self) except -1:
+        try:
+            PyErr_CheckSignals()  # runs the Python handlers
+        except BaseException as cause:
+            self.stop_for(cause)
         return 0
 
     # ---- the loop -------------------------------------------------------------------
 
     cdef int serve(self) except -1:
         """Run until stopping and every connection is closed, or the grace period ends."""
-        cdef int n, i, fd, events, timeout
+        cdef int n, timeout
         cdef double deadline
-        cdef Connection connection
         cdef Poller poller = self.poller
         while True:
+            if self.abort_requested:
+                self.teardown_connections()
+                return 0
             if self.stop_requested and not self.stopping:
                 self.begin_stop()
             if self.scheduled:
@@ -259,10 +360,15 @@ cdef class Loop:
                 deadline = self.stop_deadline
             elif self.accept_resume_at:
                 deadline = self.accept_resume_at
-            if self.idle_oldest is not None:
-                deadline = earliest(deadline, self.idle_oldest.last_active + self.idle_timeout)
-            if self.lingering:
-                deadline = earliest(deadline, self.next_linger_check)
+            if self.idle.oldest is not None:
+                deadline = earliest(deadline, self.idle.oldest.last_active + self.idle_timeout)
+            if self.lingering.oldest is not None:
+                deadline = earliest(deadline,
+                                    self.lingering.oldest.last_active + LINGER_QUIET_SECONDS)
+            if self.awaiting_workers:
+                deadline = earliest(deadline, self.next_worker_check)
+            if self.retry_at:
+                deadline = earliest(deadline, self.retry_at)
             timeout = -1
             if deadline:
                 self.now = monotonic()
@@ -276,76 +382,114 @@ cdef class Loop:
             self.sleeping = True
             n = poller.wait(timeout)
             self.sleeping = False
-            if self.idle_timeout:
-                self.now = monotonic()
+            self.now = monotonic()
             if n < 0:
-                PyErr_CheckSignals()  # runs Python signal handlers; Ctrl-C raises here
+                self.run_signal_handlers()
                 continue
-            for i in range(n):
-                fd = poller.ready_fd[i]
-                events = poller.ready_events[i]
-                if fd < self.connections_capacity and self.connections[fd] != NULL:
-                    connection = <Connection>self.connections[fd]
-                    if events & READABLE:
-                        connection.on_readable()
-                    if events & WRITABLE:
-                        connection.service()
-                elif fd == self.listen_fd:
-                    self.accept_connections()
-                elif fd == self.wake_fd:
-                    self.drain_wakeups()
-                elif fd == self.signal_fd:
-                    self.drain_signals()
+            self.handle_ready(n)
+
+    cdef int handle(self, Connection connection, int events) except -1:
+        """One connection's work for `events` (Connection.on_events). An error in it
+        (the poller's bookkeeping, a MemoryError) closes that connection only."""
+        try:
+            connection.on_events(events)
+        except Exception as error:
+            self.connection_failed(connection, error)
+        return 0
+
+    cdef int connection_failed(self, Connection connection, object error) except -1:
+        cdef int fd = connection.fd
+        connection.abort()  # before saying so, which may fail in turn (out of memory)
+        try:
+            self.log_connection_error(f"fd {fd}", f"closed after an error: {error!r}")
+        except MemoryError:
+            pass
+        return 0
+
+    cdef int handle_ready(self, int count) except -1:
+        """The I/O of the `count` descriptors the poller found ready: handle() for each,
+        with one try block per turn rather than one per event (the hot path)."""
+        cdef Poller poller = self.poller
+        cdef Connection connection = None
+        cdef int i = 0, fd, events
+        while i < count:
+            try:
+                while i < count:
+                    fd = poller.ready_fd[i]
+                    events = poller.ready_events[i]
+                    i += 1
+                    if fd < self.connections_capacity and self.connections[fd] != NULL:
+                        connection = <Connection>self.connections[fd]
+                        connection.on_events(events)
+                        connection = None
+                    elif fd == self.listen_fd:
+                        self.accept_connections()
+                    elif fd == self.wake_fd:
+                        self.drain_wakeups()
+                    elif fd == self.signal_fd:
+                        self.drain_signals()
+            except Exception as error:
+                if connection is None:
+                    raise  # the loop's own work, not one connection's
+                self.connection_failed(connection, error)
+                connection = None
+        return 0
+
+    cdef int log_connection_error(self, str described, str what) except -1:
+        cdef Py_ssize_t skipped = self.connection_error_log.due()
+        if skipped >= 0:
+            logger.warning("connection %s: %s%s", described, what,
+                           since_last(skipped, "connection errors"))
+        return 0
 
     cdef int on_deadline(self) except -1:
-        """Whatever timed thing is due at self.now: grace period, lingering, accept retry,
-        idle."""
+        """Whatever timed thing is due at self.now: grace period, workers' replies,
+        accept retry, I/O retry, idle and lingering connections."""
         cdef Py_ssize_t expired = 0
+        cdef Connection connection
         if self.stopping and self.stop_deadline <= self.now:
             logger.warning("grace period over: closing %d connections with unsent output "
                            "or a queue still held",
                            self.connection_count)
             self.teardown_connections()
             return 0
-        if self.lingering and self.next_linger_check <= self.now:
-            self.check_lingering()
+        if self.awaiting_workers and self.next_worker_check <= self.now:
+            self.check_awaiting_workers()
         if self.accept_resume_at and self.accept_resume_at <= self.now:
             self.resume_accepting()
-        while (self.idle_oldest is not None
-               and self.idle_oldest.last_active + self.idle_timeout <= self.now):
-            self.idle_oldest.close()
+        if self.retry_at and self.retry_at <= self.now:
+            self.retry_backed_off()
+        while (self.idle.oldest is not None
+               and self.idle.oldest.last_active + self.idle_timeout <= self.now):
+            self.expire_idle(self.idle.oldest)
             expired += 1
         if expired:
             logger.info("closed %d connections idle for more than %g s", expired,
                         self.idle_timeout)
+        while (self.lingering.oldest is not None
+               and self.lingering.oldest.last_active + LINGER_QUIET_SECONDS <= self.now):
+            connection = self.lingering.oldest
+            try:
+                connection.on_linger_quiet()
+            except Exception as error:
+                self.connection_failed(connection, error)
         return 0
 
-    cdef void touch(self, Connection connection):
-        """Mark activity now: the connection moves to the young end of the idle list."""
-        connection.last_active = self.now
-        if connection is not self.idle_newest:
-            self.idle_unlink(connection)
-            self.idle_append(connection)
+    cdef int expire_idle(self, Connection connection) except -1:
+        """Close a connection on which nothing moved for idle_timeout.
 
-    cdef void idle_append(self, Connection connection):
-        connection.older = self.idle_newest
-        connection.newer = None
-        if self.idle_newest is not None:
-            self.idle_newest.newer = connection
-        else:
-            self.idle_oldest = connection
-        self.idle_newest = connection
-
-    cdef void idle_unlink(self, Connection connection):
-        if connection.older is not None:
-            connection.older.newer = connection.newer
-        elif self.idle_oldest is connection:
-            self.idle_oldest = connection.newer
-        if connection.newer is not None:
-            connection.newer.older = connection.older
-        elif self.idle_newest is connection:
-            self.idle_newest = connection.older
-        connection.older = connection.newer = None
+        With output still unsent the peer has stopped reading (slowloris): reset, so it
+        cannot take the part it got for the whole reply. Otherwise the close is
+        graceful (Connection.finish_close).
+        """
+        if connection.out.pending:
+            connection.abort()
+            return 0
+        connection.begin_close(IDLE_TIMEOUT)
+        self.handle(connection, WRITABLE)
+        if connection.listed_in is self.idle:
+            self.idle.unlink(connection)  # waiting for a worker while stopping: grace-bound
+        return 0
 
     # ---- backpressure on put()s from other threads ------------------------------------
 
@@ -393,7 +537,15 @@ cdef class Loop:
         return data
 
     cdef int dispatch(self, Connection connection, bytes data) except -1:
-        """Call the user's callback; an exception closes only this connection."""
+        """Call the user's callback; whatever it raises closes only this connection.
+
+        Any exception: SystemExit, KeyboardInterrupt, GeneratorExit and the like too. A
+        server must not die of one request; Ctrl-C and SIGTERM reach the loop through its
+        own handlers (watch_signals), not as exceptions in a callback. The exception is
+        the application's signal handler's if that handler's frame is in its traceback:
+        then the server stops (stop_for). A coroutine it returns is closed unrun
+        (discard_coroutine).
+        """
         cdef object result
         self.dispatching = connection
         try:
@@ -403,10 +555,19 @@ cdef class Loop:
                 result = self.callback(connection.get_queue(), data)
             if result is not None and isinstance(result, _Coroutine):
                 self.discard_coroutine(connection, result)
-        except Exception:
-            logger.exception("read_callback raised; closing connection %s once its "
-                             "queued output is sent", connection.describe())
-            connection.close_after_failed_callback()
+        except BaseException as error:
+            # The close first: under memory pressure what follows may fail in turn, and
+            # the input this callback was given is consumed whatever happens.
+            connection.begin_close(CALLBACK_FAILED)
+            try:
+                if self.restore_signals is not None and raised_by_signal_handler(error):
+                    self.stop_for(error)
+                else:
+                    logger.exception("read_callback raised %s; closing connection %s once "
+                                     "its queued output is sent", type(error).__name__,
+                                     connection.describe())
+            except MemoryError:
+                pass  # out of memory to say so; the connection closes all the same
         finally:
             self.dispatching = None
         return 0
@@ -414,6 +575,7 @@ cdef class Loop:
     cdef int discard_coroutine(self, Connection connection, object coroutine) except -1:
         """The callback returned a coroutine (it wraps an async def): nothing will ever
         run it. TCPServer rejects async callbacks it can see; this catches the rest."""
+        connection.begin_close(CALLBACK_FAILED)
         coroutine.close()  # never started: closing it runs none of its code, and Python
                            # does not warn that it was never awaited
         cdef Py_ssize_t skipped = self.coroutine_log.due()
@@ -422,10 +584,9 @@ cdef class Loop:
                          "callback is called synchronously, so its async code never runs; "
                          "closing connection %s once its queued output is sent%s",
                          connection.describe(), since_last(skipped, "coroutines discarded"))
-        connection.close_after_failed_callback()
         return 0
 
-    cdef int linger(self, Connection connection) except -1:
+    cdef int await_worker(self, Connection connection) except -1:
         """While stopping, keep a connection open as long as code outside holds its queue.
 
         A callback may hand the queue to a worker and return; if the server is asked to
@@ -433,25 +594,42 @@ cdef class Loop:
         connection waits for the queue to be let go of; the stop's grace period bounds
         the wait (on_deadline closes whatever is left then).
         """
-        if not connection.lingering:
-            if not self.lingering:
-                # Nothing signals that a worker let go of a queue: look every few ms.
-                self.next_linger_check = monotonic() + LINGER_CHECK_INTERVAL
-            connection.lingering = True
-            self.lingering.append(connection)
+        if not self.awaiting_workers:
+            # Nothing signals that a worker let go of a queue: look every few ms.
+            self.next_worker_check = self.now + WORKER_CHECK_INTERVAL
+        self.awaiting_workers.append(connection)
         return 0
 
-    cdef int check_lingering(self) except -1:
+    cdef int check_awaiting_workers(self) except -1:
         cdef list waiting = []
         cdef Connection connection
-        for connection in self.lingering:
-            if connection.fd >= 0 and (connection.out.pending or connection.queue_held()):
+        for connection in self.awaiting_workers:
+            if connection.state == AWAITING_WORKER and not connection.out.pending:
+                self.handle(connection, WRITABLE)  # closes or lingers once let go of
+            if connection.state == AWAITING_WORKER:
                 waiting.append(connection)  # a late reply is going out, or may yet come
-                continue
-            connection.close()
-            connection.lingering = False
-        self.lingering = waiting
-        self.next_linger_check = self.now + LINGER_CHECK_INTERVAL
+        self.awaiting_workers = waiting
+        self.next_worker_check = self.now + WORKER_CHECK_INTERVAL
+        return 0
+
+    cdef int back_off(self, Connection connection) except -1:
+        """The kernel said ENOBUFS/ENOMEM to this connection's I/O: try again shortly."""
+        if not connection.backing_off:
+            connection.backing_off = True
+            self.backing_off.append(connection)
+            if not self.retry_at:
+                self.retry_at = monotonic() + IO_RETRY_SECONDS
+        return 0
+
+    cdef int retry_backed_off(self) except -1:
+        cdef list batch = self.backing_off
+        cdef Connection connection
+        self.backing_off = []
+        self.retry_at = 0
+        for connection in batch:
+            connection.backing_off = False
+            if connection.fd >= 0:
+                self.handle(connection, READABLE)  # reads if it should, then sends
         return 0
 
     cdef int schedule(self, Connection connection) except -1:
@@ -469,14 +647,14 @@ cdef class Loop:
             self.scheduled = []
             for connection in batch:
                 connection.scheduled = False
-                connection.service()
+                self.handle(connection, WRITABLE)
         return 0
 
     cdef void wake(self):
         # Only a loop asleep in the poller needs the eventfd; one that is running
         # checks `scheduled` and `stop_requested` before it next waits.
         cdef uint64_t one = 1
-        if self.sleeping and not self.wake_pending:
+        if self.sleeping and not self.wake_pending and self.wake_fd >= 0:
             self.wake_pending = True
             write(self.wake_fd, &one, sizeof(one))
 
@@ -500,15 +678,18 @@ cdef class Loop:
                 error = errno
                 if would_block(error):
                     return 0
-                if error == EINTR or error == ECONNABORTED or error == EPROTO or error == EPERM:
-                    continue
-                if error == EMFILE or error == ENFILE or error == ENOBUFS or error == ENOMEM:
-                    self.pause_accepting(error)
-                    return 0
-                logger.error("accept() failed: %s", strerror(error).decode())
+                if (error == EINTR or error == ECONNABORTED or error == ECONNRESET
+                        or error == EPROTO or error == EPERM):
+                    continue  # a signal, or one connection that died in the backlog
+                # EMFILE/ENFILE/ENOBUFS/ENOMEM, or anything unexpected: the listener
+                # stays readable, so retrying at once would spin.
+                self.pause_accepting(error)
                 return 0
             if self.connection_limit and self.connection_count >= self.connection_limit:
-                close(fd)
+                # A refused connection has been sent nothing, so there is nothing to
+                # protect: reset it at once (the clear signal, whether or not it already
+                # sent a request), rather than hold a descriptor for it.
+                reset_and_close(fd)
                 skipped = self.limit_log.due()
                 if skipped >= 0:
                     logger.warning("connection limit (%d) reached: closing new connections "
@@ -520,26 +701,35 @@ cdef class Loop:
 
     cdef int adopt(self, int fd, sockaddr_storage *address) except -1:
         cdef int one = 1
-        cdef Connection connection
+        cdef Connection connection = None
+        cdef object failure = None
         if address.ss_family == AF_INET or address.ss_family == AF_INET6:
             # Replies are often written in pieces; Nagle would hold the last one back
             # until the peer's delayed ACK (~40 ms).
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        # No return inside the except clause: Cython's return path there assumes the
+        # exception has a traceback, which it lacks when making one ran out of memory.
         try:
+            connection = Connection.__new__(Connection)
+            connection.remember_peer(address, self.callback_takes_ip)
             self.reserve_slot(fd)
             self.poller.register(fd, READABLE)
-        except BaseException:
-            close(fd)
-            raise
-        connection = Connection.__new__(Connection)
+        except Exception as error:
+            failure = error
+        if failure is not None:
+            # Out of memory, or the poller refused it: this connection cannot be served.
+            reset_and_close(fd)
+            if self.connection_error_log.due() >= 0:
+                logger.warning("could not take a new connection: %r", failure)
+            return 0
         connection.fd = fd
         connection.loop = self
-        connection.reading = True
+        connection.state = OPEN
+        connection.input_open = True
         connection.interest = READABLE
-        connection.remember_peer(address, self.callback_takes_ip)
+        connection.last_active = self.now
         if self.idle_timeout:
-            connection.last_active = self.now = monotonic()
-            self.idle_append(connection)
+            self.idle.append(connection)
         Py_INCREF(connection)
         self.connections[fd] = <PyObject *>connection
         self.connection_count += 1
@@ -563,20 +753,22 @@ cdef class Loop:
     cdef void forget(self, Connection connection, int fd):
         """Close `fd`, which `connection` owned; called by Connection.close()."""
         cdef PyObject *owned = self.connections[fd]
-        self.poller.unregister(fd)
-        close(fd)
+        # The C-level state first: the Python calls below may run a signal handler
+        # that raises, and what is done by then must be whole.
         self.connections[fd] = NULL
         self.connection_count -= 1
-        if self.idle_timeout:
-            self.idle_unlink(connection)
-        if connection.waiters:
-            self.notify_drained()  # blocked put()s return; what they put is dropped
-        # The queue points back at the connection; letting go of it here breaks the
-        # cycle, so closed connections are freed at once rather than by the cyclic GC.
-        connection.queue = None
-        if self.accept_resume_at and not self.stopping:
-            self.resume_accepting()  # a descriptor was just freed
-        Py_DECREF(<object>owned)
+        self.poller.unregister(fd)
+        close(fd)
+        try:
+            if connection.waiters:
+                self.notify_drained()  # blocked put()s return; what they put is dropped
+            # The queue points back at the connection; letting go of it here breaks the
+            # cycle, so closed connections are freed at once rather than by the cyclic GC.
+            connection.queue = None
+            if self.accept_resume_at and not self.stopping:
+                self.resume_accepting()  # a descriptor was just freed
+        finally:
+            Py_DECREF(<object>owned)
 
     cdef void pause_accepting(self, int error):
         # The listening socket stays readable while the backlog is full, so it must
@@ -584,18 +776,27 @@ cdef class Loop:
         cdef Py_ssize_t skipped = self.accept_error_log.due()
         if skipped >= 0:
             logger.error("accept() failed: %s; not accepting new connections until a "
-                         "descriptor is free%s", strerror(error).decode(),
-                         since_last(skipped, "failures"))
+                         "descriptor is free or %g s have passed%s", strerror(error).decode(),
+                         ACCEPT_RETRY_SECONDS, since_last(skipped, "failures"))
         if self.accepting:
             self.poller.unregister(self.listen_fd)
             self.accepting = False
         self.accept_resume_at = monotonic() + ACCEPT_RETRY_SECONDS
 
     cdef void resume_accepting(self):
+        cdef int error = 0
         self.accept_resume_at = 0
         if not self.accepting and not self.stopping:
-            self.poller.register(self.listen_fd, READABLE)
-            self.accepting = True
+            try:
+                self.poller.register(self.listen_fd, READABLE)
+            except OSError as failure:
+                error = failure.errno or ENOMEM
+            except MemoryError:
+                error = ENOMEM
+            if error:
+                self.pause_accepting(error)
+            else:
+                self.accepting = True
 
     # ---- stopping -------------------------------------------------------------------
 
@@ -613,27 +814,54 @@ cdef class Loop:
         for fd in range(self.connections_capacity):
             if self.connections[fd] != NULL:
                 connection = <Connection>self.connections[fd]
-                connection.reading = False
-                connection.closing = True
-                connection.service()
+                connection.begin_close(SERVER_STOPPING)
+                self.handle(connection, WRITABLE)
         return 0
 
     cdef void teardown_connections(self):
+        """Close every connection now: those with output unsent are reset, so that
+        their peers cannot take what they got for whole replies."""
         cdef Py_ssize_t fd
         cdef Connection connection
         for fd in range(self.connections_capacity):
             if self.connections[fd] != NULL:
                 connection = <Connection>self.connections[fd]
-                connection.close()
+                if connection.out.pending:
+                    connection.abort()
+                else:
+                    connection.close()
 
     cdef void teardown(self):
         self.teardown_connections()
         self.scheduled = []
-        self.lingering = []
+        self.awaiting_workers = []
+        self.backing_off = []
         self.running = False
         self.finished = True
+        self.release_descriptors()
+
+    cdef void release_descriptors(self):
+        """Close the listener, the poller and the eventfd: a finished loop holds none."""
+        cdef int fd = self.wake_fd
         try:
             self.listener.close()
         except Exception:
             pass
-        self.poller.close()
+        if self.poller is not None:  # None in a Loop whose __init__ never got that far
+            self.poller.close()
+        if fd >= 0:
+            self.wake_fd = -1  # wake() checks it: no write to a number reused since
+            close(fd)
+
+
+cdef void reset_on_close(int fd) noexcept:
+    """Have the close() of ``fd`` send RST (SO_LINGER 0) instead of FIN."""
+    cdef linger reset
+    reset.l_onoff = 1
+    reset.l_linger = 0
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset))
+
+
+cdef void reset_and_close(int fd) noexcept:
+    reset_on_close(fd)
+    close(fd)

@@ -8,6 +8,7 @@
 DEF LOG_INTERVAL = 10.0
 
 
+@cython.final
 cdef class LogThrottle:
     cdef double reported_at       # monotonic time of the last report; 0: never
     cdef Py_ssize_t unreported    # occurrences since then

@@ -1,5 +1,13 @@
-"""Shared test configuration."""
+"""Shared test configuration and fixtures."""
+import pathlib
+import shutil
+import subprocess
+
 import pytest
+
+from support import BENCH
+
+ROOT = BENCH.parent
 
 
 @pytest.fixture(autouse=True)
@@ -8,3 +16,36 @@ def _run_in_a_scratch_directory(tmp_path, monkeypatch):
     # sys.path. From the repository root that would import the source tree (with the
     # loop pip left there, or none) instead of the installed package the tests check.
     monkeypatch.chdir(tmp_path)
+
+
+def compile_c(tmp_path_factory, source: pathlib.Path, *flags: str) -> pathlib.Path:
+    """``source`` compiled with gcc (skips the test if there is no compiler)."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("needs a C compiler (gcc)")
+    if not source.exists():
+        pytest.skip(f"needs the source tree's {source.relative_to(ROOT)}")
+    output = tmp_path_factory.mktemp(source.stem) / source.stem
+    subprocess.run([compiler, "-O2", "-o", str(output), str(source), *flags], check=True)
+    return output
+
+
+@pytest.fixture(scope="session")
+def bench_programs(tmp_path_factory):
+    """The benchmark suite's C programs (bench/), compiled once: name -> path. c_uring_echo
+    is None where it does not compile (headers older than Linux 6.1)."""
+    programs = {
+        "loadgen": compile_c(tmp_path_factory, BENCH / "loadgen.c"),
+        "c_epoll_echo": compile_c(tmp_path_factory, BENCH / "servers" / "c_epoll_echo.c"),
+    }
+    try:
+        programs["c_uring_echo"] = compile_c(tmp_path_factory, BENCH / "servers" / "c_uring_echo.c")
+    except subprocess.CalledProcessError:
+        programs["c_uring_echo"] = None
+    return programs
+
+
+@pytest.fixture(scope="session")
+def loadgen(bench_programs):
+    """bench/loadgen.c, built: the closed-loop load generator that checks every echoed byte."""
+    return bench_programs["loadgen"]

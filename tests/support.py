@@ -6,10 +6,14 @@ runs once on each poller backend.
 from __future__ import annotations
 
 import contextlib
+import os
+import pathlib
 import socket
+import subprocess
+import sys
 import threading
 import time
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -17,6 +21,8 @@ from simpletcp.tcpserver import TCPServer
 
 BACKENDS = ["epoll", "poll"]
 TIMEOUT = 10.0
+# The benchmark suite of the source tree (its C programs are also test tools).
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -62,6 +68,30 @@ def connect(server: TCPServer, timeout: float = TIMEOUT) -> socket.socket:
     return socket.create_connection((server.ip, server.port), timeout=timeout)
 
 
+def refused(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether the server on ``port`` refuses new connections (it has begun to stop)."""
+    try:
+        socket.create_connection((host, port), timeout=TIMEOUT).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        return True  # it was in the backlog when the listening socket was closed
+
+
+def reset_at_once(port: int, request: bytes = b"", host: str = "127.0.0.1") -> bool:
+    """Connect (sending ``request`` if any) and read: whether the server reset the
+    connection without a byte, as it does beyond its connection limit. The reset may
+    already fail the connect()."""
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+            if request:
+                sock.sendall(request)
+            return sock.recv(100) == b"" and False
+    except ConnectionResetError:
+        return True
+
+
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
     """Read exactly ``size`` bytes (the peer may send them in any number of pieces)."""
     chunks = bytearray()
@@ -97,3 +127,42 @@ def closing_all(*socks: socket.socket) -> Iterator[None]:
     finally:
         for sock in socks:
             sock.close()
+
+
+@contextlib.contextmanager
+def child_server(script: str, *args: str) -> Iterator[Tuple[subprocess.Popen, int]]:
+    """Run ``script`` (Python source that prints its server's port first) in a child
+    process: (child, port); killed on the way out whatever happens."""
+    child = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        if not line.strip().isdigit():
+            child.kill()
+            raise AssertionError(f"no port from the child: {line!r} {child.stderr.read()}")
+        yield child, int(line)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def cpu_seconds(pid: int, thread: Optional[int] = None) -> float:
+    """CPU time (user + system) used so far by process ``pid``, or by one of its threads."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_descriptors(pid: "int | str" = "self") -> List[int]:
+    """The descriptor numbers process ``pid`` has open."""
+    return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid``, in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

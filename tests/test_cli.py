@@ -12,7 +12,7 @@ import pytest
 
 import simpletcp
 
-from support import recv_exactly, recv_until_eof, wait_for
+from support import recv_exactly, recv_until_eof, reset_at_once, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -178,8 +178,7 @@ def test_flags_reach_the_server(tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(b"abcdefg")
             assert recv_exactly(client, 6) == b"3,3,1,"  # --recv-bytes 3
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
-                assert recv_until_eof(extra) == b""  # --connection-limit 1
+            assert reset_at_once(port)  # --connection-limit 1
             started = time.monotonic()
             assert recv_until_eof(client) == b""  # --idle-timeout 0.5
             assert time.monotonic() - started < 5

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from support import BACKENDS, recv_exactly
+from support import BACKENDS, cpu_seconds, recv_exactly
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,13 +31,6 @@ LIMITED_SERVER = textwrap.dedent(
 )
 
 
-def _cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / 100.0  # USER_HZ is 100 on Linux
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_accept_failing_for_lack_of_descriptors(backend):
     child = subprocess.Popen([sys.executable, "-c", LIMITED_SERVER, backend],
@@ -54,9 +47,9 @@ def test_accept_failing_for_lack_of_descriptors(backend):
             assert recv_exactly(client, 3) == b"%03d" % i  # the first ones are served
 
         time.sleep(0.3)
-        cpu_before = _cpu_seconds(child.pid)
+        cpu_before = cpu_seconds(child.pid)
         time.sleep(1.0)
-        busy = _cpu_seconds(child.pid) - cpu_before
+        busy = cpu_seconds(child.pid) - cpu_before
         assert busy < 0.3, f"server used {busy:.2f} s of CPU in 1 s while out of descriptors"
         assert child.poll() is None, "server died"
 

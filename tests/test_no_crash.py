@@ -92,9 +92,8 @@ cls = m.{name}
 attempt("{name}()", lambda: cls(), "TypeError")
 attempt("{name}(None)", lambda: cls(None), "TypeError")
 attempt("{name}(1, x=2)", lambda: cls(1, x=2), "TypeError")
-class Subclass(cls):
-    pass
-attempt("subclass of {name}()", lambda: Subclass(), "TypeError")
+# Final classes refuse to be subclassed; the others' subclasses inherit the refusal.
+attempt("a subclass of {name}", lambda: type("Subclass", (cls,), {{}})(), "TypeError")
 bypassed = cls.__new__(cls)
 attempt("{name}.__new__ then __init__", lambda: bypassed.__init__(), "TypeError")
 poke_everything("{name}.__new__({name})", bypassed)
@@ -177,6 +176,7 @@ bare = m.Loop.__new__(m.Loop)
 attempt("bare loop: run", lambda: bare.run(), "RuntimeError")
 attempt("bare loop: backend", lambda: bare.backend, "RuntimeError")
 attempt("bare loop: request_stop", lambda: bare.request_stop(), "ok")
+attempt("bare loop: close", lambda: bare.close(), "ok")
 poke_everything("bare loop", bare)
 
 failed = m.Loop.__new__(m.Loop)
@@ -222,7 +222,8 @@ poke_everything("server after stop", server)
 
 never_run = TCPServer("localhost", 0, echo)
 never_run.stop()
-attempt("start after a stop that came first", lambda: never_run.start(), "RuntimeError")
+attempt("start after a stop that came first", lambda: never_run.start(), "ok")
+attempt("run after a stop that came first", lambda: never_run.run(), "ok")
 finish()
 ''',
     "ClientSocket": '''
@@ -246,8 +247,17 @@ attempt("raise ShutDown", lambda: (_ for _ in ()).throw(m.ShutDown("x")), "ShutD
 poke_everything("ShutDown('x')", m.ShutDown("x"))
 finish()
 '''
-for internal in ("Connection", "Poller", "EpollPoller", "PollPoller", "LogThrottle"):
+for internal in ("Connection", "ActivityList", "Poller", "EpollPoller", "PollPoller",
+                 "LogThrottle"):
     PROGRAMS[internal] = INTERNAL.format(name=internal)
+
+# The module's functions, with what a caller could pass.
+PROGRAMS["functions"] = '''
+for junk in (None, 0, object(), ValueError("no traceback"), KeyboardInterrupt()):
+    attempt(f"raised_by_signal_handler({junk!r})",
+            lambda: m.raised_by_signal_handler(junk), ("ok", "AttributeError", "TypeError"))
+finish()
+'''
 
 ASYNC_ECHO = '''
 async def _async_echo(queue, data):
@@ -267,6 +277,10 @@ def test_every_class_of_the_compiled_module_is_abused_here():
                 if inspect.isclass(value) and value.__module__ == loop_module.__name__}
     public = {"TCPServer", "ClientSocket"}
     assert compiled | public <= set(PROGRAMS), "add the new class to PROGRAMS"
+    functions = {name for name, value in vars(loop_module).items()
+                 if callable(value) and not inspect.isclass(value) and not name.startswith("_")
+                 and getattr(value, "__module__", None) == loop_module.__name__}
+    assert functions == {"raised_by_signal_handler"}, "add the new function to PROGRAMS"
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import HandOff, backend, connect, recv_exactly, recv_until_eof, serve, wait_for  # noqa: F401
+from support import (HandOff, backend, connect, recv_exactly, recv_until_eof,  # noqa: F401
+                     reset_at_once, rss_kib, serve, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,13 +107,8 @@ def test_put_from_the_callback_never_blocks(serve):
 
 
 def assert_refused(server):
-    """A connection beyond the limit is accepted by the kernel, then closed at once."""
-    with connect(server) as extra:
-        try:
-            extra.sendall(b"over")
-            assert extra.recv(10) == b""
-        except ConnectionResetError:
-            pass
+    """A connection beyond the limit is accepted by the kernel, then reset at once."""
+    assert reset_at_once(server.port, b"over")
 
 
 def test_connection_limit_closes_the_extra_connections(serve, caplog):
@@ -238,14 +234,6 @@ SLOW_READER_SERVER = textwrap.dedent(
 )
 
 
-def _rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.timeout(120)
 def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mark(backend):
     child = subprocess.Popen([sys.executable, "-c", SLOW_READER_SERVER, backend],
@@ -255,7 +243,7 @@ def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mar
         with socket.create_connection(("127.0.0.1", port), timeout=30) as warm:
             warm.sendall(b"x" * 100_000)
             recv_exactly(warm, 100_000)
-        before = _rss_kib(child.pid)
+        before = rss_kib(child.pid)
         client = socket.create_connection(("127.0.0.1", port))
         client.settimeout(0.5)
         chunk = b"w" * (1 << 20)
@@ -266,7 +254,7 @@ def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mar
         except socket.timeout:
             pass  # the server stopped reading and the kernel buffers are full
         time.sleep(0.2)
-        growth_kib = _rss_kib(child.pid) - before
+        growth_kib = rss_kib(child.pid) - before
         # The default high-water mark is 1 MiB; allow for the allocator and reads in flight.
         assert growth_kib < 6 * 1024, f"server grew by {growth_kib} KiB after {written} bytes"
         assert written < 300 * (1 << 20)

@@ -124,12 +124,12 @@ def test_start_returns_once_serving_and_context_manager_stops(backend):
     TCPServer("localhost", server.port, echo).stop()
 
 
-def test_stop_before_run_releases_the_port():
+def test_stop_before_run_releases_the_port_and_is_final():
     server = TCPServer("localhost", 0, echo)
     assert server.stop() is True
     TCPServer("localhost", server.port, echo).stop()
-    with pytest.raises(RuntimeError):
-        server.run()
+    server.run()  # stop() is final: returns at once, serving nothing, raising nothing
+    assert server.start() is server and not server.running
 
 
 def test_stop_sends_what_is_already_queued(serve):

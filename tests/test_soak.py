@@ -6,8 +6,6 @@ check always runs. The load comes from bench/loadgen.c, which checks every echoe
 """
 import json
 import os
-import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,8 +13,7 @@ import textwrap
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-LOADGEN_SOURCE = ROOT / "bench" / "loadgen.c"
+from support import open_descriptors, rss_kib
 
 SERVER = textwrap.dedent(
     """
@@ -36,18 +33,8 @@ SERVER = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def loadgen(tmp_path_factory):
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None or not LOADGEN_SOURCE.exists():
-        pytest.skip("needs a C compiler and the source tree's bench/loadgen.c")
-    binary = tmp_path_factory.mktemp("loadgen") / "loadgen"
-    subprocess.run([compiler, "-O2", "-o", str(binary), str(LOADGEN_SOURCE)], check=True)
-    return binary
-
-
 def _open_fds(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return len(open_descriptors(pid))
 
 
 def _idle_fds(pid, port):
@@ -60,14 +47,6 @@ def _idle_fds(pid, port):
         probe.sendall(b"?")
         assert probe.recv(1) == b"?"
         return _open_fds(pid) - 1  # less the probe's own connection
-
-
-def _rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def _load(loadgen, port, connections, requests):
@@ -87,12 +66,12 @@ def _soak(loadgen, requests, connections):
         fds_idle = _idle_fds(child.pid, port)
         # Warm-up: allocator pools, buffers and the connection table reach their size.
         _load(loadgen, port, connections, max(requests // 20, connections))
-        rss_warm = _rss_kib(child.pid)
+        rss_warm = rss_kib(child.pid)
         report = _load(loadgen, port, connections, requests)
         assert report["errors_total"] == 0, report["errors"]
         assert report["requests"] >= requests
         assert report["connections_established"] == connections
-        rss_end = _rss_kib(child.pid)
+        rss_end = rss_kib(child.pid)
         # The load generator has closed its connections; the server's must be gone too.
         for _ in range(200):
             if _open_fds(child.pid) == fds_idle:

@@ -7,7 +7,12 @@
  * only then is EPOLLOUT registered. While more than OUTPUT_HIGH_WATER bytes
  * are pending, the connection is not read (backpressure).
  *
- * Usage: c_epoll_echo [--port PORT] [--recv-bytes N] [--backlog N]
+ * With --lines it answers line by line (the floor of the framed workload W5): each
+ * complete line, '\n' included, is found with memchr() and queued as its own answer;
+ * a line's unfinished end waits for the next read (at most MAX_LINE bytes, else the
+ * connection is closed). The answers of one read go out in one send().
+ *
+ * Usage: c_epoll_echo [--port PORT] [--recv-bytes N] [--backlog N] [--lines]
  * Port 0 (the default) binds an ephemeral port. The bound port is printed as
  * the first line of stdout. Listens on 127.0.0.1 only.
  *
@@ -32,6 +37,7 @@
 #define MAX_EVENTS 256
 #define ACCEPT_BATCH 128
 #define OUTPUT_HIGH_WATER (4 * 1024 * 1024)
+#define MAX_LINE (64 * 1024)
 
 struct conn {
     bool open;
@@ -39,11 +45,14 @@ struct conn {
     bool reading;                /* EPOLLIN registered */
     char *pending;               /* output the socket has not taken yet */
     size_t pending_start, pending_end, pending_capacity;
+    char *partial;               /* --lines: the start of a line whose '\n' has not come */
+    size_t partial_len;
 };
 
 static struct conn *conns;      /* indexed by file descriptor */
 static size_t conns_capacity;
 static int epoll_fd;
+static bool answer_lines;
 
 static void die(const char *what)
 {
@@ -69,6 +78,7 @@ static void close_conn(int fd)
 {
     struct conn *c = &conns[fd];
     free(c->pending);
+    free(c->partial);
     memset(c, 0, sizeof *c);
     close(fd); /* also removes it from the epoll set */
 }
@@ -121,6 +131,33 @@ static bool flush_pending(int fd, struct conn *c)
     return true;
 }
 
+/* --lines: answer every complete line of `data`, then send the answers. */
+static void answer_each_line(int fd, struct conn *c, const char *data, size_t len)
+{
+    size_t start = 0;
+    const char *newline;
+    while ((newline = memchr(data + start, '\n', len - start)) != NULL) {
+        size_t end = (size_t)(newline - data) + 1;
+        if (c->partial_len > 0) {
+            append_pending(c, c->partial, c->partial_len);
+            c->partial_len = 0;
+        }
+        append_pending(c, data + start, end - start);
+        start = end;
+    }
+    if (start < len) {
+        if (c->partial_len + (len - start) > MAX_LINE) {
+            close_conn(fd);
+            return;
+        }
+        if (!c->partial && !(c->partial = malloc(MAX_LINE)))
+            die("malloc");
+        memcpy(c->partial + c->partial_len, data + start, len - start);
+        c->partial_len += len - start;
+    }
+    flush_pending(fd, c);
+}
+
 static void on_readable(int fd, struct conn *c, char *buffer, size_t buffer_size)
 {
     ssize_t n = read(fd, buffer, buffer_size);
@@ -130,6 +167,10 @@ static void on_readable(int fd, struct conn *c, char *buffer, size_t buffer_size
     }
     if (n < 0)
         return;
+    if (answer_lines) {
+        answer_each_line(fd, c, buffer, (size_t)n);
+        return;
+    }
     if (pending_bytes(c) > 0) {
         /* Keep order: new data goes behind what is already waiting. */
         append_pending(c, buffer, (size_t)n);
@@ -188,6 +229,7 @@ int main(int argc, char **argv)
         {"port", required_argument, 0, 'p'},
         {"recv-bytes", required_argument, 0, 'r'},
         {"backlog", required_argument, 0, 'b'},
+        {"lines", no_argument, 0, 'l'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -196,8 +238,10 @@ int main(int argc, char **argv)
         case 'p': port = atoi(optarg); break;
         case 'r': recv_bytes = (size_t)strtoull(optarg, NULL, 10); break;
         case 'b': backlog = atoi(optarg); break;
+        case 'l': answer_lines = true; break;
         default:
-            fprintf(stderr, "usage: %s [--port PORT] [--recv-bytes N] [--backlog N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--port PORT] [--recv-bytes N] [--backlog N] [--lines]\n",
+                    argv[0]);
             return 2;
         }
     }

@@ -16,12 +16,17 @@ cdef extern from "<sys/socket.h>" nogil:
         SOCK_NONBLOCK
         SOCK_CLOEXEC
         MSG_NOSIGNAL
+        MSG_TRUNC
         SOL_SOCKET
+        SO_LINGER
         SHUT_WR
-        SHUT_RDWR
 
     struct sockaddr:
         sa_family_t sa_family
+
+    struct linger:
+        int l_onoff
+        int l_linger
 
     struct sockaddr_storage:
         sa_family_t ss_family
@@ -76,3 +81,11 @@ cdef extern from "<errno.h>" nogil:
     # Cython's libc.errno leaves it out; on Linux it equals EAGAIN, elsewhere it may not.
     enum:
         EWOULDBLOCK
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+
+cdef extern from "<linux/sockios.h>" nogil:
+    enum:
+        # Bytes sent but not yet acknowledged by the peer (and the FIN, once sent).
+        SIOCOUTQ

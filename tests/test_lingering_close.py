@@ -1,0 +1,229 @@
+"""A reply queued before the server closes reaches the client whole, even when the
+client has sent more that the server never reads (an answer-then-close protocol with
+pipelined requests: HTTP ``Connection: close``, an error reply, a QUIT).
+
+Closing a socket that holds unread input makes the kernel send RST and throw away
+what it had not yet sent; the server shuts its write side instead, reads and
+discards input until the client closes (or a bound), then closes.
+"""
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from support import (backend, connect, recv_exactly, recv_until_eof, reset_at_once,  # noqa: F401
+                     serve, wait_for)
+
+pytestmark = pytest.mark.timeout(60)
+
+MIB = 1 << 20
+
+
+def pattern(size):
+    """Bytes that differ from one position to the next, so a gap or a repeat shows."""
+    block = bytes(range(256)) * 4096
+    return (block * (size // len(block) + 1))[:size]
+
+
+def serve_reply_then_close(serve, how, payload):
+    """A server that answers GET with ``payload`` and then closes: by queue.shutdown(),
+    server.stop() or an exception."""
+    servers = []
+
+    def callback(queue, data):
+        if not data.startswith(b"GET"):
+            return
+        queue.put(payload)
+        if how == "shutdown":
+            queue.shutdown()
+        elif how == "stop":
+            servers[0].stop()
+        else:
+            raise RuntimeError("the reply is queued, then the callback fails")
+
+    servers.append(serve(callback))
+    return servers[0]
+
+
+@pytest.mark.parametrize("size", [2 * MIB, 16 * MIB], ids=["2MiB", "16MiB"])
+@pytest.mark.parametrize("how", ["shutdown", "stop", "raise"])
+def test_a_reply_before_a_close_survives_pipelined_input(serve, how, size, caplog):
+    caplog.set_level(logging.CRITICAL, logger="simpletcp")  # the raise is expected
+    payload = pattern(size)
+    server = serve_reply_then_close(serve, how, payload)
+    with connect(server, timeout=30) as client:
+        client.sendall(b"GET\n")
+        time.sleep(0.2)
+        client.sendall(b"more-requests\n")  # never read by the server
+        assert recv_until_eof(client) == payload
+
+
+@pytest.mark.parametrize("how", ["shutdown", "stop", "raise"])
+def test_input_arriving_after_the_reply_is_out_does_not_reset_it(serve, how, caplog):
+    # The client reads nothing until the whole reply is in the kernel's buffers and the
+    # server has shut its side; what it sends then must not turn into a reset.
+    caplog.set_level(logging.CRITICAL, logger="simpletcp")
+    payload = pattern(256 * 1024)
+    server = serve_reply_then_close(serve, how, payload)
+    with connect(server, timeout=30) as client:
+        client.sendall(b"GET\n")
+        time.sleep(0.3)
+        for _ in range(20):
+            client.sendall(b"pipelined request\n" * 100)
+            time.sleep(0.01)
+        assert recv_until_eof(client) == payload
+
+
+def test_a_client_that_keeps_sending_while_the_reply_drains_gets_it_whole(serve):
+    # A client that writes a large upload after the server decided to close, and only
+    # then reads: discarding its input while the reply drains keeps both sides moving.
+    payload = pattern(8 * MIB)
+    server = serve_reply_then_close(serve, "shutdown", payload)
+    with connect(server, timeout=30) as client:
+        client.sendall(b"GET\n")
+        client.sendall(b"u" * (4 * MIB))  # more than both kernels' buffers hold
+        assert recv_until_eof(client) == payload
+
+
+def test_idle_timeout_closes_gracefully_with_the_reply_still_in_flight(serve):
+    # The whole reply has left the server's queue, part of it is still in the kernel:
+    # the client is slow. The idle timeout fires; the client then sends something and
+    # reads. It must get every byte and an EOF, not a reset.
+    payload = pattern(1 * MIB)
+    server = serve(lambda queue, data: queue.put(payload) if data.startswith(b"GET") else None,
+                   idle_timeout=0.3)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.settimeout(30)
+    client.connect((server.ip, server.port))
+    with client:
+        client.sendall(b"GET\n")
+        time.sleep(1.0)  # longer than the idle timeout; the server has let go of the reply
+        client.sendall(b"still there?\n")
+        assert recv_until_eof(client) == payload
+
+
+def test_connections_refused_at_the_limit_are_reset_whether_or_not_they_sent(serve):
+    # Refused connections get no reply, so there is nothing to protect; they are reset
+    # at once (one clear signal, no descriptor kept for them).
+    server = serve(lambda queue, data: queue.put(data), connection_limit=1)
+    with connect(server) as member:
+        member.sendall(b"in")
+        assert recv_exactly(member, 2) == b"in"
+        assert reset_at_once(server.port, b"GET / HTTP/1.1\r\n\r\n")
+        assert reset_at_once(server.port)
+        member.sendall(b"still served")
+        assert recv_exactly(member, 12) == b"still served"
+
+
+def test_shutdown_immediate_drops_the_queue_but_still_closes_gracefully(serve):
+    def drop_and_close(queue, data):
+        queue.put(b"never sent" * 1000)
+        queue.shutdown(immediate=True)
+
+    server = serve(drop_and_close)
+    with connect(server) as client:
+        client.sendall(b"go")
+        time.sleep(0.2)
+        client.sendall(b"unread by the server")
+        assert recv_until_eof(client) == b""  # EOF, not a reset
+
+
+def test_a_peer_that_keeps_the_connection_after_eof_is_let_go_once_quiet(serve):
+    # Lingering ends LINGER_QUIET_SECONDS (2 s) after the peer's last byte, once it has
+    # acknowledged everything: a client that never closes does not hold a descriptor.
+    server = serve_reply_then_close(serve, "shutdown", b"bye")
+    with connect(server) as client:
+        client.sendall(b"GET\n")
+        assert recv_until_eof(client) == b"bye"
+        started = time.monotonic()
+        wait_for(lambda: server.connection_count == 0, timeout=10)
+        assert 1.5 < time.monotonic() - started < 8
+
+
+def test_a_peer_that_streams_after_the_close_is_cut_off_by_the_byte_bound(serve):
+    # Every byte resets the quiet timer; only LINGER_MAX_BYTES (16 MiB) ends it.
+    server = serve_reply_then_close(serve, "shutdown", b"bye")
+    client = connect(server)
+    client.sendall(b"GET\n")
+    assert recv_exactly(client, 3) == b"bye"
+    sent = [0]
+
+    def stream():
+        try:
+            while True:
+                sent[0] += client.send(b"s" * 65536)
+        except OSError:
+            pass  # reset once the server gives up
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    wait_for(lambda: server.connection_count == 0, timeout=20)
+    client.close()
+    streamer.join(10)
+    assert sent[0] >= 16 * MIB
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(90)
+def test_a_peer_that_trickles_input_is_cut_off_by_the_time_bound(serve):
+    # One byte a second keeps the peer from being quiet; LINGER_MAX_SECONDS (30 s) ends it.
+    server = serve_reply_then_close(serve, "shutdown", b"bye")
+    with connect(server) as client:
+        client.sendall(b"GET\n")
+        assert recv_exactly(client, 3) == b"bye"
+        started = time.monotonic()
+        try:
+            while server.connection_count and time.monotonic() - started < 60:
+                client.sendall(b".")
+                time.sleep(1)
+        except OSError:
+            pass
+        assert server.connection_count == 0
+        assert 29 < time.monotonic() - started < 40
+
+
+def test_stop_closes_idle_connections_at_once(serve):
+    # A connection quiet for LINGER_QUIET_SECONDS that has acknowledged all it was sent
+    # is owed nothing: stop() closes it without lingering.
+    server = serve(lambda queue, data: queue.put(data))
+    with connect(server) as client:
+        client.sendall(b"hello")
+        assert recv_exactly(client, 5) == b"hello"
+        time.sleep(2.5)
+        started = time.monotonic()
+        assert server.stop(timeout=10)
+        assert time.monotonic() - started < 1.0
+        assert recv_until_eof(client) == b""
+
+
+def test_stop_lingers_for_a_client_that_just_talked_then_lets_it_go(serve):
+    # The client may still be sending (pipelining): the server shuts its side, waits
+    # for the client to close or be quiet 2 s, and does not exceed the grace period.
+    server = serve(lambda queue, data: queue.put(data), grace_period=10)
+    with connect(server) as client:
+        client.sendall(b"hello")
+        assert recv_exactly(client, 5) == b"hello"
+        started = time.monotonic()
+        assert server.stop(timeout=15)
+        assert 1.5 < time.monotonic() - started < 8
+        assert recv_until_eof(client) == b""
+
+
+def test_a_late_put_to_a_lingering_connection_is_dropped_quietly(serve, caplog):
+    caplog.set_level(logging.DEBUG, logger="simpletcp")
+    queues = []
+
+    def keep_and_fail(queue, data):
+        queues.append(queue)
+        queue.put(b"answer")
+        raise ValueError("the worker will put more, too late")
+
+    server = serve(keep_and_fail)
+    with connect(server) as client:
+        client.sendall(b"GET\n")
+        assert recv_until_eof(client) == b"answer"
+        queues[0].put(b"too late")  # the server has shut its side: dropped
+        assert any("dropped" in r.getMessage() for r in caplog.records)
