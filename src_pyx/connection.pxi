@@ -123,8 +123,8 @@ cdef class Connection:
             # The peer is gone, or the server has shut its side: a late reply (typically
             # from a worker thread) has nowhere to go. Not an error for the caller: the
             # server may close any time.
-            logger.debug("dropped %d bytes put after connection %s closed",
-                         PyBytes_GET_SIZE(chunk), self.describe())
+            self.loop.log(logging.DEBUG, "dropped %d bytes put after connection %s closed",
+                          (PyBytes_GET_SIZE(chunk), self.describe()))
             return 0
         if PyBytes_GET_SIZE(chunk) == 0:
             return 0
@@ -220,8 +220,8 @@ cdef class Connection:
                 self.discarded += n
                 self.mark_active(loop.now)
                 if self.discarded > LINGER_MAX_BYTES:
-                    logger.debug("connection %s: %d bytes dropped after the close began; "
-                                 "no longer reading", self.describe(), self.discarded)
+                    loop.log(logging.DEBUG, "connection %s: %d bytes dropped after the close "
+                             "began; no longer reading", (self.describe(), self.discarded))
                     self.input_open = False
                     break
             elif n == 0:
@@ -363,8 +363,8 @@ cdef class Connection:
             return 0
         # A peer that resets or vanishes is ordinary life for a server: debug only.
         if error == ECONNRESET or error == EPIPE or error == ETIMEDOUT or error == ENOTCONN:
-            logger.debug("connection %s: %s: %s", self.describe(), operation,
-                         strerror(error).decode())
+            self.loop.log(logging.DEBUG, "connection %s: %s: %s",
+                          (self.describe(), operation, strerror(error).decode()))
         else:
             self.loop.log_connection_error(self.describe(),
                                            f"{operation} failed: {strerror(error).decode()}")

@@ -33,6 +33,9 @@ cdef extern from "Python.h":
     # Py_REFCNT on a borrowed pointer: cpython.ref's takes an object, for which Cython
     # makes a temporary reference that the count would include.
     Py_ssize_t refcount_of "Py_REFCNT"(PyObject *obj)
+    # To hand an exception nobody can be given to sys.unraisablehook (Loop.log).
+    void PyErr_SetObject(object type, object value)
+    void PyErr_WriteUnraisable(object obj)
 
 import logging
 import os

@@ -225,7 +225,7 @@ cdef class Loop:
         let run() raise it."""
         if self.stop_cause is None:
             self.stop_cause = cause
-            logger.info("a signal handler raised %r: stopping", cause)
+            self.log(logging.INFO, "a signal handler raised %r: stopping", (cause,))
         self.request_stop()
         return 0
 
@@ -239,10 +239,7 @@ cdef class Loop:
                 self.serve()
                 return 0
             except MemoryError:
-                try:
-                    logger.error("out of memory in the server loop; going on")
-                except MemoryError:
-                    pass
+                self.log(logging.ERROR, "out of memory in the server loop; going on")
                 with nogil:
                     usleep(<unsigned int>(MEMORY_RETRY_SECONDS * 1e6))
             except BaseException as cause:
@@ -284,11 +281,11 @@ cdef class Loop:
     def _on_stop_signal(self, signum, frame):
         name = _signal.Signals(signum).name
         if not self.stop_requested:
-            logger.info("%s: stopping", name)
+            self.log(logging.INFO, "%s: stopping", (name,))
             self.request_stop()
         else:
-            logger.warning("%s again: closing %d connections without waiting", name,
-                           self.connection_count)
+            self.log(logging.WARNING, "%s again: closing %d connections without waiting",
+                     (name, self.connection_count))
             self.abort_requested = True
             self.wake()
 
@@ -418,9 +415,47 @@ cdef class Loop:
     cdef int log_connection_error(self, str described, str what) except -1:
         cdef Py_ssize_t skipped = self.connection_error_log.due()
         if skipped >= 0:
-            logger.warning("connection %s: %s%s", described, what,
-                           since_last(skipped, "connection errors"))
+            self.log(logging.WARNING, "connection %s: %s%s",
+                     (described, what, since_last(skipped, "connection errors")))
         return 0
+
+    cpdef int log(self, int level, str message, tuple args=(), object exc_info=None) except -1:
+        """Log on the "simpletcp" logger, whatever the application's handlers do.
+
+        Handlers are the application's code, run in whichever thread logs: what one
+        raises (a log shipper whose network is down) must not change what the server
+        does, such as reset the reply of the connection being reported, or stop the
+        server. It goes to sys.unraisablehook, as the logging module's own handlers
+        report their failures (unless logging.raiseExceptions is off). An exception of
+        the application's signal handler, run inside the handler, is the application's
+        request: in the serving loop it stops the server (stop_for); elsewhere it is
+        raised to the caller.
+        """
+        cdef object failure = None
+        try:
+            logger.log(level, message, *args, exc_info=exc_info)
+        except MemoryError:
+            pass  # out of memory to say so
+        except BaseException as error:
+            failure = error
+        if failure is not None:
+            self.logging_failed(failure)
+        return 0
+
+    cdef int logging_failed(self, BaseException failure) except -1:
+        cdef bint from_signal_handler = False
+        try:
+            from_signal_handler = raised_by_signal_handler(failure)
+        except MemoryError:
+            return 0
+        if not from_signal_handler:
+            if logging.raiseExceptions:
+                PyErr_SetObject(type(failure), failure)
+                PyErr_WriteUnraisable(logger)
+            return 0
+        if self.running and PyThread_get_thread_ident() == self.thread_ident:
+            return self.stop_for(failure)
+        raise failure
 
     cdef int on_deadline(self) except -1:
         """Whatever timed thing is due at self.now: grace period, workers' replies,
@@ -428,9 +463,8 @@ cdef class Loop:
         cdef Py_ssize_t expired = 0
         cdef Connection connection
         if self.stopping and self.stop_deadline <= self.now:
-            logger.warning("grace period over: closing %d connections with unsent output "
-                           "or a queue still held",
-                           self.connection_count)
+            self.log(logging.WARNING, "grace period over: closing %d connections with unsent "
+                     "output or a queue still held", (self.connection_count,))
             self.teardown_connections()
             return 0
         if self.awaiting_workers and self.next_worker_check <= self.now:
@@ -444,8 +478,8 @@ cdef class Loop:
             self.expire_idle(self.idle.oldest)
             expired += 1
         if expired:
-            logger.info("closed %d connections idle for more than %g s", expired,
-                        self.idle_timeout)
+            self.log(logging.INFO, "closed %d connections idle for more than %g s",
+                     (expired, self.idle_timeout))
         while (self.lingering.oldest is not None
                and self.lingering.oldest.last_active + LINGER_QUIET_SECONDS <= self.now):
             connection = self.lingering.oldest
@@ -539,9 +573,9 @@ cdef class Loop:
                 if self.restore_signals is not None and raised_by_signal_handler(error):
                     self.stop_for(error)
                 else:
-                    logger.exception("read_callback raised %s; closing connection %s once "
-                                     "its queued output is sent", type(error).__name__,
-                                     connection.describe())
+                    self.log(logging.ERROR, "read_callback raised %s; closing connection %s "
+                             "once its queued output is sent",
+                             (type(error).__name__, connection.describe()), error)
             except MemoryError:
                 pass  # out of memory to say so; the connection closes all the same
         finally:
@@ -654,9 +688,9 @@ cdef class Loop:
                 reset_and_close(fd)
                 skipped = self.limit_log.due()
                 if skipped >= 0:
-                    logger.warning("connection limit (%d) reached: closing new connections "
-                                   "at once until one ends%s", self.connection_limit,
-                                   since_last(skipped, "connections closed"))
+                    self.log(logging.WARNING, "connection limit (%d) reached: closing new "
+                             "connections at once until one ends%s",
+                             (self.connection_limit, since_last(skipped, "connections closed")))
                 continue
             self.adopt(fd, &address)
         return 0
@@ -683,7 +717,7 @@ cdef class Loop:
             # Out of memory, or the poller refused it: this connection cannot be served.
             reset_and_close(fd)
             if self.connection_error_log.due() >= 0:
-                logger.warning("could not take a new connection: %r", failure)
+                self.log(logging.WARNING, "could not take a new connection: %r", (failure,))
             return 0
         connection.fd = fd
         connection.loop = self
@@ -738,9 +772,9 @@ cdef class Loop:
         # leave the poller or the loop would spin at 100% CPU.
         cdef Py_ssize_t skipped = self.accept_error_log.due()
         if skipped >= 0:
-            logger.error("accept() failed: %s; not accepting new connections until a "
-                         "descriptor is free or %g s have passed%s", strerror(error).decode(),
-                         ACCEPT_RETRY_SECONDS, since_last(skipped, "failures"))
+            self.log(logging.ERROR, "accept() failed: %s; not accepting new connections until "
+                     "a descriptor is free or %g s have passed%s",
+                     (strerror(error).decode(), ACCEPT_RETRY_SECONDS, since_last(skipped, "failures")))
         if self.accepting:
             self.poller.unregister(self.listen_fd)
             self.accepting = False

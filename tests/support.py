@@ -9,6 +9,7 @@ import contextlib
 import os
 import pathlib
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -64,6 +65,12 @@ class HandOff:
 
 def connect(server: TCPServer, timeout: float = TIMEOUT) -> socket.socket:
     return socket.create_connection((server.ip, server.port), timeout=timeout)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST instead of FIN, as a crashed or impatient peer does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def refused(port: int, host: str = "127.0.0.1") -> bool:

@@ -3,22 +3,15 @@ closed, and the loop does not spin meanwhile (errors and hang-ups are reported b
 poller even for a descriptor registered for no events)."""
 import os
 import socket
-import struct
 import threading
 import time
 
 import pytest
 
 from support import (HandOff, backend, connect, cpu_seconds, recv_exactly, refused,  # noqa: F401
-                     serve, wait_for)
+                     reset, serve, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def reset(sock):
-    """Close with RST instead of FIN, as a crashed or impatient peer does."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def loop_cpu_share(server, seconds=0.5):
