@@ -62,6 +62,7 @@ cdef enum CloseReason:
     CALLBACK_FAILED  # the callback raised
     SERVER_STOPPING  # stop(), Ctrl-C, SIGTERM
     IDLE_TIMEOUT
+    REPLY_CUT        # shutdown(immediate=True) dropped a put partly sent: reset, not FIN
 
 
 cdef class ActivityList
@@ -78,7 +79,7 @@ cdef class Connection:
     cdef object peer_ip       # str, made at accept only when the callback asks for it
     cdef int interest         # READABLE/WRITABLE as registered with the poller now
     cdef ConnectionState state
-    cdef CloseReason close_reason  # why the close began (the first reason wins)
+    cdef CloseReason close_reason  # why the close began (the first reason wins, but REPLY_CUT)
     cdef bint input_open      # input is still read (for the callback, or to be dropped)
     cdef bint paused          # OPEN, output above the high-water mark: not reading for now
     cdef bint shut_by_user    # queue.shutdown() was called: further puts raise
@@ -140,9 +141,13 @@ cdef class Connection:
         self.shut_by_user = True
         if self.state == CLOSED:
             return 0
-        if immediate:
-            outbuf_clear(&self.out)
         self.begin_close(QUEUE_SHUTDOWN)
+        if immediate:
+            if self.out.offset:
+                # Part of a put is out and the rest is dropped: a graceful close would
+                # let the peer take that part for the whole (finish_close resets).
+                self.close_reason = REPLY_CUT
+            outbuf_clear(&self.out)
         if self is not self.loop.dispatching:
             self.loop.schedule(self)
         return 0
@@ -295,6 +300,9 @@ cdef class Connection:
 
     cdef int finish_close(self) except -1:
         """Everything queued is sent (DRAINING or AWAITING_WORKER): close, linger or wait."""
+        if self.close_reason == REPLY_CUT:
+            self.abort()
+            return 0
         # When the server is stopping, a worker still holding the queue may be about to
         # reply: wait for it (Loop.check_awaiting_workers). At the peer's EOF in normal
         # running, not: a registry of queues (a chat server) holds every queue, and its

@@ -131,6 +131,36 @@ def test_shutdown_immediate_drops_the_queue_but_still_closes_gracefully(serve):
         assert recv_until_eof(client) == b""  # EOF, not a reset
 
 
+@pytest.mark.parametrize("caller", ["worker", "callback"])
+def test_shutdown_immediate_in_the_middle_of_a_reply_resets(serve, caller):
+    # Part of an 8 MiB reply is out when shutdown(immediate=True) drops the rest: an
+    # EOF would let the client take the part it got for the whole reply. Found it: the
+    # client read 3.9 MB of the 8 MiB, then a clean EOF.
+    queues = []
+
+    def callback(queue, data):
+        if data == b"GET":
+            queue.put(pattern(8 * MIB))
+            queues.append(queue)
+        elif data == b"ABORT":
+            queue.shutdown(immediate=True)
+
+    server = serve(callback, high_water=64 * MIB)  # keeps reading while the reply waits
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.settimeout(10)
+    client.connect((server.ip, server.port))
+    with client:
+        client.sendall(b"GET")
+        wait_for(lambda: queues and 0 < queues[0].pending_bytes < 8 * MIB)  # partly sent
+        if caller == "worker":
+            queues[0].shutdown(immediate=True)
+        else:
+            client.sendall(b"ABORT")
+        with pytest.raises(ConnectionResetError):
+            recv_until_eof(client)
+
+
 def test_a_peer_that_keeps_the_connection_after_eof_is_let_go_once_quiet(serve):
     # Lingering ends LINGER_QUIET_SECONDS (2 s) after the peer's last byte, once it has
     # acknowledged everything: a client that never closes does not hold a descriptor.
