@@ -106,6 +106,7 @@ cdef class Loop:
     cdef LogThrottle accept_error_log
     cdef LogThrottle limit_log    # "connection limit reached"
     cdef LogThrottle connection_error_log  # unexpected errors of single connections
+    cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
 
     cdef ActivityList idle        # with an idle timeout: connections not yet closing
     cdef double now               # monotonic time, read once per turn of the loop
@@ -149,6 +150,7 @@ cdef class Loop:
         self.accept_error_log = LogThrottle()
         self.limit_log = LogThrottle()
         self.connection_error_log = LogThrottle()
+        self.memory_log = LogThrottle()
         self.read_buffer = <char *>malloc(recv_bytes)
         if self.read_buffer == NULL:
             raise MemoryError()
@@ -234,12 +236,16 @@ cdef class Loop:
         bookkeeping (each connection's are handled where they happen), or an exception
         that Python code the loop called let out (an application's signal handler runs
         wherever the main thread is)."""
+        cdef Py_ssize_t skipped
         while True:
             try:
                 self.serve()
                 return 0
             except MemoryError:
-                self.log(logging.ERROR, "out of memory in the server loop; going on")
+                skipped = self.memory_log.due()
+                if skipped >= 0:
+                    self.log(logging.ERROR, "out of memory in the server loop; going on%s",
+                             (since_last(skipped, "times"),))
                 with nogil:
                     usleep(<unsigned int>(MEMORY_RETRY_SECONDS * 1e6))
             except BaseException as cause:
