@@ -52,6 +52,7 @@ cdef enum ConnectionState:
     DRAINING         # closing: what is queued is being sent; input is dropped
     AWAITING_WORKER  # stopping, all sent, but user code still holds the queue (Loop.check_awaiting_workers)
     LINGERING        # all sent and the write side shut: input dropped until the peer closes
+                     # (past LINGER_MAX_BYTES, not read: until the peer has acknowledged all)
     CLOSED
 
 
@@ -237,9 +238,15 @@ cdef class Connection:
             elif errno != EINTR:
                 return self.on_io_error(errno, "recv")
         if self.state == LINGERING and (
-                not self.input_open or loop.now - self.linger_started >= LINGER_MAX_SECONDS):
+                self.saw_eof() or loop.now - self.linger_started >= LINGER_MAX_SECONDS):
             self.close()
         return 0
+
+    cdef inline bint saw_eof(self) noexcept:
+        """Whether input ended with the peer's EOF, rather than at LINGER_MAX_BYTES (then
+        unread input may remain: a close() would reset, and throw away what the kernel
+        has not delivered yet, so the connection lingers until the peer acknowledged it)."""
+        return not self.input_open and self.discarded <= LINGER_MAX_BYTES
 
     cdef int service(self) except -1:
         """Send what can be sent now; move on if that finished a close; then bring the
@@ -313,8 +320,8 @@ cdef class Connection:
                 self.state = AWAITING_WORKER
                 self.loop.await_worker(self)
             return 0
-        if not self.input_open:
-            self.close()  # the peer's EOF was read: nothing can arrive to cause a reset
+        if self.saw_eof():
+            self.close()  # nothing can arrive to cause a reset
             return 0
         return self.start_lingering()
 
