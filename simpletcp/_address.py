@@ -5,6 +5,7 @@ Shared by the server and the client so that both read ``mode`` the same way.
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any, Tuple
 
 #: The two names the original simpleTCP gave special meaning to.
@@ -26,11 +27,13 @@ def check_port(port: object, name: str = "port") -> int:
     return port
 
 
-def check_positive_int(value: object, name: str) -> int:
+def check_positive_int(value: object, name: str, maximum: int = sys.maxsize) -> int:
+    """``value`` if it is an int from 1 to ``maximum`` (what the C side can hold, by
+    default), else TypeError or ValueError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
+    if not 0 < value <= maximum:
+        raise ValueError(f"{name} must be a positive int up to {maximum}, got {value}")
     return value
 
 

@@ -11,13 +11,24 @@ def takes_ip(read_callback: object) -> bool:
     Both forms come from the original simpleTCP (the ip form from its later versions).
     Decided from the signature: three required positional parameters mean the ip form,
     two the original one; otherwise whichever the callable can accept, preferring the
-    ip form. Raises TypeError for a non-callable or a callable that fits neither.
+    ip form. Raises TypeError for a non-callable, a callable that fits neither, or a
+    coroutine or generator function.
     """
     if not callable(read_callback):
         raise TypeError(
             "read_callback must be callable as callback(queue, data) or "
             f"callback(ip, queue, data), got {type(read_callback).__name__}"
         )
+    for function in (read_callback, getattr(read_callback, "__call__", None)):
+        # Calling these only makes a coroutine or generator object, which runs nothing:
+        # every request would go unanswered without a word.
+        if inspect.iscoroutinefunction(function) or inspect.isgeneratorfunction(function) \
+                or inspect.isasyncgenfunction(function):
+            raise TypeError(
+                "read_callback must be a plain function: it is called in the server's "
+                f"thread and its return value is ignored, so {read_callback!r} (a coroutine "
+                "or generator function) would never run; put() the reply from a plain one"
+            )
     try:
         signature = inspect.signature(read_callback)
     except (TypeError, ValueError):

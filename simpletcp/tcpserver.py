@@ -20,6 +20,11 @@ __all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
 DEFAULT_GRACE_PERIOD = 5.0
 #: Unsent output per connection above which the server stops reading from it.
 DEFAULT_HIGH_WATER = 1024 * 1024
+#: listen() takes a C int (and Linux caps the backlog at net.core.somaxconn anyway).
+LARGEST_BACKLOG = 2**31 - 1
+#: One recv() never returns more than about 2 GiB on Linux: a larger read buffer (which
+#: recv_bytes sizes) would only be allocated for nothing.
+LARGEST_RECV_BYTES = 2**31 - 1
 
 
 class TCPServer:
@@ -66,8 +71,8 @@ class TCPServer:
         takes_ip = _callback.takes_ip(read_callback)
         if maximum_connections is None:
             maximum_connections = socket.SOMAXCONN
-        _address.check_positive_int(maximum_connections, "maximum_connections")
-        _address.check_positive_int(recv_bytes, "recv_bytes")
+        _address.check_positive_int(maximum_connections, "maximum_connections", LARGEST_BACKLOG)
+        _address.check_positive_int(recv_bytes, "recv_bytes", LARGEST_RECV_BYTES)
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         if backend != "auto" and backend not in BACKENDS:

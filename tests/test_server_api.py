@@ -13,6 +13,19 @@ def echo(queue, data):
     queue.put(data)
 
 
+async def async_echo(queue, data):
+    queue.put(data)
+
+
+def generator_echo(queue, data):
+    yield queue.put(data)
+
+
+class AsyncCallable:
+    async def __call__(self, queue, data):
+        queue.put(data)
+
+
 def make(*args, **kwargs):
     server = TCPServer(*args, **kwargs)
     server.stop()
@@ -86,6 +99,17 @@ def test_default_backlog_is_not_small():
         (("localhost", 0, echo), {"backend": "kqueue"}, ValueError, "backend"),
         (("localhost", 0, echo), {"backend": 1}, TypeError, "backend"),
         (("localhost", 0, echo), {"grace_period": -1}, ValueError, "grace_period"),
+        # Too large for what they size (found: OverflowError or a bare MemoryError
+        # that named nothing).
+        (("localhost", 0, echo), {"recv_bytes": 2**64}, ValueError, "recv_bytes"),
+        (("localhost", 0, echo), {"recv_bytes": 2**40}, ValueError, "recv_bytes"),
+        (("localhost", 0, echo), {"maximum_connections": 2**31}, ValueError, "maximum_connections"),
+        (("localhost", 0, echo), {"high_water": 2**64}, ValueError, "high_water"),
+        (("localhost", 0, echo), {"connection_limit": 2**64}, ValueError, "connection_limit"),
+        # Calling these runs nothing: every request would go unanswered, silently.
+        (("localhost", 0, async_echo), {}, TypeError, "read_callback"),
+        (("localhost", 0, generator_echo), {}, TypeError, "read_callback"),
+        (("localhost", 0, AsyncCallable()), {}, TypeError, "read_callback"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(args, kwargs, error, word):
