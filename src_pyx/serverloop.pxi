@@ -18,6 +18,10 @@ DEF WORKER_CHECK_INTERVAL = 0.01
 DEF IO_RETRY_SECONDS = 0.02
 # After a MemoryError in the loop's own bookkeeping: how long it pauses before going on.
 DEF MEMORY_RETRY_SECONDS = 0.01
+# The longest one wait of the poller lasts when a deadline is set: its timeout is a C int
+# of milliseconds, which a deadline more than 24.8 days away would overflow (into a
+# negative number: wait forever). Waking up once a day to look again costs nothing.
+DEF LONGEST_WAIT_SECONDS = 86400.0
 
 
 def raised_by_signal_handler(exc):
@@ -358,7 +362,7 @@ cdef class Loop:
                 if deadline <= self.now:
                     self.on_deadline()
                     continue
-                timeout = <int>((deadline - self.now) * 1000) + 1
+                timeout = <int>(min(deadline - self.now, LONGEST_WAIT_SECONDS) * 1000) + 1
             # Nothing between the check of `scheduled` above and the wait may run Python
             # code: a put() from another thread slipping in there would find the loop not
             # yet `sleeping`, skip the wake-up, and wait unserved.

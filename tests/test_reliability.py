@@ -1,5 +1,6 @@
 """Backpressure, the connection limit, the idle timeout and SIGTERM."""
 import logging
+import platform
 import queue as queue_module
 import signal
 import socket
@@ -12,8 +13,8 @@ import time
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import (HandOff, backend, connect, recv_exactly, recv_until_eof,  # noqa: F401
-                     reset_at_once, rss_kib, serve, wait_for)
+from support import (TIMEOUT, HandOff, backend, connect, recv_exactly,  # noqa: F401
+                     recv_until_eof, reset_at_once, rss_kib, serve, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -169,6 +170,40 @@ def test_idle_connections_are_closed_and_active_ones_kept(serve):
     assert recv_exactly(chatty, 10) == b"still open"
     silent.close()
     chatty.close()
+
+
+# x86-64 system call numbers of the loop's waits: epoll_wait(epfd, events, max, timeout)
+# and poll(fds, count, timeout); which argument is the timeout in milliseconds.
+WAIT_TIMEOUT_ARGUMENT = {"232": 4, "7": 3}
+
+
+def wait_timeout_ms(server):
+    """The timeout (ms, as the C int the kernel got) of the wait the server's loop is
+    blocked in, read from /proc; skips where the wait is another system call."""
+    if platform.machine() != "x86_64":
+        pytest.skip("reads x86-64 system call arguments from /proc")
+    path = f"/proc/self/task/{server._thread.native_id}/syscall"
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        fields = open(path).read().split()
+        if fields[0] in WAIT_TIMEOUT_ARGUMENT:
+            raw = int(fields[WAIT_TIMEOUT_ARGUMENT[fields[0]]], 16) & 0xFFFFFFFF
+            return raw - (1 << 32) if raw >= 1 << 31 else raw
+        if time.monotonic() > deadline:
+            pytest.skip(f"the loop waits in system call {fields[0]}, not epoll_wait/poll")
+        time.sleep(0.01)
+
+
+def test_an_idle_timeout_of_weeks_still_bounds_the_wait(serve):
+    # Found it: with a deadline more than 24.8 days away the wait's timeout in ms
+    # overflowed the C int into a negative number, which means "wait forever": with
+    # idle_timeout=30 days and nothing else happening, an idle connection was never
+    # closed.
+    server = serve(echo, idle_timeout=30 * 24 * 3600.0)
+    with connect(server) as client:
+        client.sendall(b"x")
+        assert recv_exactly(client, 1) == b"x"
+        assert wait_timeout_ms(server) > 0
 
 
 @pytest.mark.parametrize("kwargs, error, word", [
