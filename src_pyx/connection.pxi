@@ -387,8 +387,13 @@ cdef class Connection:
         return 0
 
     cdef bint must_wait(self):
-        """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put)."""
-        return (self.out.pending >= self.loop.high_water and self.state == OPEN
+        """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put).
+
+        In any state: while stopping, the loop waits for a worker that holds the queue
+        and sends what it puts, which must not pile up either (a lingering or closed
+        connection has nothing pending, and drops what is put).
+        """
+        return (self.out.pending >= self.loop.high_water
                 and PyThread_get_thread_ident() != self.loop.thread_ident)
 
     cdef void close(self):

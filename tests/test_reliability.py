@@ -95,6 +95,42 @@ def test_blocked_put_returns_when_the_connection_closes(serve):
     assert not putter.is_alive() and result == [None]
 
 
+def test_a_worker_streaming_while_the_server_stops_is_held_to_the_mark(serve):
+    # Stopping waits for a worker that still holds the queue, and sends what it puts:
+    # its puts must still wait above the mark, or a slow client lets the whole stream
+    # pile up in the server. Found it: 191 MiB unsent of a 200 MiB stream, with a
+    # 1 MiB mark (puts only waited while the connection was OPEN).
+    chunk = b"c" * (256 * 1024)
+    chunks = 64  # 16 MiB
+    high_water = 256 * 1024
+    peak = [0]
+    hand_off = HandOff()
+    server = serve(hand_off, high_water=high_water, grace_period=30)
+
+    def worker(queue):
+        for _ in range(chunks):
+            queue.put(chunk)
+            peak[0] = max(peak[0], queue.pending_bytes)
+
+    client = connect(server, timeout=30)
+    with client:
+        client.sendall(b"stream")
+        streamer = threading.Thread(target=worker, args=(hand_off.first_queue(),))
+        hand_off.queues.clear()  # only the worker holds it now
+        streamer.start()
+        assert recv_exactly(client, 4 * len(chunk)) == chunk * 4
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        received = 4 * len(chunk)
+        while received < chunks * len(chunk):
+            received += len(recv_exactly(client, len(chunk)))
+            time.sleep(0.002)  # a slow reader
+        streamer.join(10)
+        stopper.join(10)
+        assert not stopper.is_alive()
+    assert peak[0] <= high_water + len(chunk), f"{peak[0]} bytes unsent at the peak"
+
+
 def test_put_from_the_callback_never_blocks(serve):
     def flood(queue, data):
         for _ in range(64):
