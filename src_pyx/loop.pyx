@@ -41,6 +41,7 @@ import logging
 import os
 import queue as _queue
 import signal as _signal
+import _signal as _csignal  # the C module: no Python code runs in its calls
 import threading
 import time as _time
 

@@ -28,24 +28,30 @@ def raised_by_signal_handler(exc):
     """Whether ``exc`` came out of one of the application's Python signal handlers.
 
     Python runs a handler in the main thread wherever that thread is, a callback
-    included; the handler's frame is then in the exception's traceback.
+    included; the handler's frame is then in the exception's traceback. The handlers
+    are read from the C module: signal.getsignal() runs Python code (enum conversions)
+    in which a pending signal's handler would run, and raise, inside this very check.
+    Under memory pressure, with no room to tell: False.
     """
-    codes = set()
-    for signum in _signal.valid_signals():
-        handler = None
-        try:
-            handler = _signal.getsignal(signum)
-        except (OSError, ValueError):
-            pass
-        code = getattr(handler, "__code__", None) or getattr(
-            getattr(handler, "__func__", None), "__code__", None)
-        if code is not None:
-            codes.add(code)
-    traceback = exc.__traceback__
-    while traceback is not None:
-        if traceback.tb_frame.f_code in codes:
-            return True
-        traceback = traceback.tb_next
+    try:
+        codes = set()
+        for signum in _csignal.valid_signals():
+            handler = None
+            try:
+                handler = _csignal.getsignal(signum)
+            except (OSError, ValueError):
+                pass
+            code = getattr(handler, "__code__", None) or getattr(
+                getattr(handler, "__func__", None), "__code__", None)
+            if code is not None:
+                codes.add(code)
+        traceback = exc.__traceback__
+        while traceback is not None:
+            if traceback.tb_frame.f_code in codes:
+                return True
+            traceback = traceback.tb_next
+    except MemoryError:
+        pass
     return False
 
 
@@ -386,6 +392,12 @@ cdef class Loop:
 
     cdef int connection_failed(self, Connection connection, object error) except -1:
         cdef int fd = connection.fd
+        if raised_by_signal_handler(error):
+            # The application's signal handler ran inside Python code the loop called
+            # for this connection (logging, a lock, a __del__) and raised: the
+            # application's request, not this connection's failure. The connection goes
+            # on; what the interrupted turn left undone, its next event does.
+            return self.stop_for(error)
         connection.abort()  # before saying so, which may fail in turn (out of memory)
         try:
             self.log_connection_error(f"fd {fd}", f"closed after an error: {error!r}")
@@ -453,12 +465,7 @@ cdef class Loop:
         return 0
 
     cdef int logging_failed(self, BaseException failure) except -1:
-        cdef bint from_signal_handler = False
-        try:
-            from_signal_handler = raised_by_signal_handler(failure)
-        except MemoryError:
-            return 0
-        if not from_signal_handler:
+        if not raised_by_signal_handler(failure):
             if logging.raiseExceptions:
                 PyErr_SetObject(type(failure), failure)
                 PyErr_WriteUnraisable(logger)
