@@ -309,9 +309,11 @@ cdef class Loop:
         previous_fd, previous_sigterm, previous_sigint = self.restore_signals
         self.restore_signals = None
         _signal.set_wakeup_fd(previous_fd)
-        if previous_sigterm is not None:
+        # Only where the loop's handler is still in place: one the application
+        # installed while the loop served is the application's to keep.
+        if previous_sigterm is not None and _csignal.getsignal(_signal.SIGTERM) == self._on_stop_signal:
             _signal.signal(_signal.SIGTERM, previous_sigterm)
-        if previous_sigint is not None:
+        if previous_sigint is not None and _csignal.getsignal(_signal.SIGINT) == self._on_stop_signal:
             _signal.signal(_signal.SIGINT, previous_sigint)
         close(self.signal_fd)
         close(self.signal_write_fd)

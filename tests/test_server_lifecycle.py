@@ -74,6 +74,40 @@ def test_stop_from_a_signal_handler_while_run_serves_the_main_thread(backend):
     assert not server.running
 
 
+def test_a_handler_the_application_installs_while_run_serves_is_kept(backend):
+    # run() in the main thread takes SIGTERM while it serves (Python's default would
+    # kill the process) and puts the default back when it returns; a handler the
+    # application installed meanwhile (from a callback, a module loaded late) is the
+    # application's and stays. Found it: run() put SIG_DFL back over it.
+    def applications_handler(signum, frame):
+        pass
+
+    holder = []
+
+    def install_then_stop(queue, data):
+        signal.signal(signal.SIGTERM, applications_handler)  # run() serves this thread
+        holder[0].stop()
+
+    server = TCPServer("localhost", 0, install_then_stop, backend=backend)
+    holder.append(server)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def client():
+        wait_for(lambda: server.running)
+        with connect(server) as sock:
+            sock.sendall(b"install")
+            recv_until_eof(sock)
+
+    talker = threading.Thread(target=client)
+    talker.start()
+    try:
+        server.run()
+        talker.join(10)
+        assert signal.getsignal(signal.SIGTERM) is applications_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 CTRL_C_SERVER = textwrap.dedent(
     """
     import sys
