@@ -11,8 +11,11 @@ DEF ACCEPT_BATCH = 128
 # After accept() fails for want of descriptors or memory (or for a reason it should
 # not): how long accepting pauses if no descriptor is freed sooner.
 DEF ACCEPT_RETRY_SECONDS = 0.1
-# How often connections waiting for a worker's reply while stopping are looked at.
+# How often connections waiting for a worker's reply while stopping are looked at: at
+# first and after one was let go of; while none is, the interval doubles up to the
+# longest (a look is a turn of the loop, over every descriptor on poll).
 DEF WORKER_CHECK_INTERVAL = 0.01
+DEF WORKER_CHECK_LONGEST = 0.32
 # After send()/recv() said ENOBUFS/ENOMEM: how long the connection's I/O waits before
 # it is tried again (not at once: the kernel's shortage would turn into a busy loop).
 DEF IO_RETRY_SECONDS = 0.02
@@ -96,6 +99,7 @@ cdef class Loop:
     cdef list scheduled           # connections with work from outside an I/O event
     cdef list awaiting_workers    # while stopping: connections waiting for a worker's reply
     cdef double next_worker_check
+    cdef double worker_check_interval
     cdef ActivityList lingering   # connections in a lingering close (Connection.start_lingering)
     cdef list backing_off         # connections whose I/O waits out ENOBUFS/ENOMEM
     cdef double retry_at          # when they are tried again; 0: none waiting
@@ -610,7 +614,8 @@ cdef class Loop:
         the wait (on_deadline closes whatever is left then).
         """
         if not self.awaiting_workers:
-            # Nothing signals that a worker let go of a queue: look every few ms.
+            # Nothing signals that a worker let go of a queue: look now and then.
+            self.worker_check_interval = WORKER_CHECK_INTERVAL
             self.next_worker_check = self.now + WORKER_CHECK_INTERVAL
         self.awaiting_workers.append(connection)
         return 0
@@ -623,8 +628,12 @@ cdef class Loop:
                 self.handle(connection, WRITABLE)  # closes or lingers once let go of
             if connection.state == AWAITING_WORKER:
                 waiting.append(connection)  # a late reply is going out, or may yet come
+        if len(waiting) < len(self.awaiting_workers):
+            self.worker_check_interval = WORKER_CHECK_INTERVAL
+        else:
+            self.worker_check_interval = min(2 * self.worker_check_interval, WORKER_CHECK_LONGEST)
         self.awaiting_workers = waiting
-        self.next_worker_check = self.now + WORKER_CHECK_INTERVAL
+        self.next_worker_check = self.now + self.worker_check_interval
         return 0
 
     cdef int back_off(self, Connection connection) except -1:
