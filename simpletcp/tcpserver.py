@@ -7,6 +7,7 @@ fall back to: if the extension is missing, importing this module fails.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 from typing import Any, Callable, Optional
@@ -243,6 +244,9 @@ class TCPServer:
         return, and returns whether it did; from the loop's own thread (a callback, or a
         signal handler while run() serves in the main thread) it returns at once.
         """
+        timeout = _address.check_timeout(timeout, "timeout")
+        if timeout == math.inf:
+            timeout = None  # threading's waits refuse infinity
         with self._state:
             self._stopped = True
             started = self._started

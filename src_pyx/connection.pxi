@@ -474,6 +474,19 @@ cdef bytes as_chunk(object item):
                         f"memoryview), not {type(item).__name__}") from None
 
 
+cdef object seconds_to_wait(object timeout):
+    """put()'s ``timeout``: seconds, None for ever (infinity too, which the lock would
+    refuse); TypeError or ValueError naming it (NaN would make every wait return at
+    once: a busy loop in the caller)."""
+    try:
+        if timeout >= 0:
+            return None if timeout == float("inf") else timeout
+    except TypeError:
+        raise TypeError("'timeout' must be a number of seconds or None, "
+                        f"got {type(timeout).__name__}") from None
+    raise ValueError(f"'timeout' must be a non-negative number of seconds, got {timeout!r}")
+
+
 class ConnectionQueue(_queue.Queue):
     """The queue a callback is given: what is put into it is sent to that peer.
 
@@ -499,8 +512,8 @@ class ConnectionQueue(_queue.Queue):
         ``block=False`` or an expired ``timeout`` raise ``queue.Full``.
         """
         cdef Connection connection = <Connection>self._connection
-        if timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
+        if timeout is not None:
+            timeout = seconds_to_wait(timeout)
         if connection.must_wait():
             connection.loop.wait_for_drain(connection, block, timeout)
         connection.put(item)

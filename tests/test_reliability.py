@@ -1,5 +1,6 @@
 """Backpressure, the connection limit, the idle timeout and SIGTERM."""
 import logging
+import math
 import platform
 import queue as queue_module
 import signal
@@ -76,6 +77,54 @@ def test_put_from_another_thread_waits_above_the_mark(serve):
     assert recv_exactly(client, 15) == b"after the drain"
     putter.join()
     client.close()
+
+
+@pytest.mark.parametrize("timeout, error", [("5", TypeError), (math.nan, ValueError),
+                                            (-1, ValueError)], ids=["str", "nan", "negative"])
+def test_a_put_with_a_bad_timeout_raises_naming_it(serve, timeout, error):
+    # Found it: timeout=nan spun the calling thread at 100% CPU for as long as the
+    # client did not read (a Condition wait of NaN seconds returns at once), and "5"
+    # raised a TypeError about '<' that named nothing.
+    hand_off = HandOff()
+    server = serve(hand_off, high_water=64 * 1024)
+    with connect(server) as client:
+        client.sendall(b"go")
+        queue = hand_off.first_queue()
+        queue.put(b"x" * (32 * 1024 * 1024))  # more than the kernel's buffers take
+        wait_for(queue.full)
+        raised = []
+
+        def put_late():
+            try:
+                queue.put(b"late", timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - the test looks at it
+                raised.append(exc)
+
+        putter = threading.Thread(target=put_late, daemon=True)
+        putter.start()
+        putter.join(5)
+        assert not putter.is_alive(), "put() is still waiting (or spinning)"
+        assert len(raised) == 1 and isinstance(raised[0], error), raised
+        assert "timeout" in str(raised[0])
+
+
+def test_a_put_with_an_infinite_timeout_waits_like_none(serve):
+    # Found it: OverflowError at once ("timestamp too large"), not a wait.
+    hand_off = HandOff()
+    server = serve(hand_off, high_water=64 * 1024)
+    with connect(server, timeout=30) as client:
+        client.sendall(b"go")
+        queue = hand_off.first_queue()
+        big = b"x" * (32 * 1024 * 1024)  # more than the kernel's buffers take
+        queue.put(big)
+        wait_for(queue.full)
+        putter = threading.Thread(target=queue.put, args=(b"after", True, math.inf))
+        putter.start()
+        time.sleep(0.3)
+        assert putter.is_alive()  # waiting for room
+        assert recv_exactly(client, len(big) + 5) == big + b"after"
+        putter.join(10)
+        assert not putter.is_alive()
 
 
 def test_blocked_put_returns_when_the_connection_closes(serve):

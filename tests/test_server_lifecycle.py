@@ -1,4 +1,5 @@
 """run(), start(), stop(), Ctrl-C, signals, the context manager and the GIL."""
+import math
 import os
 import signal
 import socket
@@ -157,6 +158,19 @@ def test_start_returns_once_serving_and_context_manager_stops(backend):
     assert not server.running
     # The port is free again.
     TCPServer("localhost", server.port, echo).stop()
+
+
+@pytest.mark.parametrize("timeout, error", [("5", TypeError), (-1, ValueError)])
+def test_stop_with_a_bad_timeout_raises_before_stopping(timeout, error):
+    # Found it: stop(timeout="5") stopped the server, then raised a TypeError about '>'
+    # from threading that named nothing.
+    server = TCPServer("localhost", 0, echo).start()
+    try:
+        with pytest.raises(error, match="timeout"):
+            server.stop(timeout=timeout)
+        assert server.running
+    finally:
+        assert server.stop(timeout=math.inf)
 
 
 def test_stop_before_run_releases_the_port_and_is_final():
