@@ -7,7 +7,6 @@ fall back to: if the extension is missing, importing this module fails.
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import threading
 from typing import Any, Callable, Optional
@@ -245,8 +244,8 @@ class TCPServer:
         signal handler while run() serves in the main thread) it returns at once.
         """
         timeout = _address.check_timeout(timeout, "timeout")
-        if timeout == math.inf:
-            timeout = None  # threading's waits refuse infinity
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            timeout = None  # longer than threading can wait (infinity too): for ever
         with self._state:
             self._stopped = True
             started = self._started

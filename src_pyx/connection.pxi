@@ -475,12 +475,12 @@ cdef bytes as_chunk(object item):
 
 
 cdef object seconds_to_wait(object timeout):
-    """put()'s ``timeout``: seconds, None for ever (infinity too, which the lock would
-    refuse); TypeError or ValueError naming it (NaN would make every wait return at
-    once: a busy loop in the caller)."""
+    """put()'s ``timeout``: seconds, None for ever (also for longer than a lock can
+    wait, infinity included, which the lock would refuse); TypeError or ValueError
+    naming it (NaN would make every wait return at once: a busy loop in the caller)."""
     try:
         if timeout >= 0:
-            return None if timeout == float("inf") else timeout
+            return None if timeout > threading.TIMEOUT_MAX else timeout
     except TypeError:
         raise TypeError("'timeout' must be a number of seconds or None, "
                         f"got {type(timeout).__name__}") from None
