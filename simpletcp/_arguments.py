@@ -6,6 +6,7 @@ A bad argument raises TypeError (wrong type) or ValueError (out of range) naming
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Literal, Optional, overload
 
 #: The most bytes one read hands a callback (or one ClientSocket.send() returns): 64 MiB.
@@ -62,6 +63,21 @@ def check_seconds(value: object, name: str, *, allow_zero: bool,
         raise ValueError(f"{name} must be {span} {MAX_SECONDS} seconds (a week){or_none}, "
                          f"got {shown(value)}")
     return float(value)
+
+
+def check_wait_seconds(value: object, name: str) -> Optional[float]:
+    """How long to wait, as threading's waits take it: None for ever (also for longer
+    than a lock can wait, infinity included, which the lock would refuse). NaN is
+    refused: every wait would return at once, a busy loop in the caller."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, "
+                        f"got {type(value).__name__}")
+    if not value >= 0:  # NaN too
+        raise ValueError(f"{name} must be a non-negative number of seconds, "
+                         f"got {shown(value)}")
+    return None if value > threading.TIMEOUT_MAX else float(value)
 
 
 def check_mode(mode: object) -> str:

@@ -16,8 +16,6 @@ from simpletcp._loop import BACKENDS, ConnectionQueue, Loop, ShutDown
 
 __all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
 
-logger = logging.getLogger("simpletcp")
-
 #: How long stop() waits for queued replies to go out before closing connections.
 DEFAULT_GRACE_PERIOD = 5.0
 #: Unsent output per connection above which the server stops reading from it.
@@ -204,12 +202,17 @@ class TCPServer:
 
     def _serve(self) -> None:
         self._loop_thread_id = threading.get_ident()
-        logger.info("listening on %s:%d (%s)", self._ip, self._port, self.backend)
         try:
+            # Logged through the loop, which keeps a failing logging handler out of serving.
+            self._loop.log(logging.INFO, "listening on %s:%d (%s)",
+                           (self._ip, self._port, self.backend))
             self._loop.run(self._serving.set)
         finally:
+            # run() released every descriptor; this releases them if it never began (the
+            # application's signal handler raised before it did).
+            self._loop.close()
             self._finished.set()
-            logger.info("stopped serving %s:%d", self._ip, self._port)
+            self._loop.log(logging.INFO, "stopped serving %s:%d", (self._ip, self._port))
 
     def _serve_in_thread(self) -> None:
         # Nothing may escape a thread: threading would print it to stderr.
@@ -217,7 +220,7 @@ class TCPServer:
             self._serve()
         except BaseException as failure:
             if self._serving.is_set():
-                logger.critical("the server loop failed", exc_info=True)
+                self._loop.log(logging.CRITICAL, "the server loop failed", (), failure)
             else:
                 self._start_failure = failure  # start() raises it in its caller
                 self._serving.set()
@@ -237,6 +240,7 @@ class TCPServer:
         return, and returns whether it did; from the loop's own thread (a callback, or a
         signal handler while run() serves in the main thread) it returns at once.
         """
+        timeout = _arguments.check_wait_seconds(timeout, "timeout")
         with self._state:
             self._stopped = True
             started = self._started

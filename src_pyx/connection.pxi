@@ -52,6 +52,7 @@ cdef enum ConnectionState:
     DRAINING         # closing: what is queued is being sent; input is dropped
     AWAITING_WORKER  # stopping, all sent, but user code still holds the queue (Loop.check_awaiting_workers)
     LINGERING        # all sent and the write side shut: input dropped until the peer closes
+                     # (past LINGER_MAX_BYTES, not read: until the peer has acknowledged all)
     CLOSED
 
 
@@ -62,6 +63,7 @@ cdef enum CloseReason:
     CALLBACK_FAILED  # the callback raised
     SERVER_STOPPING  # stop(), Ctrl-C, SIGTERM
     IDLE_TIMEOUT
+    REPLY_CUT        # shutdown(immediate=True) dropped a put partly sent: reset, not FIN
 
 
 cdef class ActivityList
@@ -85,7 +87,7 @@ cdef class Connection:
                               # callback takes ip or the host is IPv6; see peer_host()
     cdef int interest         # READABLE/WRITABLE as registered with the poller now
     cdef ConnectionState state
-    cdef CloseReason close_reason  # why the close began (the first reason wins)
+    cdef CloseReason close_reason  # why the close began (the first reason wins, but REPLY_CUT)
     cdef bint input_open      # input is still read (for the callback, or to be dropped)
     cdef bint paused          # OPEN, output above the high-water mark: not reading for now
     cdef bint shut_by_user    # queue.shutdown() was called: further puts raise
@@ -157,8 +159,8 @@ cdef class Connection:
             # The peer is gone, or the server has shut its side: a late reply (typically
             # from a worker thread) has nowhere to go. Not an error for the caller: the
             # server may close any time.
-            logger.debug("dropped %d bytes put after connection %s closed",
-                         PyBytes_GET_SIZE(chunk), self.describe())
+            self.loop.log(logging.DEBUG, "dropped %d bytes put after connection %s closed",
+                          (PyBytes_GET_SIZE(chunk), self.describe()))
             return 0
         if PyBytes_GET_SIZE(chunk) == 0:
             return 0
@@ -174,9 +176,13 @@ cdef class Connection:
         self.shut_by_user = True
         if self.state == CLOSED:
             return 0
-        if immediate:
-            outbuf_clear(&self.out)
         self.begin_close(QUEUE_SHUTDOWN)
+        if immediate:
+            if self.out.offset:
+                # Part of a put is out and the rest is dropped: a graceful close would
+                # let the peer take that part for the whole (finish_close resets).
+                self.close_reason = REPLY_CUT
+            outbuf_clear(&self.out)
         if self is not self.loop.dispatching:
             self.loop.schedule(self)
         return 0
@@ -254,8 +260,8 @@ cdef class Connection:
                 self.discarded += n
                 self.mark_active(loop.now)
                 if self.discarded > LINGER_MAX_BYTES:
-                    logger.debug("connection %s: %d bytes dropped after the close began; "
-                                 "no longer reading", self.describe(), self.discarded)
+                    loop.log(logging.DEBUG, "connection %s: %d bytes dropped after the close "
+                             "began; no longer reading", (self.describe(), self.discarded))
                     self.input_open = False
                     break
             elif n == 0:
@@ -266,9 +272,15 @@ cdef class Connection:
             elif errno != EINTR:
                 return self.on_io_error(errno, "recv")
         if self.state == LINGERING and (
-                not self.input_open or loop.now - self.linger_started >= LINGER_MAX_SECONDS):
+                self.saw_eof() or loop.now - self.linger_started >= LINGER_MAX_SECONDS):
             self.close()
         return 0
+
+    cdef inline bint saw_eof(self) noexcept:
+        """Whether input ended with the peer's EOF, rather than at LINGER_MAX_BYTES (then
+        unread input may remain: a close() would reset, and throw away what the kernel
+        has not delivered yet, so the connection lingers until the peer acknowledged it)."""
+        return not self.input_open and self.discarded <= LINGER_MAX_BYTES
 
     cdef int service(self) except -1:
         """Send what can be sent now; move on if that finished a close; then bring the
@@ -329,6 +341,9 @@ cdef class Connection:
 
     cdef int finish_close(self) except -1:
         """Everything queued is sent (DRAINING or AWAITING_WORKER): close, linger or wait."""
+        if self.close_reason == REPLY_CUT:
+            self.abort()
+            return 0
         # When the server is stopping, a worker still holding the queue may be about to
         # reply: wait for it (Loop.check_awaiting_workers). At the peer's EOF in normal
         # running, not: a registry of queues (a chat server) holds every queue, and its
@@ -339,8 +354,8 @@ cdef class Connection:
                 self.state = AWAITING_WORKER
                 self.loop.await_worker(self)
             return 0
-        if not self.input_open:
-            self.close()  # the peer's EOF was read: nothing can arrive to cause a reset
+        if self.saw_eof():
+            self.close()  # nothing can arrive to cause a reset
             return 0
         return self.start_lingering()
 
@@ -397,8 +412,8 @@ cdef class Connection:
             return 0
         # A peer that resets or vanishes is ordinary life for a server: debug only.
         if error == ECONNRESET or error == EPIPE or error == ETIMEDOUT or error == ENOTCONN:
-            logger.debug("connection %s: %s: %s", self.describe(), operation,
-                         strerror(error).decode())
+            self.loop.log(logging.DEBUG, "connection %s: %s: %s",
+                          (self.describe(), operation, strerror(error).decode()))
         else:
             self.loop.log_connection_error(self.describe(),
                                            f"{operation} failed: {strerror(error).decode()}")
@@ -406,8 +421,13 @@ cdef class Connection:
         return 0
 
     cdef bint must_wait(self):
-        """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put)."""
-        return (self.out.pending >= self.loop.high_water and self.state == OPEN
+        """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put).
+
+        In any state: while stopping, the loop waits for a worker that holds the queue
+        and sends what it puts, which must not pile up either (a lingering or closed
+        connection has nothing pending, and drops what is put).
+        """
+        return (self.out.pending >= self.loop.high_water
                 and PyThread_get_thread_ident() != self.loop.thread_ident)
 
     cdef void close(self):
@@ -549,8 +569,8 @@ class ConnectionQueue(_queue.Queue):
         ``block=False`` or an expired ``timeout`` raise ``queue.Full``.
         """
         cdef Connection connection = connection_of(self)
-        if timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
+        if timeout is not None:
+            timeout = _arguments.check_wait_seconds(timeout, "timeout")
         if connection.must_wait():
             connection.loop.wait_for_drain(connection, block, timeout)
         connection.put(item)

@@ -33,12 +33,17 @@ cdef extern from "Python.h":
     # Py_REFCNT on a borrowed pointer: cpython.ref's takes an object, for which Cython
     # makes a temporary reference that the count would include.
     Py_ssize_t refcount_of "Py_REFCNT"(PyObject *obj)
+    # To hand an exception nobody can be given to sys.unraisablehook (Loop.log).
+    void PyErr_SetObject(object type, object value)
+    void PyErr_WriteUnraisable(object obj)
 
 import logging
 import os
 from collections.abc import Coroutine as _Coroutine
 import queue as _queue
 import signal as _signal
+import _signal as _csignal  # the C module: no Python code runs in its calls
+from simpletcp import _arguments
 from socket import socket as _Socket
 import threading
 import time as _time

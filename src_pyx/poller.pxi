@@ -267,6 +267,10 @@ cdef class PollPoller(Poller):
         if n < 0:
             if errno == EINTR:
                 return -1
+            if errno == ENOMEM:
+                # The kernel is short of memory for its copy of the array: the loop's
+                # out-of-memory path pauses and goes on (Loop.serve_until_closed).
+                raise MemoryError()
             raise_errno("poll")
         i = 0
         while i < self.count and found < n:

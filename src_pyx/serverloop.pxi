@@ -11,37 +11,50 @@ DEF ACCEPT_BATCH = 128
 # After accept() fails for want of descriptors or memory (or for a reason it should
 # not): how long accepting pauses if no descriptor is freed sooner.
 DEF ACCEPT_RETRY_SECONDS = 0.1
-# How often connections waiting for a worker's reply while stopping are looked at.
+# How often connections waiting for a worker's reply while stopping are looked at: at
+# first and after one was let go of; while none is, the interval doubles up to the
+# longest (a look is a turn of the loop, over every descriptor on poll).
 DEF WORKER_CHECK_INTERVAL = 0.01
+DEF WORKER_CHECK_LONGEST = 0.32
 # After send()/recv() said ENOBUFS/ENOMEM: how long the connection's I/O waits before
 # it is tried again (not at once: the kernel's shortage would turn into a busy loop).
 DEF IO_RETRY_SECONDS = 0.02
 # After a MemoryError in the loop's own bookkeeping: how long it pauses before going on.
 DEF MEMORY_RETRY_SECONDS = 0.01
+# The longest one wait of the poller lasts when a deadline is set: its timeout is a C int
+# of milliseconds, which a deadline more than 24.8 days away would overflow (into a
+# negative number: wait forever). Waking up once a day to look again costs nothing.
+DEF LONGEST_WAIT_SECONDS = 86400.0
 
 
 def raised_by_signal_handler(exc):
     """Whether ``exc`` came out of one of the application's Python signal handlers.
 
     Python runs a handler in the main thread wherever that thread is, a callback
-    included; the handler's frame is then in the exception's traceback.
+    included; the handler's frame is then in the exception's traceback. The handlers
+    are read from the C module: signal.getsignal() runs Python code (enum conversions)
+    in which a pending signal's handler would run, and raise, inside this very check.
+    Under memory pressure, with no room to tell: False.
     """
-    codes = set()
-    for signum in _signal.valid_signals():
-        handler = None
-        try:
-            handler = _signal.getsignal(signum)
-        except (OSError, ValueError):
-            pass
-        code = getattr(handler, "__code__", None) or getattr(
-            getattr(handler, "__func__", None), "__code__", None)
-        if code is not None:
-            codes.add(code)
-    traceback = exc.__traceback__
-    while traceback is not None:
-        if traceback.tb_frame.f_code in codes:
-            return True
-        traceback = traceback.tb_next
+    try:
+        codes = set()
+        for signum in _csignal.valid_signals():
+            handler = None
+            try:
+                handler = _csignal.getsignal(signum)
+            except (OSError, ValueError):
+                pass
+            code = getattr(handler, "__code__", None) or getattr(
+                getattr(handler, "__func__", None), "__code__", None)
+            if code is not None:
+                codes.add(code)
+        traceback = exc.__traceback__
+        while traceback is not None:
+            if traceback.tb_frame.f_code in codes:
+                return True
+            traceback = traceback.tb_next
+    except MemoryError:
+        pass
     return False
 
 
@@ -86,6 +99,7 @@ cdef class Loop:
     cdef list scheduled           # connections with work from outside an I/O event
     cdef list awaiting_workers    # while stopping: connections waiting for a worker's reply
     cdef double next_worker_check
+    cdef double worker_check_interval
     cdef ActivityList lingering   # connections in a lingering close (Connection.start_lingering)
     cdef list backing_off         # connections whose I/O waits out ENOBUFS/ENOMEM
     cdef double retry_at          # when they are tried again; 0: none waiting
@@ -107,6 +121,7 @@ cdef class Loop:
     cdef LogThrottle limit_log    # "connection limit reached"
     cdef LogThrottle coroutine_log  # "read_callback returned a coroutine"
     cdef LogThrottle connection_error_log  # unexpected errors of single connections
+    cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
 
     cdef ActivityList idle        # with an idle timeout: connections not yet closing
     cdef double now               # monotonic time, read once per turn of the loop
@@ -158,6 +173,7 @@ cdef class Loop:
         self.limit_log = LogThrottle.__new__(LogThrottle)
         self.connection_error_log = LogThrottle.__new__(LogThrottle)
         self.coroutine_log = LogThrottle.__new__(LogThrottle)
+        self.memory_log = LogThrottle.__new__(LogThrottle)
         self.read_buffer = <char *>malloc(recv_bytes)
         if self.read_buffer == NULL:
             raise MemoryError()
@@ -245,7 +261,7 @@ cdef class Loop:
         let run() raise it."""
         if self.stop_cause is None:
             self.stop_cause = cause
-            logger.info("a signal handler raised %r: stopping", cause)
+            self.log(logging.INFO, "a signal handler raised %r: stopping", (cause,))
         self.request_stop()
         return 0
 
@@ -254,15 +270,16 @@ cdef class Loop:
         bookkeeping (each connection's are handled where they happen), or an exception
         that Python code the loop called let out (an application's signal handler runs
         wherever the main thread is)."""
+        cdef Py_ssize_t skipped
         while True:
             try:
                 self.serve()
                 return 0
             except MemoryError:
-                try:
-                    logger.error("out of memory in the server loop; going on")
-                except MemoryError:
-                    pass
+                skipped = self.memory_log.due()
+                if skipped >= 0:
+                    self.log(logging.ERROR, "out of memory in the server loop; going on%s",
+                             (since_last(skipped, "times"),))
                 with nogil:
                     usleep(<unsigned int>(MEMORY_RETRY_SECONDS * 1e6))
             except BaseException as cause:
@@ -304,11 +321,11 @@ cdef class Loop:
     def _on_stop_signal(self, signum, frame):
         name = _signal.Signals(signum).name
         if not self.stop_requested:
-            logger.info("%s: stopping", name)
+            self.log(logging.INFO, "%s: stopping", (name,))
             self.request_stop()
         else:
-            logger.warning("%s again: closing %d connections without waiting", name,
-                           self.connection_count)
+            self.log(logging.WARNING, "%s again: closing %d connections without waiting",
+                     (name, self.connection_count))
             self.abort_requested = True
             self.wake()
 
@@ -316,9 +333,11 @@ cdef class Loop:
         previous_fd, previous_sigterm, previous_sigint = self.restore_signals
         self.restore_signals = None
         _signal.set_wakeup_fd(previous_fd)
-        if previous_sigterm is not None:
+        # Only where the loop's handler is still in place: one the application
+        # installed while the loop served is the application's to keep.
+        if previous_sigterm is not None and _csignal.getsignal(_signal.SIGTERM) == self._on_stop_signal:
             _signal.signal(_signal.SIGTERM, previous_sigterm)
-        if previous_sigint is not None:
+        if previous_sigint is not None and _csignal.getsignal(_signal.SIGINT) == self._on_stop_signal:
             _signal.signal(_signal.SIGINT, previous_sigint)
         close(self.signal_fd)
         close(self.signal_write_fd)
@@ -375,7 +394,7 @@ cdef class Loop:
                 if deadline <= self.now:
                     self.on_deadline()
                     continue
-                timeout = <int>((deadline - self.now) * 1000) + 1
+                timeout = <int>(min(deadline - self.now, LONGEST_WAIT_SECONDS) * 1000) + 1
             # Nothing between the check of `scheduled` above and the wait may run Python
             # code: a put() from another thread slipping in there would find the loop not
             # yet `sleeping`, skip the wake-up, and wait unserved.
@@ -399,6 +418,12 @@ cdef class Loop:
 
     cdef int connection_failed(self, Connection connection, object error) except -1:
         cdef int fd = connection.fd
+        if raised_by_signal_handler(error):
+            # The application's signal handler ran inside Python code the loop called
+            # for this connection (logging, a lock, a __del__) and raised: the
+            # application's request, not this connection's failure. The connection goes
+            # on; what the interrupted turn left undone, its next event does.
+            return self.stop_for(error)
         connection.abort()  # before saying so, which may fail in turn (out of memory)
         try:
             self.log_connection_error(f"fd {fd}", f"closed after an error: {error!r}")
@@ -438,9 +463,42 @@ cdef class Loop:
     cdef int log_connection_error(self, str described, str what) except -1:
         cdef Py_ssize_t skipped = self.connection_error_log.due()
         if skipped >= 0:
-            logger.warning("connection %s: %s%s", described, what,
-                           since_last(skipped, "connection errors"))
+            self.log(logging.WARNING, "connection %s: %s%s",
+                     (described, what, since_last(skipped, "connection errors")))
         return 0
+
+    cpdef int log(self, int level, str message, tuple args=(), object exc_info=None) except -1:
+        """Log on the "simpletcp" logger, whatever the application's handlers do.
+
+        Handlers are the application's code, run in whichever thread logs: what one
+        raises (a log shipper whose network is down) must not change what the server
+        does, such as reset the reply of the connection being reported, or stop the
+        server. It goes to sys.unraisablehook, as the logging module's own handlers
+        report their failures (unless logging.raiseExceptions is off). An exception of
+        the application's signal handler, run inside the handler, is the application's
+        request: in the serving loop it stops the server (stop_for); elsewhere it is
+        raised to the caller.
+        """
+        cdef object failure = None
+        try:
+            logger.log(level, message, *args, exc_info=exc_info)
+        except MemoryError:
+            pass  # out of memory to say so
+        except BaseException as error:
+            failure = error
+        if failure is not None:
+            self.logging_failed(failure)
+        return 0
+
+    cdef int logging_failed(self, BaseException failure) except -1:
+        if not raised_by_signal_handler(failure):
+            if logging.raiseExceptions:
+                PyErr_SetObject(type(failure), failure)
+                PyErr_WriteUnraisable(logger)
+            return 0
+        if self.running and PyThread_get_thread_ident() == self.thread_ident:
+            return self.stop_for(failure)
+        raise failure
 
     cdef int on_deadline(self) except -1:
         """Whatever timed thing is due at self.now: grace period, workers' replies,
@@ -448,9 +506,8 @@ cdef class Loop:
         cdef Py_ssize_t expired = 0
         cdef Connection connection
         if self.stopping and self.stop_deadline <= self.now:
-            logger.warning("grace period over: closing %d connections with unsent output "
-                           "or a queue still held",
-                           self.connection_count)
+            self.log(logging.WARNING, "grace period over: closing %d connections with unsent "
+                     "output or a queue still held", (self.connection_count,))
             self.teardown_connections()
             return 0
         if self.awaiting_workers and self.next_worker_check <= self.now:
@@ -464,8 +521,8 @@ cdef class Loop:
             self.expire_idle(self.idle.oldest)
             expired += 1
         if expired:
-            logger.info("closed %d connections idle for more than %g s", expired,
-                        self.idle_timeout)
+            self.log(logging.INFO, "closed %d connections idle for more than %g s",
+                     (expired, self.idle_timeout))
         while (self.lingering.oldest is not None
                and self.lingering.oldest.last_active + LINGER_QUIET_SECONDS <= self.now):
             connection = self.lingering.oldest
@@ -563,9 +620,9 @@ cdef class Loop:
                 if self.restore_signals is not None and raised_by_signal_handler(error):
                     self.stop_for(error)
                 else:
-                    logger.exception("read_callback raised %s; closing connection %s once "
-                                     "its queued output is sent", type(error).__name__,
-                                     connection.describe())
+                    self.log(logging.ERROR, "read_callback raised %s; closing connection %s "
+                             "once its queued output is sent",
+                             (type(error).__name__, connection.describe()), error)
             except MemoryError:
                 pass  # out of memory to say so; the connection closes all the same
         finally:
@@ -595,7 +652,8 @@ cdef class Loop:
         the wait (on_deadline closes whatever is left then).
         """
         if not self.awaiting_workers:
-            # Nothing signals that a worker let go of a queue: look every few ms.
+            # Nothing signals that a worker let go of a queue: look now and then.
+            self.worker_check_interval = WORKER_CHECK_INTERVAL
             self.next_worker_check = self.now + WORKER_CHECK_INTERVAL
         self.awaiting_workers.append(connection)
         return 0
@@ -608,8 +666,12 @@ cdef class Loop:
                 self.handle(connection, WRITABLE)  # closes or lingers once let go of
             if connection.state == AWAITING_WORKER:
                 waiting.append(connection)  # a late reply is going out, or may yet come
+        if len(waiting) < len(self.awaiting_workers):
+            self.worker_check_interval = WORKER_CHECK_INTERVAL
+        else:
+            self.worker_check_interval = min(2 * self.worker_check_interval, WORKER_CHECK_LONGEST)
         self.awaiting_workers = waiting
-        self.next_worker_check = self.now + WORKER_CHECK_INTERVAL
+        self.next_worker_check = self.now + self.worker_check_interval
         return 0
 
     cdef int back_off(self, Connection connection) except -1:
@@ -692,9 +754,9 @@ cdef class Loop:
                 reset_and_close(fd)
                 skipped = self.limit_log.due()
                 if skipped >= 0:
-                    logger.warning("connection limit (%d) reached: closing new connections "
-                                   "at once until one ends%s", self.connection_limit,
-                                   since_last(skipped, "connections closed"))
+                    self.log(logging.WARNING, "connection limit (%d) reached: closing new "
+                             "connections at once until one ends%s",
+                             (self.connection_limit, since_last(skipped, "connections closed")))
                 continue
             self.adopt(fd, &address)
         return 0
@@ -720,7 +782,7 @@ cdef class Loop:
             # Out of memory, or the poller refused it: this connection cannot be served.
             reset_and_close(fd)
             if self.connection_error_log.due() >= 0:
-                logger.warning("could not take a new connection: %r", failure)
+                self.log(logging.WARNING, "could not take a new connection: %r", (failure,))
             return 0
         connection.fd = fd
         connection.loop = self
@@ -775,9 +837,9 @@ cdef class Loop:
         # leave the poller or the loop would spin at 100% CPU.
         cdef Py_ssize_t skipped = self.accept_error_log.due()
         if skipped >= 0:
-            logger.error("accept() failed: %s; not accepting new connections until a "
-                         "descriptor is free or %g s have passed%s", strerror(error).decode(),
-                         ACCEPT_RETRY_SECONDS, since_last(skipped, "failures"))
+            self.log(logging.ERROR, "accept() failed: %s; not accepting new connections until "
+                     "a descriptor is free or %g s have passed%s",
+                     (strerror(error).decode(), ACCEPT_RETRY_SECONDS, since_last(skipped, "failures")))
         if self.accepting:
             self.poller.unregister(self.listen_fd)
             self.accepting = False

@@ -2,14 +2,14 @@
  * faultinject.c - an LD_PRELOAD shim that makes the socket calls of the process it is
  * loaded into fail at random, for tests/test_fault_injection.py.
  *
- * Wrapped: send, sendmsg, recv, accept4, epoll_ctl. A failing call does nothing (the
- * real function is not called: no byte is sent, read or accepted) and returns -1 with
- * errno set, as the kernel would for a transient failure.
+ * Wrapped: send, sendmsg, recv, accept4, epoll_ctl, epoll_wait, poll. A failing call
+ * does nothing (the real function is not called: no byte is sent, read or accepted)
+ * and returns -1 with errno set, as the kernel would for a transient failure.
  *
  *   SIMPLETCP_FAULTS     which calls fail, how often and how, e.g.
  *                        "send=0.02:EAGAIN,EINTR,ENOBUFS,ENOMEM,ECONNRESET;recv=0.01:EINTR"
- *                        (sendmsg, recv, accept4, epoll_ctl likewise; each failure picks
- *                        one of the listed errors at random)
+ *                        (the other calls likewise; each failure picks one of the
+ *                        listed errors at random)
  *   SIMPLETCP_FAULT_SEED the random seed (the same seed, the same sequence of draws)
  *
  * Nothing fails until the process calls simpletcp_fault_arm(1) (by ctypes, once its
@@ -26,11 +26,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
-enum call { SEND, SENDMSG, RECV, ACCEPT4, EPOLL_CTL, CALLS };
-static const char *call_names[CALLS] = {"send", "sendmsg", "recv", "accept4", "epoll_ctl"};
+enum call { SEND, SENDMSG, RECV, ACCEPT4, EPOLL_CTL, EPOLL_WAIT, POLL, CALLS };
+static const char *call_names[CALLS] = {"send", "sendmsg", "recv", "accept4", "epoll_ctl",
+                                        "epoll_wait", "poll"};
 
 static const struct { const char *name; int value; } known_errors[] = {
     {"EAGAIN", EAGAIN}, {"EINTR", EINTR}, {"ENOBUFS", ENOBUFS},
@@ -51,6 +53,8 @@ static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
 static ssize_t (*real_recv)(int, void *, size_t, int);
 static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
 static int (*real_epoll_ctl)(int, int, int, struct epoll_event *);
+static int (*real_epoll_wait)(int, struct epoll_event *, int, int);
+static int (*real_poll)(struct pollfd *, nfds_t, int);
 
 static uint64_t next_random(void)
 {
@@ -102,6 +106,8 @@ __attribute__((constructor)) static void setup(void)
     real_recv = dlsym(RTLD_NEXT, "recv");
     real_accept4 = dlsym(RTLD_NEXT, "accept4");
     real_epoll_ctl = dlsym(RTLD_NEXT, "epoll_ctl");
+    real_epoll_wait = dlsym(RTLD_NEXT, "epoll_wait");
+    real_poll = dlsym(RTLD_NEXT, "poll");
     const char *seed = getenv("SIMPLETCP_FAULT_SEED");
     if (seed)
         state ^= strtoull(seed, NULL, 10) * 0xBF58476D1CE4E5B9ULL;
@@ -168,4 +174,14 @@ int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags)
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
 {
     return fails(EPOLL_CTL) ? -1 : real_epoll_ctl(epfd, op, fd, event);
+}
+
+int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
+{
+    return fails(EPOLL_WAIT) ? -1 : real_epoll_wait(epfd, events, maxevents, timeout);
+}
+
+int poll(struct pollfd *fds, nfds_t nfds, int timeout)
+{
+    return fails(POLL) ? -1 : real_poll(fds, nfds, timeout);
 }

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import resource
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -66,6 +68,12 @@ class HandOff:
 
 def connect(server: TCPServer, timeout: float = TIMEOUT) -> socket.socket:
     return socket.create_connection((server.ip, server.port), timeout=timeout)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST instead of FIN, as a crashed or impatient peer does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def refused(port: int, host: str = "127.0.0.1") -> bool:
@@ -152,6 +160,29 @@ def cpu_seconds(pid: int, thread: Optional[int] = None) -> float:
     with open(path) as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loop_cpu_share(server: TCPServer, seconds: float = 0.5) -> float:
+    """CPU seconds per second the loop thread of ``server`` (started) used over ``seconds``."""
+    assert server._thread is not None and server._thread.native_id is not None
+    thread = server._thread.native_id
+    before = cpu_seconds(os.getpid(), thread)
+    time.sleep(seconds)
+    return (cpu_seconds(os.getpid(), thread) - before) / seconds
+
+
+@contextlib.contextmanager
+def descriptor_limit(wanted: int) -> Iterator[None]:
+    """Raise this process's RLIMIT_NOFILE to at least ``wanted`` meanwhile (skips the
+    test if the hard limit is lower)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def open_descriptors(pid: "int | str" = "self") -> List[int]:

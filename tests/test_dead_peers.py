@@ -1,32 +1,16 @@
 """Whatever state a connection is in, a peer that resets is noticed and its connection
 closed, and the loop does not spin meanwhile (errors and hang-ups are reported by the
 poller even for a descriptor registered for no events)."""
-import os
 import socket
-import struct
 import threading
 import time
 
 import pytest
 
-from support import (HandOff, backend, connect, cpu_seconds, recv_exactly, refused,  # noqa: F401
-                     serve, wait_for)
+from support import (HandOff, backend, connect, loop_cpu_share, recv_exactly,  # noqa: F401
+                     refused, reset, serve, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def reset(sock):
-    """Close with RST instead of FIN, as a crashed or impatient peer does."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def loop_cpu_share(server, seconds=0.5):
-    """CPU seconds per second the server's loop thread used over ``seconds``."""
-    thread = server._thread.native_id
-    before = cpu_seconds(os.getpid(), thread)
-    time.sleep(seconds)
-    return (cpu_seconds(os.getpid(), thread) - before) / seconds
 
 
 def test_a_reset_while_stopping_with_a_held_queue_ends_the_wait(serve):

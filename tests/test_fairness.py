@@ -1,12 +1,11 @@
 """Every backend is fair: a connection that becomes ready is served in the next turn
 of the loop, however many others are busy."""
-import resource
 import socket
 import time
 
 import pytest
 
-from support import backend, connect, recv_exactly, serve  # noqa: F401
+from support import backend, connect, descriptor_limit, recv_exactly, serve  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -15,13 +14,8 @@ BUSY = 600  # more than one poller batch used to hold (512)
 
 @pytest.fixture
 def many_descriptors():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * BUSY + 200  # both ends of each connection live in this process
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {wanted}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with descriptor_limit(2 * BUSY + 200):  # both ends of each connection live here
+        yield
 
 
 def test_a_newcomer_is_answered_while_hundreds_of_connections_stay_busy(serve, many_descriptors):

@@ -1,10 +1,12 @@
-"""Fault injection: the server's send/sendmsg/recv/accept4/epoll_ctl fail at random
-(tests/faultinject.c, preloaded into a child server) with EAGAIN, EINTR, ENOBUFS,
-ENOMEM and ECONNRESET, under an echo load from bench/loadgen.c that checks every byte.
+"""Fault injection: the server's send/sendmsg/recv/accept4/epoll_ctl/epoll_wait/poll fail
+at random (tests/faultinject.c, preloaded into a child server) with EAGAIN, EINTR,
+ENOBUFS, ENOMEM and ECONNRESET, under an echo load from bench/loadgen.c that checks
+every byte.
 
 What the server promises, and what is asserted:
 - EAGAIN, EINTR, ENOBUFS, ENOMEM are transient: retried (EAGAIN/EINTR at once or at
-  the next readiness, ENOBUFS/ENOMEM after a short back-off), never a lost connection.
+  the next readiness, ENOBUFS/ENOMEM after a short back-off), never a lost connection;
+  a poll() short of kernel memory (ENOMEM) pauses the loop 10 ms, never stops it.
 - ECONNRESET, and a failing epoll_ctl for one connection, close that connection only.
 - Connections that were not failed get every byte exactly once, in order (no mismatch,
   no round left incomplete); nothing leaks (descriptors and RSS back to their idle
@@ -33,6 +35,8 @@ FAULTS = ";".join([
     f"recv=0.01:{TRANSIENT},ECONNRESET",
     f"accept4=0.05:{TRANSIENT},ECONNRESET",
     "epoll_ctl=0.02:EAGAIN,EINTR,ENOMEM,ECONNRESET",
+    "epoll_wait=0.01:EINTR",
+    "poll=0.01:EINTR,ENOMEM",
 ])
 
 # The child answers the test's commands on stdin with one JSON line each.
@@ -138,7 +142,8 @@ def fault_soak(shim, loadgen, backend, requests, connections=50, seed=1):
         idle_cpu = ask(child, "state")["cpu_s"] - after["cpu_s"]
         assert idle_cpu < 0.1, f"{idle_cpu:.2f} CPU-s in 1 s idle after the faults"
         faults = dict(item.split("=") for item in after["faults"].split())
-        for call in ("send", "sendmsg", "recv", "accept4") + (("epoll_ctl",) if backend == "epoll" else ()):
+        waits = ("epoll_ctl", "epoll_wait") if backend == "epoll" else ("poll",)
+        for call in ("send", "sendmsg", "recv", "accept4") + waits:
             assert any(name.startswith(call + ":") for name in faults), faults
         # Only resets and failing registrations fail connections; the transient errors
         # (EAGAIN, EINTR, ENOBUFS, ENOMEM on send/recv) are retried.

@@ -131,6 +131,36 @@ def test_shutdown_immediate_drops_the_queue_but_still_closes_gracefully(serve):
         assert recv_until_eof(client) == b""  # EOF, not a reset
 
 
+@pytest.mark.parametrize("caller", ["worker", "callback"])
+def test_shutdown_immediate_in_the_middle_of_a_reply_resets(serve, caller):
+    # Part of an 8 MiB reply is out when shutdown(immediate=True) drops the rest: an
+    # EOF would let the client take the part it got for the whole reply. Found it: the
+    # client read 3.9 MB of the 8 MiB, then a clean EOF.
+    queues = []
+
+    def callback(queue, data):
+        if data == b"GET":
+            queue.put(pattern(8 * MIB))
+            queues.append(queue)
+        elif data == b"ABORT":
+            queue.shutdown(immediate=True)
+
+    server = serve(callback, high_water=64 * MIB)  # keeps reading while the reply waits
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.settimeout(10)
+    client.connect((server.ip, server.port))
+    with client:
+        client.sendall(b"GET")
+        wait_for(lambda: queues and 0 < queues[0].pending_bytes < 8 * MIB)  # partly sent
+        if caller == "worker":
+            queues[0].shutdown(immediate=True)
+        else:
+            client.sendall(b"ABORT")
+        with pytest.raises(ConnectionResetError):
+            recv_until_eof(client)
+
+
 def test_a_peer_that_keeps_the_connection_after_eof_is_let_go_once_quiet(serve):
     # Lingering ends LINGER_QUIET_SECONDS (2 s) after the peer's last byte, once it has
     # acknowledged everything: a client that never closes does not hold a descriptor.
@@ -164,6 +194,80 @@ def test_a_peer_that_streams_after_the_close_is_cut_off_by_the_byte_bound(serve)
     client.close()
     streamer.join(10)
     assert sent[0] >= 16 * MIB
+
+
+def upload_in_the_background(client, size):
+    """Send ``size`` bytes from a thread, as a client uploading a request body does even
+    after the server has answered; the count of bytes the kernel took, as it goes."""
+    uploaded = [0]
+
+    def upload():
+        try:
+            while uploaded[0] < size:
+                uploaded[0] += client.send(b"u" * 65536)
+        except OSError:
+            pass  # reset once the server is done with the connection
+
+    uploader = threading.Thread(target=upload, daemon=True)
+    uploader.start()
+    return uploader, uploaded
+
+
+def recv_until_closed(sock, pause=0.0):
+    """What arrives until EOF, or until a reset that follows it (a reset after the whole
+    reply was acknowledged loses none of it)."""
+    received = bytearray()
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+            time.sleep(pause)
+    except ConnectionResetError:
+        pass
+    return bytes(received)
+
+
+def test_a_client_that_uploads_past_the_byte_bound_while_the_reply_drains_gets_it_whole(serve):
+    # An upload that goes on after the server decided to close (a 413-style answer to a
+    # large request) is read and dropped up to LINGER_MAX_BYTES while the reply still
+    # drains: past the bound the server stops reading, but must not reset the reply's
+    # tail away once it is in the kernel. Found it: 63.4 MB of the 64 MiB reply, then a
+    # clean EOF (the uploading thread had taken the reset).
+    payload = pattern(64 * MIB)
+    server = serve_reply_then_close(serve, "shutdown", payload)
+    with connect(server, timeout=30) as client:
+        client.sendall(b"GET\n")
+        uploader, uploaded = upload_in_the_background(client, 64 * MIB)
+        received = recv_until_closed(client, pause=0.0005)  # slower: the reply drains
+        uploader.join(10)
+    assert uploaded[0] > 16 * MIB  # past the byte bound while the reply drained
+    assert len(received) == len(payload) and received == payload
+
+
+def test_a_client_that_uploads_past_the_byte_bound_before_reading_gets_the_reply_whole(serve):
+    # The same with the whole reply already in the kernel (lingering) and the client
+    # reading only once its upload is stuck: the server stopped reading at the bound and
+    # waits for the reply to be acknowledged before it closes. Found it: the reset at
+    # the bound threw away what the client's small receive buffer had not taken yet.
+    payload = pattern(2 * MIB)
+    server = serve_reply_then_close(serve, "shutdown", payload)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.settimeout(30)
+    client.connect((server.ip, server.port))
+    with client:
+        client.sendall(b"GET\n")
+        uploader, uploaded = upload_in_the_background(client, 64 * MIB)
+        stuck_at = -1
+        while stuck_at != uploaded[0]:  # the server no longer reads: past the bound
+            stuck_at = uploaded[0]
+            time.sleep(0.5)
+        received = recv_until_closed(client)
+        uploader.join(10)
+    assert uploaded[0] > 16 * MIB
+    assert len(received) == len(payload) and received == payload
 
 
 @pytest.mark.soak

@@ -1,5 +1,7 @@
 """Backpressure, the connection limit, the idle timeout and SIGTERM."""
 import logging
+import math
+import platform
 import queue as queue_module
 import signal
 import socket
@@ -12,8 +14,8 @@ import time
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import (HandOff, backend, connect, recv_exactly, recv_until_eof,  # noqa: F401
-                     reset_at_once, rss_kib, serve, wait_for)
+from support import (TIMEOUT, HandOff, backend, connect, recv_exactly,  # noqa: F401
+                     recv_until_eof, reset_at_once, rss_kib, serve, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,6 +79,55 @@ def test_put_from_another_thread_waits_above_the_mark(serve):
     client.close()
 
 
+@pytest.mark.parametrize("timeout, error", [("5", TypeError), (math.nan, ValueError),
+                                            (-1, ValueError)], ids=["str", "nan", "negative"])
+def test_a_put_with_a_bad_timeout_raises_naming_it(serve, timeout, error):
+    # Found it: timeout=nan spun the calling thread at 100% CPU for as long as the
+    # client did not read (a Condition wait of NaN seconds returns at once), and "5"
+    # raised a TypeError about '<' that named nothing.
+    hand_off = HandOff()
+    server = serve(hand_off, high_water=64 * 1024)
+    with connect(server) as client:
+        client.sendall(b"go")
+        queue = hand_off.first_queue()
+        queue.put(b"x" * (32 * 1024 * 1024))  # more than the kernel's buffers take
+        wait_for(queue.full)
+        raised = []
+
+        def put_late():
+            try:
+                queue.put(b"late", timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - the test looks at it
+                raised.append(exc)
+
+        putter = threading.Thread(target=put_late, daemon=True)
+        putter.start()
+        putter.join(5)
+        assert not putter.is_alive(), "put() is still waiting (or spinning)"
+        assert len(raised) == 1 and isinstance(raised[0], error), raised
+        assert "timeout" in str(raised[0])
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e300])
+def test_a_put_with_an_infinite_timeout_waits_like_none(serve, timeout):
+    # Found it: OverflowError at once ("timestamp too large"), not a wait.
+    hand_off = HandOff()
+    server = serve(hand_off, high_water=64 * 1024)
+    with connect(server, timeout=30) as client:
+        client.sendall(b"go")
+        queue = hand_off.first_queue()
+        big = b"x" * (32 * 1024 * 1024)  # more than the kernel's buffers take
+        queue.put(big)
+        wait_for(queue.full)
+        putter = threading.Thread(target=queue.put, args=(b"after", True, timeout))
+        putter.start()
+        time.sleep(0.3)
+        assert putter.is_alive()  # waiting for room
+        assert recv_exactly(client, len(big) + 5) == big + b"after"
+        putter.join(10)
+        assert not putter.is_alive()
+
+
 def test_blocked_put_returns_when_the_connection_closes(serve):
     hand_off = HandOff()
     server = serve(hand_off, high_water=64 * 1024)
@@ -92,6 +143,42 @@ def test_blocked_put_returns_when_the_connection_closes(serve):
     client.close()  # the peer goes away: the waiting put gives up quietly
     putter.join(10)
     assert not putter.is_alive() and result == [None]
+
+
+def test_a_worker_streaming_while_the_server_stops_is_held_to_the_mark(serve):
+    # Stopping waits for a worker that still holds the queue, and sends what it puts:
+    # its puts must still wait above the mark, or a slow client lets the whole stream
+    # pile up in the server. Found it: 191 MiB unsent of a 200 MiB stream, with a
+    # 1 MiB mark (puts only waited while the connection was OPEN).
+    chunk = b"c" * (256 * 1024)
+    chunks = 64  # 16 MiB
+    high_water = 256 * 1024
+    peak = [0]
+    hand_off = HandOff()
+    server = serve(hand_off, high_water=high_water, grace_period=30)
+
+    def worker(queue):
+        for _ in range(chunks):
+            queue.put(chunk)
+            peak[0] = max(peak[0], queue.pending_bytes)
+
+    client = connect(server, timeout=30)
+    with client:
+        client.sendall(b"stream")
+        streamer = threading.Thread(target=worker, args=(hand_off.first_queue(),))
+        hand_off.queues.clear()  # only the worker holds it now
+        streamer.start()
+        assert recv_exactly(client, 4 * len(chunk)) == chunk * 4
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        received = 4 * len(chunk)
+        while received < chunks * len(chunk):
+            received += len(recv_exactly(client, len(chunk)))
+            time.sleep(0.002)  # a slow reader
+        streamer.join(10)
+        stopper.join(10)
+        assert not stopper.is_alive()
+    assert peak[0] <= high_water + len(chunk), f"{peak[0]} bytes unsent at the peak"
 
 
 def test_put_from_the_callback_never_blocks(serve):
@@ -169,6 +256,39 @@ def test_idle_connections_are_closed_and_active_ones_kept(serve):
     assert recv_exactly(chatty, 10) == b"still open"
     silent.close()
     chatty.close()
+
+
+# x86-64 system call numbers of the loop's waits: epoll_wait(epfd, events, max, timeout)
+# and poll(fds, count, timeout); which argument is the timeout in milliseconds.
+WAIT_TIMEOUT_ARGUMENT = {"232": 4, "7": 3}
+
+
+def wait_timeout_ms(server):
+    """The timeout (ms, as the C int the kernel got) of the wait the server's loop is
+    blocked in, read from /proc; skips where the wait is another system call."""
+    if platform.machine() != "x86_64":
+        pytest.skip("reads x86-64 system call arguments from /proc")
+    path = f"/proc/self/task/{server._thread.native_id}/syscall"
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        fields = open(path).read().split()
+        if fields[0] in WAIT_TIMEOUT_ARGUMENT:
+            raw = int(fields[WAIT_TIMEOUT_ARGUMENT[fields[0]]], 16) & 0xFFFFFFFF
+            return raw - (1 << 32) if raw >= 1 << 31 else raw
+        if time.monotonic() > deadline:
+            pytest.skip(f"the loop waits in system call {fields[0]}, not epoll_wait/poll")
+        time.sleep(0.01)
+
+
+def test_the_longest_idle_timeout_still_bounds_the_wait(serve):
+    # Found it: with a deadline more than 24.8 days away the wait's timeout in ms
+    # overflowed the C int into a negative number, which means "wait forever". Durations
+    # are now capped at a week, and the loop clamps the wait anyway.
+    server = serve(echo, idle_timeout=7 * 24 * 3600.0)
+    with connect(server) as client:
+        client.sendall(b"x")
+        assert recv_exactly(client, 1) == b"x"
+        assert wait_timeout_ms(server) > 0
 
 
 @pytest.mark.parametrize("kwargs, error, word", [

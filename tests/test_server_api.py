@@ -113,6 +113,7 @@ def test_default_backlog_is_not_small():
         (("127.0.0.1\0x", 0, echo), {}, ValueError, "mode"),
         (("a" * 254, 0, echo), {}, ValueError, "mode"),
         (("\ud800", 0, echo), {}, ValueError, "mode"),
+        (("localhost", 0, echo), {"recv_bytes": 2**64}, ValueError, "recv_bytes"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(args, kwargs, error, word):
