@@ -60,6 +60,12 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn: ...
 
 @final
+class ReadBuffer:
+    """Internal: where every connection's recv() lands."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
 class LogThrottle:
     """Internal: one log line per kind of trouble per interval."""
 

@@ -1,31 +1,11 @@
-# Loop: accepts, reads, calls the user's callback, and sends what it queued.
+# Loop: waits on the poller, accepts, hands each ready connection its events, runs
+# what is due, and stops. What happens on a connection is Connection's (connection.pyx).
 #
 # Connections are found by descriptor in a C array (no dict on the hot path). Work
 # that arrives from outside an I/O event (a put from another thread, or from a
 # callback into another connection's queue, a shutdown(), stop()) is listed in
-# `scheduled` and done before the loop next waits; if the loop is asleep in the
-# poller it is woken through an eventfd.
-
-# Connections accepted per readiness of the listening socket before others are served.
-DEF ACCEPT_BATCH = 128
-# After accept() fails for want of descriptors or memory (or for a reason it should
-# not): how long accepting pauses if no descriptor is freed sooner.
-DEF ACCEPT_RETRY_SECONDS = 0.1
-# How often connections waiting for a worker's reply while stopping are looked at: at
-# first and after one was let go of; while none is, the interval doubles up to the
-# longest (a look is a turn of the loop, over every descriptor on poll).
-DEF WORKER_CHECK_INTERVAL = 0.01
-DEF WORKER_CHECK_LONGEST = 0.32
-# After send()/recv() said ENOBUFS/ENOMEM: how long the connection's I/O waits before
-# it is tried again (not at once: the kernel's shortage would turn into a busy loop).
-DEF IO_RETRY_SECONDS = 0.02
-# After a MemoryError in the loop's own bookkeeping: how long it pauses before going on.
-DEF MEMORY_RETRY_SECONDS = 0.01
-# The longest one wait of the poller lasts when a deadline is set: its timeout is a C int
-# of milliseconds, which a deadline more than 24.8 days away would overflow (into a
-# negative number: wait forever). Waking up once a day to look again costs nothing.
-DEF LONGEST_WAIT_SECONDS = 86400.0
-
+# `scheduled_connections` and done before the loop next waits; if the loop is asleep
+# in the poller it is woken through an eventfd.
 
 def raised_by_signal_handler(exc):
     """Whether ``exc`` came out of one of the application's Python signal handlers.
@@ -70,69 +50,13 @@ cdef str format_peer_ip(sockaddr_storage *addr):
     return (<bytes>text).decode("ascii")
 
 
-@cython.final
 cdef class Loop:
     """The compiled server loop; simpletcp.tcpserver.TCPServer is its Python face."""
-
-    cdef Poller poller
-    cdef object listener          # the listening socket.socket, closed when stopping
-    cdef int listen_fd
-    cdef int wake_fd
-    cdef int signal_fd            # read end of signal.set_wakeup_fd's pipe, or -1
-    cdef int signal_write_fd
-    cdef object callback
-    cdef bint callback_takes_ip
-    cdef char *read_buffer
-    cdef Py_ssize_t recv_bytes
-    cdef bytes spare_data         # the last data handed to a callback, to reuse if we can
-    cdef double grace_period
-    cdef Py_ssize_t high_water       # per connection, bytes of unsent output
-    cdef Py_ssize_t low_water
-    cdef Py_ssize_t connection_limit # 0: no limit
-    cdef double idle_timeout         # 0: none
-    cdef object drain_condition      # put()s from other threads wait on it
-
-    cdef PyObject **connections   # owned references, indexed by descriptor
-    cdef Py_ssize_t connections_capacity
-    cdef readonly Py_ssize_t connection_count
-
-    cdef list scheduled           # connections with work from outside an I/O event
-    cdef list awaiting_workers    # while stopping: connections waiting for a worker's reply
-    cdef double next_worker_check
-    cdef double worker_check_interval
-    cdef ActivityList lingering   # connections in a lingering close (Connection.start_lingering)
-    cdef list backing_off         # connections whose I/O waits out ENOBUFS/ENOMEM
-    cdef double retry_at          # when they are tried again; 0: none waiting
-    cdef Connection dispatching   # whose callback is running now, if any
-    cdef unsigned long thread_ident
-
-    cdef readonly bint running
-    cdef bint finished
-    cdef bint sleeping            # blocked in the poller with the GIL released
-    cdef bint wake_pending        # an eventfd write is on its way
-    cdef bint stop_requested
-    cdef bint abort_requested     # a second Ctrl-C/SIGTERM: close everything without waiting
-    cdef bint stopping
-    cdef object stop_cause        # an exception of the application's that stopped the loop
-    cdef double stop_deadline
-    cdef bint accepting           # the listening socket is registered
-    cdef double accept_resume_at  # 0, or when to retry after EMFILE/ENFILE
-    cdef LogThrottle accept_error_log
-    cdef LogThrottle limit_log    # "connection limit reached"
-    cdef LogThrottle coroutine_log  # "read_callback returned a coroutine"
-    cdef LogThrottle connection_error_log  # unexpected errors of single connections
-    cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
-
-    cdef ActivityList idle        # with an idle timeout: connections not yet closing
-    cdef double now               # monotonic time, read once per turn of the loop
-
-    cdef object restore_signals   # what watch_signals() replaced, to put back
 
     def __cinit__(self):
         self.wake_fd = -1
         self.listen_fd = -1
         self.signal_fd = self.signal_write_fd = -1
-        self.read_buffer = NULL
         self.connections = NULL
 
     def __init__(self, listener, callback, bint callback_takes_ip, Py_ssize_t recv_bytes,
@@ -162,21 +86,19 @@ cdef class Loop:
         self.listen_fd = listener.fileno()
         self.callback = callback
         self.callback_takes_ip = callback_takes_ip
-        self.recv_bytes = recv_bytes
         self.grace_period = grace_period
-        self.scheduled = []
+        self.scheduled_connections = []
         self.awaiting_workers = []
-        self.lingering = ActivityList.__new__(ActivityList)
-        self.backing_off = []
-        self.idle = ActivityList.__new__(ActivityList)
+        self.lingering_connections = ActivityList.__new__(ActivityList)
+        self.backed_off_connections = []
+        self.idle_connections = ActivityList.__new__(ActivityList)
         self.accept_error_log = LogThrottle.__new__(LogThrottle)
         self.limit_log = LogThrottle.__new__(LogThrottle)
         self.connection_error_log = LogThrottle.__new__(LogThrottle)
         self.coroutine_log = LogThrottle.__new__(LogThrottle)
         self.memory_log = LogThrottle.__new__(LogThrottle)
-        self.read_buffer = <char *>malloc(recv_bytes)
-        if self.read_buffer == NULL:
-            raise MemoryError()
+        self.read_buffer = ReadBuffer.__new__(ReadBuffer)
+        self.read_buffer.allocate(recv_bytes)
         self.poller = make_poller(backend)
         self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.wake_fd < 0:
@@ -184,13 +106,13 @@ cdef class Loop:
 
     def __dealloc__(self):
         cdef Py_ssize_t fd
-        self.idle = self.lingering = None  # their links are references between connections
+        # Their links are references between connections.
+        self.idle_connections = self.lingering_connections = None
         if self.connections != NULL:
             for fd in range(self.connections_capacity):
                 if self.connections[fd] != NULL:
                     Py_DECREF(<object>self.connections[fd])
             free(self.connections)
-        free(self.read_buffer)
         if self.wake_fd >= 0:
             close(self.wake_fd)
         if self.poller is not None:
@@ -270,22 +192,20 @@ cdef class Loop:
         bookkeeping (each connection's are handled where they happen), or an exception
         that Python code the loop called let out (an application's signal handler runs
         wherever the main thread is)."""
-        cdef Py_ssize_t skipped
         while True:
             try:
                 self.serve()
                 return 0
             except MemoryError:
-                skipped = self.memory_log.due()
-                if skipped >= 0:
+                if self.memory_log.report_due():
                     self.log(logging.ERROR, "out of memory in the server loop; going on%s",
-                             (since_last(skipped, "times"),))
+                             (since_last(self.memory_log.skipped, "times"),))
                 with nogil:
-                    usleep(<unsigned int>(MEMORY_RETRY_SECONDS * 1e6))
+                    usleep(MEMORY_RETRY_MS * 1000)
             except BaseException as cause:
                 self.stop_for(cause)
             if self.stopping and monotonic() >= self.stop_deadline:
-                self.teardown_connections()
+                self.teardown_connections(GRACE_EXPIRED)
                 return 0
 
     # ---- signals --------------------------------------------------------------------
@@ -365,12 +285,12 @@ cdef class Loop:
         cdef Poller poller = self.poller
         while True:
             if self.abort_requested:
-                self.teardown_connections()
+                self.teardown_connections(SERVER_ABORTED)
                 return 0
             if self.stop_requested and not self.stopping:
                 self.begin_stop()
-            if self.scheduled:
-                self.service_scheduled()
+            if self.scheduled_connections:
+                self.serve_scheduled()
             # The earliest of the timed things the loop must wake up for, if any.
             deadline = 0
             if self.stopping:
@@ -379,11 +299,12 @@ cdef class Loop:
                 deadline = self.stop_deadline
             elif self.accept_resume_at:
                 deadline = self.accept_resume_at
-            if self.idle.oldest is not None:
-                deadline = earliest(deadline, self.idle.oldest.last_active + self.idle_timeout)
-            if self.lingering.oldest is not None:
-                deadline = earliest(deadline,
-                                    self.lingering.oldest.last_active + LINGER_QUIET_SECONDS)
+            if self.idle_connections.oldest is not None:
+                deadline = earliest(deadline, self.idle_connections.oldest.last_active
+                                    + self.idle_timeout)
+            if self.lingering_connections.oldest is not None:
+                deadline = earliest(deadline, self.lingering_connections.oldest.last_active
+                                    + LINGER_QUIET_MS / 1000.0)
             if self.awaiting_workers:
                 deadline = earliest(deadline, self.next_worker_check)
             if self.retry_at:
@@ -394,7 +315,7 @@ cdef class Loop:
                 if deadline <= self.now:
                     self.on_deadline()
                     continue
-                timeout = <int>(min(deadline - self.now, LONGEST_WAIT_SECONDS) * 1000) + 1
+                timeout = <int>(min(deadline - self.now, LONGEST_WAIT_MS / 1000.0) * 1000) + 1
             # Nothing between the check of `scheduled` above and the wait may run Python
             # code: a put() from another thread slipping in there would find the loop not
             # yet `sleeping`, skip the wake-up, and wait unserved.
@@ -424,7 +345,7 @@ cdef class Loop:
             # application's request, not this connection's failure. The connection goes
             # on; what the interrupted turn left undone, its next event does.
             return self.stop_for(error)
-        connection.abort()  # before saying so, which may fail in turn (out of memory)
+        connection.abort(LOOP_ERROR)  # before saying so, which may fail in turn (out of memory)
         try:
             self.log_connection_error(f"fd {fd}", f"closed after an error: {error!r}")
         except MemoryError:
@@ -461,10 +382,10 @@ cdef class Loop:
         return 0
 
     cdef int log_connection_error(self, str described, str what) except -1:
-        cdef Py_ssize_t skipped = self.connection_error_log.due()
-        if skipped >= 0:
+        if self.connection_error_log.report_due():
             self.log(logging.WARNING, "connection %s: %s%s",
-                     (described, what, since_last(skipped, "connection errors")))
+                     (described, what,
+                      since_last(self.connection_error_log.skipped, "connection errors")))
         return 0
 
     cpdef int log(self, int level, str message, tuple args=(), object exc_info=None) except -1:
@@ -508,7 +429,7 @@ cdef class Loop:
         if self.stopping and self.stop_deadline <= self.now:
             self.log(logging.WARNING, "grace period over: closing %d connections with unsent "
                      "output or a queue still held", (self.connection_count,))
-            self.teardown_connections()
+            self.teardown_connections(GRACE_EXPIRED)
             return 0
         if self.awaiting_workers and self.next_worker_check <= self.now:
             self.check_awaiting_workers()
@@ -516,131 +437,21 @@ cdef class Loop:
             self.resume_accepting()
         if self.retry_at and self.retry_at <= self.now:
             self.retry_backed_off()
-        while (self.idle.oldest is not None
-               and self.idle.oldest.last_active + self.idle_timeout <= self.now):
-            self.expire_idle(self.idle.oldest)
+        while (self.idle_connections.oldest is not None
+               and self.idle_connections.oldest.last_active + self.idle_timeout <= self.now):
+            self.idle_connections.oldest.on_idle_timeout()
             expired += 1
         if expired:
             self.log(logging.INFO, "closed %d connections idle for more than %g s",
                      (expired, self.idle_timeout))
-        while (self.lingering.oldest is not None
-               and self.lingering.oldest.last_active + LINGER_QUIET_SECONDS <= self.now):
-            connection = self.lingering.oldest
+        while (self.lingering_connections.oldest is not None
+               and self.lingering_connections.oldest.last_active + LINGER_QUIET_MS / 1000.0
+               <= self.now):
+            connection = self.lingering_connections.oldest
             try:
                 connection.on_linger_quiet()
             except Exception as error:
                 self.connection_failed(connection, error)
-        return 0
-
-    cdef int expire_idle(self, Connection connection) except -1:
-        """Close a connection on which nothing moved for idle_timeout.
-
-        With output still unsent the peer has stopped reading (slowloris): reset, so it
-        cannot take the part it got for the whole reply. Otherwise the close is
-        graceful (Connection.finish_close).
-        """
-        if connection.out.pending:
-            connection.abort()
-            return 0
-        connection.begin_close(IDLE_TIMEOUT)
-        self.handle(connection, WRITABLE)
-        if connection.listed_in is self.idle:
-            self.idle.unlink(connection)  # waiting for a worker while stopping: grace-bound
-        return 0
-
-    # ---- backpressure on put()s from other threads ------------------------------------
-
-    cdef int wait_for_drain(self, Connection connection, bint block, object timeout) except -1:
-        """Block the calling (non-loop) thread until `connection` drains or closes."""
-        if not block:
-            raise _queue.Full
-        deadline = None if timeout is None else _time.monotonic() + timeout
-        with self.drain_condition:
-            connection.waiters += 1
-            try:
-                while connection.fd >= 0 and connection.out.pending > self.low_water:
-                    if deadline is None:
-                        self.drain_condition.wait()
-                    else:
-                        remaining = deadline - _time.monotonic()
-                        if remaining <= 0:
-                            raise _queue.Full
-                        self.drain_condition.wait(remaining)
-            finally:
-                connection.waiters -= 1
-        return 0
-
-    cdef void notify_drained(self):
-        with self.drain_condition:
-            self.drain_condition.notify_all()
-
-    cdef bytes received(self, Py_ssize_t size):
-        """The `size` bytes just read into read_buffer, as a bytes object.
-
-        A bytes object nobody else holds (the callback did not keep it and its reply
-        was sent) is refilled instead of allocating anew: a 1 KiB bytes object is past
-        glibc's fast caches, and its malloc/free were a quarter of the loop's
-        instructions per echo. Refcount 1 means only `spare_data` refers to it, so no
-        Python code can see the change. Single bytes are shared singletons, never 1.
-        """
-        cdef PyObject *spare = <PyObject *>self.spare_data
-        cdef bytes data
-        if spare != NULL and refcount_of(spare) == 1 and PyBytes_GET_SIZE(<object>spare) == size:
-            memcpy(PyBytes_AS_STRING(<object>spare), self.read_buffer, size)
-            (<PyBytesObject *>spare).ob_shash = -1
-            return <bytes>spare
-        data = PyBytes_FromStringAndSize(self.read_buffer, size)
-        self.spare_data = data
-        return data
-
-    cdef int dispatch(self, Connection connection, bytes data) except -1:
-        """Call the user's callback; whatever it raises closes only this connection.
-
-        Any exception: SystemExit, KeyboardInterrupt, GeneratorExit and the like too. A
-        server must not die of one request; Ctrl-C and SIGTERM reach the loop through its
-        own handlers (watch_signals), not as exceptions in a callback. The exception is
-        the application's signal handler's if that handler's frame is in its traceback:
-        then the server stops (stop_for). A coroutine it returns is closed unrun
-        (discard_coroutine).
-        """
-        cdef object result
-        self.dispatching = connection
-        try:
-            if self.callback_takes_ip:
-                result = self.callback(connection.peer_ip, connection.get_queue(), data)
-            else:
-                result = self.callback(connection.get_queue(), data)
-            if result is not None and isinstance(result, _Coroutine):
-                self.discard_coroutine(connection, result)
-        except BaseException as error:
-            # The close first: under memory pressure what follows may fail in turn, and
-            # the input this callback was given is consumed whatever happens.
-            connection.begin_close(CALLBACK_FAILED)
-            try:
-                if self.restore_signals is not None and raised_by_signal_handler(error):
-                    self.stop_for(error)
-                else:
-                    self.log(logging.ERROR, "read_callback raised %s; closing connection %s "
-                             "once its queued output is sent",
-                             (type(error).__name__, connection.describe()), error)
-            except MemoryError:
-                pass  # out of memory to say so; the connection closes all the same
-        finally:
-            self.dispatching = None
-        return 0
-
-    cdef int discard_coroutine(self, Connection connection, object coroutine) except -1:
-        """The callback returned a coroutine (it wraps an async def): nothing will ever
-        run it. TCPServer rejects async callbacks it can see; this catches the rest."""
-        connection.begin_close(CALLBACK_FAILED)
-        coroutine.close()  # never started: closing it runs none of its code, and Python
-                           # does not warn that it was never awaited
-        cdef Py_ssize_t skipped = self.coroutine_log.due()
-        if skipped >= 0:
-            logger.error("read_callback returned a coroutine, which nothing awaits: the "
-                         "callback is called synchronously, so its async code never runs; "
-                         "closing connection %s once its queued output is sent%s",
-                         connection.describe(), since_last(skipped, "coroutines discarded"))
         return 0
 
     cdef int await_worker(self, Connection connection) except -1:
@@ -653,8 +464,8 @@ cdef class Loop:
         """
         if not self.awaiting_workers:
             # Nothing signals that a worker let go of a queue: look now and then.
-            self.worker_check_interval = WORKER_CHECK_INTERVAL
-            self.next_worker_check = self.now + WORKER_CHECK_INTERVAL
+            self.worker_check_interval = WORKER_CHECK_MS / 1000.0
+            self.next_worker_check = self.now + WORKER_CHECK_MS / 1000.0
         self.awaiting_workers.append(connection)
         return 0
 
@@ -662,14 +473,14 @@ cdef class Loop:
         cdef list waiting = []
         cdef Connection connection
         for connection in self.awaiting_workers:
-            if connection.state == AWAITING_WORKER and not connection.out.pending:
+            if connection.state == AWAITING_WORKER and not connection.output.pending:
                 self.handle(connection, WRITABLE)  # closes or lingers once let go of
             if connection.state == AWAITING_WORKER:
                 waiting.append(connection)  # a late reply is going out, or may yet come
         if len(waiting) < len(self.awaiting_workers):
-            self.worker_check_interval = WORKER_CHECK_INTERVAL
+            self.worker_check_interval = WORKER_CHECK_MS / 1000.0
         else:
-            self.worker_check_interval = min(2 * self.worker_check_interval, WORKER_CHECK_LONGEST)
+            self.worker_check_interval = min(2 * self.worker_check_interval, WORKER_CHECK_LONGEST_MS / 1000.0)
         self.awaiting_workers = waiting
         self.next_worker_check = self.now + self.worker_check_interval
         return 0
@@ -678,15 +489,15 @@ cdef class Loop:
         """The kernel said ENOBUFS/ENOMEM to this connection's I/O: try again shortly."""
         if not connection.backing_off:
             connection.backing_off = True
-            self.backing_off.append(connection)
+            self.backed_off_connections.append(connection)
             if not self.retry_at:
-                self.retry_at = monotonic() + IO_RETRY_SECONDS
+                self.retry_at = monotonic() + IO_RETRY_MS / 1000.0
         return 0
 
     cdef int retry_backed_off(self) except -1:
-        cdef list batch = self.backing_off
+        cdef list batch = self.backed_off_connections
         cdef Connection connection
-        self.backing_off = []
+        self.backed_off_connections = []
         self.retry_at = 0
         for connection in batch:
             connection.backing_off = False
@@ -697,16 +508,16 @@ cdef class Loop:
     cdef int schedule(self, Connection connection) except -1:
         if not connection.scheduled:
             connection.scheduled = True
-            self.scheduled.append(connection)
+            self.scheduled_connections.append(connection)
         self.wake()
         return 0
 
-    cdef int service_scheduled(self) except -1:
+    cdef int serve_scheduled(self) except -1:
         cdef list batch
         cdef Connection connection
-        while self.scheduled:
-            batch = self.scheduled
-            self.scheduled = []
+        while self.scheduled_connections:
+            batch = self.scheduled_connections
+            self.scheduled_connections = []
             for connection in batch:
                 connection.scheduled = False
                 self.handle(connection, WRITABLE)
@@ -721,7 +532,7 @@ cdef class Loop:
             write(self.wake_fd, &one, sizeof(one))
 
     cdef void drain_wakeups(self):
-        cdef uint64_t count
+        cdef uint64_t count = 0  # read into, never looked at
         read(self.wake_fd, &count, sizeof(count))
         self.wake_pending = False
 
@@ -730,9 +541,10 @@ cdef class Loop:
     cdef int accept_connections(self) except -1:
         cdef sockaddr_storage address
         cdef socklen_t address_len
-        cdef int fd, error, i
-        cdef Py_ssize_t skipped
-        for i in range(ACCEPT_BATCH):
+        cdef int fd, error
+        cdef int accepts_left = ACCEPT_BATCH
+        while accepts_left:
+            accepts_left -= 1
             address_len = sizeof(address)
             fd = accept4(self.listen_fd, <sockaddr *>&address, &address_len,
                          SOCK_NONBLOCK | SOCK_CLOEXEC)
@@ -752,11 +564,11 @@ cdef class Loop:
                 # protect: reset it at once (the clear signal, whether or not it already
                 # sent a request), rather than hold a descriptor for it.
                 reset_and_close(fd)
-                skipped = self.limit_log.due()
-                if skipped >= 0:
+                if self.limit_log.report_due():
                     self.log(logging.WARNING, "connection limit (%d) reached: closing new "
                              "connections at once until one ends%s",
-                             (self.connection_limit, since_last(skipped, "connections closed")))
+                             (self.connection_limit,
+                              since_last(self.limit_log.skipped, "connections closed")))
                 continue
             self.adopt(fd, &address)
         return 0
@@ -781,7 +593,7 @@ cdef class Loop:
         if failure is not None:
             # Out of memory, or the poller refused it: this connection cannot be served.
             reset_and_close(fd)
-            if self.connection_error_log.due() >= 0:
+            if self.connection_error_log.report_due():
                 self.log(logging.WARNING, "could not take a new connection: %r", (failure,))
             return 0
         connection.fd = fd
@@ -791,7 +603,7 @@ cdef class Loop:
         connection.interest = READABLE
         connection.last_active = self.now
         if self.idle_timeout:
-            self.idle.append(connection)
+            self.idle_connections.append(connection)
         Py_INCREF(connection)
         self.connections[fd] = <PyObject *>connection
         self.connection_count += 1
@@ -812,8 +624,9 @@ cdef class Loop:
         self.connections_capacity = new_capacity
         return 0
 
-    cdef void forget(self, Connection connection, int fd):
-        """Close `fd`, which `connection` owned; called by Connection.close()."""
+    cdef void remove(self, Connection connection, int fd):
+        """Take a connection that is closing out of the loop (Connection.close calls it):
+        its slot, its registration and its descriptor `fd`; then let go of it."""
         cdef PyObject *owned = self.connections[fd]
         # The C-level state first: the Python calls below may run a signal handler
         # that raises, and what is done by then must be whole.
@@ -823,7 +636,7 @@ cdef class Loop:
         close(fd)
         try:
             if connection.waiters:
-                self.notify_drained()  # blocked put()s return; what they put is dropped
+                connection.wake_waiters()  # blocked put()s return; what they put is dropped
             # The queue points back at the connection; letting go of it here breaks the
             # cycle, so closed connections are freed at once rather than by the cyclic GC.
             connection.queue = None
@@ -835,15 +648,15 @@ cdef class Loop:
     cdef void pause_accepting(self, int error):
         # The listening socket stays readable while the backlog is full, so it must
         # leave the poller or the loop would spin at 100% CPU.
-        cdef Py_ssize_t skipped = self.accept_error_log.due()
-        if skipped >= 0:
+        if self.accept_error_log.report_due():
             self.log(logging.ERROR, "accept() failed: %s; not accepting new connections until "
                      "a descriptor is free or %g s have passed%s",
-                     (strerror(error).decode(), ACCEPT_RETRY_SECONDS, since_last(skipped, "failures")))
+                     (strerror(error).decode(), ACCEPT_RETRY_MS / 1000.0,
+                      since_last(self.accept_error_log.skipped, "failures")))
         if self.accepting:
             self.poller.unregister(self.listen_fd)
             self.accepting = False
-        self.accept_resume_at = monotonic() + ACCEPT_RETRY_SECONDS
+        self.accept_resume_at = monotonic() + ACCEPT_RETRY_MS / 1000.0
 
     cdef void resume_accepting(self):
         cdef int error = 0
@@ -880,7 +693,7 @@ cdef class Loop:
                 self.handle(connection, WRITABLE)
         return 0
 
-    cdef void teardown_connections(self):
+    cdef void teardown_connections(self, CloseReason reason):
         """Close every connection now: those with output unsent are reset, so that
         their peers cannot take what they got for whole replies."""
         cdef Py_ssize_t fd
@@ -888,16 +701,16 @@ cdef class Loop:
         for fd in range(self.connections_capacity):
             if self.connections[fd] != NULL:
                 connection = <Connection>self.connections[fd]
-                if connection.out.pending:
-                    connection.abort()
+                if connection.output.pending:
+                    connection.abort(reason)
                 else:
-                    connection.close()
+                    connection.close(reason)
 
     cdef void teardown(self):
-        self.teardown_connections()
-        self.scheduled = []
+        self.teardown_connections(SERVER_ABORTED)
+        self.scheduled_connections = []
         self.awaiting_workers = []
-        self.backing_off = []
+        self.backed_off_connections = []
         self.running = False
         self.finished = True
         self.release_descriptors()
