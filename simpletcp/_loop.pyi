@@ -60,6 +60,12 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn: ...
 
 @final
+class Timers:
+    """Internal: every timed thing the loop waits for."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
 class ReadBuffer:
     """Internal: where every connection's recv() lands."""
 

@@ -1,5 +1,5 @@
 # Connection: one accepted socket, its output buffer, its state and why it closed
-# (connection.pyx, which also holds ConnectionQueue and ActivityList).
+# (connection.pyx, which also holds ConnectionQueue).
 
 cdef enum:
     # Reads from one connection per readiness event, at most (see read_for_callback).
@@ -118,13 +118,3 @@ cdef class Connection:
     cdef int unacknowledged(self)
     cdef void close(self, CloseReason reason)
     cdef void abort(self, CloseReason reason)
-
-
-@cython.final
-cdef class ActivityList:
-    cdef Connection oldest
-    cdef Connection newest
-
-    cdef void append(self, Connection connection) noexcept
-    cdef void unlink(self, Connection connection) noexcept
-    cdef void move_to_newest(self, Connection connection) noexcept

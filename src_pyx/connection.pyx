@@ -354,7 +354,7 @@ cdef class Connection:
             return 0
         self.begin_close(IDLE_TIMEOUT)
         self.loop.handle(self, WRITABLE)
-        if self.listed_in is self.loop.idle_connections:
+        if self.listed_in is self.loop.timers.idle:
             # Waiting for a worker while stopping: the grace period bounds it now.
             self.listed_in.unlink(self)
         return 0
@@ -448,7 +448,7 @@ cdef class Connection:
             self.linger_started = self.last_active = self.loop.now
             if self.listed_in is not None:
                 self.listed_in.unlink(self)  # the idle timeout no longer applies
-            self.loop.lingering_connections.append(self)
+            self.loop.timers.lingering.append(self)
         elif state == CLOSED:
             self.input_open = False
         return 0
@@ -521,44 +521,6 @@ cdef class Connection:
         if self.fd >= 0:
             reset_on_close(self.fd)
         self.close(reason)
-
-
-cdef class ActivityList:
-    """Connections ordered by last activity, least recent first.
-
-    The next to time out is always the oldest; marking activity moves a connection to
-    the newest end, O(1). The loop keeps one for the idle timeout and one for lingering
-    connections; a connection is in at most one.
-    """
-
-    def __init__(self, *args, **kwargs):
-        internal_class(self)
-
-    cdef void append(self, Connection connection) noexcept:
-        connection.older = self.newest
-        connection.newer = None
-        if self.newest is not None:
-            self.newest.newer = connection
-        else:
-            self.oldest = connection
-        self.newest = connection
-        connection.listed_in = self
-
-    cdef void unlink(self, Connection connection) noexcept:
-        if connection.older is not None:
-            connection.older.newer = connection.newer
-        elif self.oldest is connection:
-            self.oldest = connection.newer
-        if connection.newer is not None:
-            connection.newer.older = connection.older
-        elif self.newest is connection:
-            self.newest = connection.older
-        connection.older = connection.newer = None
-        connection.listed_in = None
-
-    cdef void move_to_newest(self, Connection connection) noexcept:
-        self.unlink(connection)
-        self.append(connection)
 
 
 cdef bytes as_chunk(object item):

@@ -69,16 +69,10 @@ cdef double monotonic() noexcept nogil:
     return now.tv_sec + now.tv_nsec * 1e-9
 
 
-cdef inline double earliest(double deadline, double other) noexcept nogil:
-    """The earlier of two deadlines, where 0 means none."""
-    if deadline == 0 or other < deadline:
-        return other
-    return deadline
-
-
 include "throttle.pyx"
 include "poller.pyx"
 include "outbuf.pyx"
 include "readbuf.pyx"
 include "connection.pyx"
+include "timers.pyx"
 include "serverloop.pyx"

@@ -37,7 +37,6 @@ cdef class Loop:
     cdef Py_ssize_t high_water       # per connection, bytes of unsent output
     cdef Py_ssize_t low_water
     cdef Py_ssize_t connection_limit # 0: no limit
-    cdef double idle_timeout         # 0: none
     cdef object drain_condition      # put()s from other threads wait on it
 
     cdef PyObject **connections   # owned references, indexed by descriptor
@@ -46,11 +45,8 @@ cdef class Loop:
 
     cdef list scheduled_connections  # with work from outside an I/O event (schedule())
     cdef list awaiting_workers    # while stopping: connections waiting for a worker's reply
-    cdef double next_worker_check
-    cdef double worker_check_interval
-    cdef ActivityList lingering_connections  # in a lingering close (Connection.start_lingering)
+    cdef double worker_check_interval  # how long until the next WORKER_CHECK
     cdef list backed_off_connections  # whose I/O waits out ENOBUFS/ENOMEM
-    cdef double retry_at          # when they are tried again; 0: none waiting
     cdef unsigned long thread_ident
 
     cdef readonly bint running
@@ -61,16 +57,14 @@ cdef class Loop:
     cdef bint abort_requested     # a second Ctrl-C/SIGTERM: close everything without waiting
     cdef bint stopping
     cdef object stop_cause        # an exception of the application's that stopped the loop
-    cdef double stop_deadline
     cdef bint accepting           # the listening socket is registered
-    cdef double accept_resume_at  # 0, or when to retry after EMFILE/ENFILE
     cdef LogThrottle accept_error_log
     cdef LogThrottle limit_log    # "connection limit reached"
     cdef LogThrottle coroutine_log  # "read_callback returned a coroutine"
     cdef LogThrottle connection_error_log  # unexpected errors of single connections
     cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
 
-    cdef ActivityList idle_connections  # with an idle timeout: connections not yet closing
+    cdef Timers timers            # every timed thing (timers.pyx)
     cdef double now               # monotonic time, read once per turn of the loop
 
     cdef object restore_signals   # what watch_signals() replaced, to put back
@@ -89,7 +83,7 @@ cdef class Loop:
     cdef int log_connection_error(self, str described, str what) except -1
     cpdef int log(self, int level, str message, tuple args=*, object exc_info=*) except -1
     cdef int logging_failed(self, BaseException failure) except -1
-    cdef int on_deadline(self) except -1
+    cdef int run_expired_timers(self) except -1
     cdef int await_worker(self, Connection connection) except -1
     cdef int check_awaiting_workers(self) except -1
     cdef int back_off(self, Connection connection) except -1

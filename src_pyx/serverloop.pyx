@@ -78,7 +78,6 @@ cdef class Loop:
         self.high_water = high_water
         self.low_water = low_water
         self.connection_limit = connection_limit
-        self.idle_timeout = idle_timeout
         self.drain_condition = threading.Condition()
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
@@ -89,9 +88,9 @@ cdef class Loop:
         self.grace_period = grace_period
         self.scheduled_connections = []
         self.awaiting_workers = []
-        self.lingering_connections = ActivityList.__new__(ActivityList)
         self.backed_off_connections = []
-        self.idle_connections = ActivityList.__new__(ActivityList)
+        self.timers = Timers.__new__(Timers)
+        self.timers.idle_timeout = idle_timeout
         self.accept_error_log = LogThrottle.__new__(LogThrottle)
         self.limit_log = LogThrottle.__new__(LogThrottle)
         self.connection_error_log = LogThrottle.__new__(LogThrottle)
@@ -106,8 +105,8 @@ cdef class Loop:
 
     def __dealloc__(self):
         cdef Py_ssize_t fd
-        # Their links are references between connections.
-        self.idle_connections = self.lingering_connections = None
+        # Its lists' links are references between connections.
+        self.timers = None
         if self.connections != NULL:
             for fd in range(self.connections_capacity):
                 if self.connections[fd] != NULL:
@@ -204,7 +203,7 @@ cdef class Loop:
                     usleep(MEMORY_RETRY_MS * 1000)
             except BaseException as cause:
                 self.stop_for(cause)
-            if self.stopping and monotonic() >= self.stop_deadline:
+            if self.stopping and self.timers.expired(GRACE_PERIOD, monotonic()):
                 self.teardown_connections(GRACE_EXPIRED)
                 return 0
 
@@ -291,29 +290,14 @@ cdef class Loop:
                 self.begin_stop()
             if self.scheduled_connections:
                 self.serve_scheduled()
-            # The earliest of the timed things the loop must wake up for, if any.
-            deadline = 0
-            if self.stopping:
-                if self.connection_count == 0:
-                    return 0
-                deadline = self.stop_deadline
-            elif self.accept_resume_at:
-                deadline = self.accept_resume_at
-            if self.idle_connections.oldest is not None:
-                deadline = earliest(deadline, self.idle_connections.oldest.last_active
-                                    + self.idle_timeout)
-            if self.lingering_connections.oldest is not None:
-                deadline = earliest(deadline, self.lingering_connections.oldest.last_active
-                                    + LINGER_QUIET_MS / 1000.0)
-            if self.awaiting_workers:
-                deadline = earliest(deadline, self.next_worker_check)
-            if self.retry_at:
-                deadline = earliest(deadline, self.retry_at)
+            if self.stopping and self.connection_count == 0:
+                return 0
             timeout = -1
+            deadline = self.timers.next_deadline()
             if deadline:
                 self.now = monotonic()
                 if deadline <= self.now:
-                    self.on_deadline()
+                    self.run_expired_timers()
                     continue
                 timeout = <int>(min(deadline - self.now, LONGEST_WAIT_MS / 1000.0) * 1000) + 1
             # Nothing between the check of `scheduled` above and the wait may run Python
@@ -421,33 +405,31 @@ cdef class Loop:
             return self.stop_for(failure)
         raise failure
 
-    cdef int on_deadline(self) except -1:
-        """Whatever timed thing is due at self.now: grace period, workers' replies,
-        accept retry, I/O retry, idle and lingering connections."""
+    cdef int run_expired_timers(self) except -1:
+        """Whatever timed thing is due at self.now (Timers): grace period, workers'
+        replies, accept retry, I/O retry, idle and lingering connections."""
+        cdef Timers timers = self.timers
         cdef Py_ssize_t expired = 0
         cdef Connection connection
-        if self.stopping and self.stop_deadline <= self.now:
+        if timers.expired(GRACE_PERIOD, self.now):
             self.log(logging.WARNING, "grace period over: closing %d connections with unsent "
                      "output or a queue still held", (self.connection_count,))
             self.teardown_connections(GRACE_EXPIRED)
             return 0
-        if self.awaiting_workers and self.next_worker_check <= self.now:
+        if timers.expired(WORKER_CHECK, self.now):
             self.check_awaiting_workers()
-        if self.accept_resume_at and self.accept_resume_at <= self.now:
+        if timers.expired(ACCEPT_RETRY, self.now):
             self.resume_accepting()
-        if self.retry_at and self.retry_at <= self.now:
+        if timers.expired(IO_RETRY, self.now):
             self.retry_backed_off()
-        while (self.idle_connections.oldest is not None
-               and self.idle_connections.oldest.last_active + self.idle_timeout <= self.now):
-            self.idle_connections.oldest.on_idle_timeout()
+        while timers.idle_expired(self.now):
+            timers.idle.oldest.on_idle_timeout()
             expired += 1
         if expired:
             self.log(logging.INFO, "closed %d connections idle for more than %g s",
-                     (expired, self.idle_timeout))
-        while (self.lingering_connections.oldest is not None
-               and self.lingering_connections.oldest.last_active + LINGER_QUIET_MS / 1000.0
-               <= self.now):
-            connection = self.lingering_connections.oldest
+                     (expired, timers.idle_timeout))
+        while timers.linger_quiet(self.now):
+            connection = timers.lingering.oldest
             try:
                 connection.on_linger_quiet()
             except Exception as error:
@@ -460,12 +442,12 @@ cdef class Loop:
         A callback may hand the queue to a worker and return; if the server is asked to
         stop before the worker replies, closing at once would lose the reply. The
         connection waits for the queue to be let go of; the stop's grace period bounds
-        the wait (on_deadline closes whatever is left then).
+        the wait (the GRACE_PERIOD timer closes whatever is left then).
         """
         if not self.awaiting_workers:
             # Nothing signals that a worker let go of a queue: look now and then.
             self.worker_check_interval = WORKER_CHECK_MS / 1000.0
-            self.next_worker_check = self.now + WORKER_CHECK_MS / 1000.0
+            self.timers.start(WORKER_CHECK, self.now + self.worker_check_interval)
         self.awaiting_workers.append(connection)
         return 0
 
@@ -480,9 +462,13 @@ cdef class Loop:
         if len(waiting) < len(self.awaiting_workers):
             self.worker_check_interval = WORKER_CHECK_MS / 1000.0
         else:
-            self.worker_check_interval = min(2 * self.worker_check_interval, WORKER_CHECK_LONGEST_MS / 1000.0)
+            self.worker_check_interval = min(2 * self.worker_check_interval,
+                                             WORKER_CHECK_LONGEST_MS / 1000.0)
         self.awaiting_workers = waiting
-        self.next_worker_check = self.now + self.worker_check_interval
+        if waiting:
+            self.timers.start(WORKER_CHECK, self.now + self.worker_check_interval)
+        else:
+            self.timers.cancel(WORKER_CHECK)
         return 0
 
     cdef int back_off(self, Connection connection) except -1:
@@ -490,15 +476,15 @@ cdef class Loop:
         if not connection.backing_off:
             connection.backing_off = True
             self.backed_off_connections.append(connection)
-            if not self.retry_at:
-                self.retry_at = monotonic() + IO_RETRY_MS / 1000.0
+            if not self.timers.running(IO_RETRY):
+                self.timers.start(IO_RETRY, monotonic() + IO_RETRY_MS / 1000.0)
         return 0
 
     cdef int retry_backed_off(self) except -1:
         cdef list batch = self.backed_off_connections
         cdef Connection connection
         self.backed_off_connections = []
-        self.retry_at = 0
+        self.timers.cancel(IO_RETRY)
         for connection in batch:
             connection.backing_off = False
             if connection.fd >= 0:
@@ -602,8 +588,8 @@ cdef class Loop:
         connection.input_open = True
         connection.interest = READABLE
         connection.last_active = self.now
-        if self.idle_timeout:
-            self.idle_connections.append(connection)
+        if self.timers.idle_timeout:
+            self.timers.idle.append(connection)
         Py_INCREF(connection)
         self.connections[fd] = <PyObject *>connection
         self.connection_count += 1
@@ -640,7 +626,7 @@ cdef class Loop:
             # The queue points back at the connection; letting go of it here breaks the
             # cycle, so closed connections are freed at once rather than by the cyclic GC.
             connection.queue = None
-            if self.accept_resume_at and not self.stopping:
+            if self.timers.running(ACCEPT_RETRY) and not self.stopping:
                 self.resume_accepting()  # a descriptor was just freed
         finally:
             Py_DECREF(<object>owned)
@@ -656,11 +642,11 @@ cdef class Loop:
         if self.accepting:
             self.poller.unregister(self.listen_fd)
             self.accepting = False
-        self.accept_resume_at = monotonic() + ACCEPT_RETRY_MS / 1000.0
+        self.timers.start(ACCEPT_RETRY, monotonic() + ACCEPT_RETRY_MS / 1000.0)
 
     cdef void resume_accepting(self):
         cdef int error = 0
-        self.accept_resume_at = 0
+        self.timers.cancel(ACCEPT_RETRY)
         if not self.accepting and not self.stopping:
             try:
                 self.poller.register(self.listen_fd, READABLE)
@@ -680,8 +666,8 @@ cdef class Loop:
         cdef Py_ssize_t fd
         cdef Connection connection
         self.stopping = True
-        self.stop_deadline = monotonic() + self.grace_period
-        self.accept_resume_at = 0
+        self.timers.start(GRACE_PERIOD, monotonic() + self.grace_period)
+        self.timers.cancel(ACCEPT_RETRY)
         if self.accepting:
             self.poller.unregister(self.listen_fd)
             self.accepting = False
