@@ -261,7 +261,7 @@ cdef class Connection:
         # input this callback was given is consumed whatever happens.
         self.begin_close(CALLBACK_FAILED)
         try:
-            if self.loop.restore_signals is not None and raised_by_signal_handler(error):
+            if self.loop.signal_fd >= 0 and raised_by_signal_handler(error):
                 self.loop.stop_for(error)
             else:
                 self.loop.log(logging.ERROR, "read_callback raised %s; closing connection %s "

@@ -21,10 +21,8 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, usleep, write
 
 import logging
-import os
 from collections.abc import Coroutine as _Coroutine
 import queue as _queue
-import signal as _signal
 import _signal as _csignal  # the C module: no Python code runs in its calls
 from simpletcp import _arguments
 from socket import socket as _Socket

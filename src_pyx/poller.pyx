@@ -270,11 +270,18 @@ BACKENDS = ("epoll", "poll")
 
 
 cdef Poller make_poller(str backend):
-    """The poller for ``backend``; "auto" picks epoll where the system has it."""
+    """The poller for ``backend``; "auto" picks epoll where the system has it.
+
+    TCPServer checks the name for its caller (with BACKENDS, from here); one it did
+    not check is refused here too, rather than served by a poller nobody asked for.
+    """
     if backend == "auto" or backend == "epoll":
         try:
             return EpollPoller.__new__(EpollPoller)
         except OSError:
             if backend == "epoll":
                 raise
-    return PollPoller.__new__(PollPoller)
+        return PollPoller.__new__(PollPoller)
+    if backend == "poll":
+        return PollPoller.__new__(PollPoller)
+    raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")

@@ -29,7 +29,6 @@ cdef class Loop:
     cdef int listen_fd
     cdef int wake_fd
     cdef int signal_fd            # read end of signal.set_wakeup_fd's pipe, or -1
-    cdef int signal_write_fd
     cdef object callback
     cdef bint callback_takes_ip
     cdef ReadBuffer read_buffer   # where every connection's recv() lands
@@ -53,7 +52,7 @@ cdef class Loop:
     cdef bint finished
     cdef bint sleeping            # blocked in the poller with the GIL released
     cdef bint wake_pending        # an eventfd write is on its way
-    cdef bint stop_requested
+    cdef readonly bint stop_requested
     cdef bint abort_requested     # a second Ctrl-C/SIGTERM: close everything without waiting
     cdef bint stopping
     cdef object stop_cause        # an exception of the application's that stopped the loop
@@ -67,13 +66,10 @@ cdef class Loop:
     cdef Timers timers            # every timed thing (timers.pyx)
     cdef double now               # monotonic time, read once per turn of the loop
 
-    cdef object restore_signals   # what watch_signals() replaced, to put back
 
     cdef int check_initialized(self) except -1
     cdef int stop_for(self, BaseException cause) except -1
     cdef int serve_until_closed(self) except -1
-    cdef int watch_signals(self) except -1
-    cdef void unwatch_signals(self)
     cdef int drain_signals(self) except -1
     cdef int run_signal_handlers(self) except -1
     cdef int serve(self) except -1

@@ -56,13 +56,15 @@ cdef class Loop:
     def __cinit__(self):
         self.wake_fd = -1
         self.listen_fd = -1
-        self.signal_fd = self.signal_write_fd = -1
+        self.signal_fd = -1
         self.connections = NULL
 
     def __init__(self, listener, callback, bint callback_takes_ip, Py_ssize_t recv_bytes,
-                 str backend="auto", double grace_period=5.0,
-                 Py_ssize_t high_water=1 << 20, Py_ssize_t low_water=1 << 18,
-                 Py_ssize_t connection_limit=0, double idle_timeout=0):
+                 str backend, double grace_period, Py_ssize_t high_water,
+                 Py_ssize_t low_water, Py_ssize_t connection_limit, double idle_timeout):
+        # TCPServer owns the arguments: their defaults and checks are there. What is
+        # checked here is what memory safety needs (a socket to take a descriptor from,
+        # a read buffer of at least one byte).
         if self.listener is not None:
             # A second __init__ would swap the buffer, poller and socket under a loop
             # that may be serving.
@@ -72,15 +74,10 @@ cdef class Loop:
                             f"{type(listener).__name__}")
         if recv_bytes <= 0:
             raise ValueError(f"recv_bytes must be a positive int, got {recv_bytes}")
-        if not 0 <= low_water <= high_water or high_water <= 0:
-            raise ValueError(f"need 0 <= low_water <= high_water and high_water > 0, "
-                             f"got low_water={low_water}, high_water={high_water}")
         self.high_water = high_water
         self.low_water = low_water
         self.connection_limit = connection_limit
         self.drain_condition = threading.Condition()
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
         self.listener = listener
         self.listen_fd = listener.fileno()
         self.callback = callback
@@ -134,13 +131,16 @@ cdef class Loop:
 
     # ---- the Python-visible API -----------------------------------------------------
 
-    def run(self, ready=None):
-        """Serve until request_stop(), Ctrl-C or SIGTERM; every descriptor the loop holds
-        is closed on return.
+    def run(self, ready=None, int signal_fd=-1):
+        """Serve until request_stop() or request_abort(); every descriptor the loop
+        holds is closed on return.
 
-        ``ready`` is called once the loop is about to wait for the first time. An
-        exception raised by one of the application's signal handlers stops the loop
-        gracefully, and is raised again here once everything is closed.
+        ``ready`` is called once the loop is about to wait for the first time.
+        ``signal_fd`` is the read end of signal.set_wakeup_fd's pipe, when the caller
+        (TCPServer, through simpletcp._signals) has signals wake the loop: the loop
+        drains it and runs the Python signal handlers. An exception raised by one of
+        the application's signal handlers stops the loop gracefully, and is raised
+        again here once everything is closed.
         """
         self.check_initialized()
         if self.running or self.finished:
@@ -152,22 +152,29 @@ cdef class Loop:
             self.poller.register(self.wake_fd, READABLE)
             self.poller.register(self.listen_fd, READABLE)
             self.accepting = True
-            if threading.current_thread() is threading.main_thread():
-                self.watch_signals()
+            if signal_fd >= 0:
+                self.poller.register(signal_fd, READABLE)
+                self.signal_fd = signal_fd
             if ready is not None:
                 ready()
             self.serve_until_closed()
         finally:
             self.teardown()
-            if self.restore_signals is not None:
-                self.unwatch_signals()
+            self.signal_fd = -1  # the caller closes it
         if self.stop_cause is not None:
             cause, self.stop_cause = self.stop_cause, None
             raise cause
 
     def request_stop(self):
-        """Ask the loop to stop: safe from any thread, a callback or a signal handler."""
+        """Ask the loop to stop gracefully: safe from any thread, a callback or a signal
+        handler."""
         self.stop_requested = True
+        self.wake()
+
+    def request_abort(self):
+        """Ask the loop to close every connection now, without waiting (a second stop
+        signal): safe from any thread, a callback or a signal handler."""
+        self.abort_requested = True
         self.wake()
 
     def close(self):
@@ -207,60 +214,7 @@ cdef class Loop:
                 self.teardown_connections(GRACE_EXPIRED)
                 return 0
 
-    # ---- signals --------------------------------------------------------------------
-
-    cdef int watch_signals(self) except -1:
-        """Have signals wake the loop, and Ctrl-C and SIGTERM stop it gracefully.
-
-        Python's C-level handler only sets a flag. A signal that lands after the loop
-        last ran PyErr_CheckSignals() but before it blocks in the poller would wait
-        unseen until the next I/O; signal.set_wakeup_fd turns it into I/O.
-
-        SIGTERM's default would kill the process with replies still queued, and
-        Python's default SIGINT handler raises KeyboardInterrupt in whatever code runs,
-        a callback included, cutting it short. Where the application left those
-        defaults, the loop's own handler asks for a graceful stop instead (a second
-        signal: stop without waiting); so a KeyboardInterrupt that comes out of a
-        callback can only be the callback's own. Handlers the application installed
-        itself are left alone.
-        """
-        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.signal_fd = read_fd
-        self.signal_write_fd = write_fd
-        previous_fd = _signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        previous_sigterm = previous_sigint = None
-        if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
-            previous_sigterm = _signal.signal(_signal.SIGTERM, self._on_stop_signal)
-        if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
-            previous_sigint = _signal.signal(_signal.SIGINT, self._on_stop_signal)
-        self.restore_signals = (previous_fd, previous_sigterm, previous_sigint)
-        self.poller.register(read_fd, READABLE)
-        return 0
-
-    def _on_stop_signal(self, signum, frame):
-        name = _signal.Signals(signum).name
-        if not self.stop_requested:
-            self.log(logging.INFO, "%s: stopping", (name,))
-            self.request_stop()
-        else:
-            self.log(logging.WARNING, "%s again: closing %d connections without waiting",
-                     (name, self.connection_count))
-            self.abort_requested = True
-            self.wake()
-
-    cdef void unwatch_signals(self):
-        previous_fd, previous_sigterm, previous_sigint = self.restore_signals
-        self.restore_signals = None
-        _signal.set_wakeup_fd(previous_fd)
-        # Only where the loop's handler is still in place: one the application
-        # installed while the loop served is the application's to keep.
-        if previous_sigterm is not None and _csignal.getsignal(_signal.SIGTERM) == self._on_stop_signal:
-            _signal.signal(_signal.SIGTERM, previous_sigterm)
-        if previous_sigint is not None and _csignal.getsignal(_signal.SIGINT) == self._on_stop_signal:
-            _signal.signal(_signal.SIGINT, previous_sigint)
-        close(self.signal_fd)
-        close(self.signal_write_fd)
-        self.signal_fd = self.signal_write_fd = -1
+    # ---- signals (simpletcp._signals installs the handlers; the loop runs them) -------
 
     cdef int drain_signals(self) except -1:
         cdef char sink[64]
