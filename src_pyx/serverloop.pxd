@@ -66,35 +66,41 @@ cdef class Loop:
     cdef Timers timers            # every timed thing (timers.pyx)
     cdef double now               # monotonic time, read once per turn of the loop
 
-
+    # the loop
     cdef int check_initialized(self) except -1
-    cdef int stop_for(self, BaseException cause) except -1
     cdef int serve_until_closed(self) except -1
-    cdef int drain_signals(self) except -1
-    cdef int run_signal_handlers(self) except -1
     cdef int serve(self) except -1
+    cdef int handle_ready(self, int count) except -1
     cdef int handle(self, Connection connection, int events) except -1
     cdef int connection_failed(self, Connection connection, object error) except -1
-    cdef int handle_ready(self, int count) except -1
-    cdef int log_connection_error(self, str described, str what) except -1
-    cpdef int log(self, int level, str message, tuple args=*, object exc_info=*) except -1
-    cdef int logging_failed(self, BaseException failure) except -1
-    cdef int run_expired_timers(self) except -1
-    cdef int await_worker(self, Connection connection) except -1
-    cdef int check_awaiting_workers(self) except -1
-    cdef int back_off(self, Connection connection) except -1
-    cdef int retry_backed_off(self) except -1
-    cdef int schedule(self, Connection connection) except -1
-    cdef int serve_scheduled(self) except -1
-    cdef void wake(self)
-    cdef void drain_wakeups(self)
+    # accepting
     cdef int accept_connections(self) except -1
     cdef int adopt(self, int fd, sockaddr_storage *address) except -1
     cdef int reserve_slot(self, int fd) except -1
     cdef void remove(self, Connection connection, int fd)
     cdef void pause_accepting(self, int error)
     cdef void resume_accepting(self)
+    # work from outside an I/O event
+    cdef int schedule(self, Connection connection) except -1
+    cdef int serve_scheduled(self) except -1
+    cdef void wake(self)
+    cdef void drain_wakeups(self)
+    # timers
+    cdef int run_expired_timers(self) except -1
+    cdef int await_worker(self, Connection connection) except -1
+    cdef int check_awaiting_workers(self) except -1
+    cdef int back_off(self, Connection connection) except -1
+    cdef int retry_backed_off(self) except -1
+    # stopping
+    cdef int stop_for(self, BaseException cause) except -1
     cdef int begin_stop(self) except -1
     cdef void teardown_connections(self, CloseReason reason)
     cdef void teardown(self)
     cdef void release_descriptors(self)
+    # signals
+    cdef int drain_signals(self) except -1
+    cdef int run_signal_handlers(self) except -1
+    # logging
+    cpdef int log(self, int level, str message, tuple args=*, object exc_info=*) except -1
+    cdef int logging_failed(self, BaseException failure) except -1
+    cdef int log_connection_error(self, str described, str what) except -1

@@ -184,14 +184,7 @@ cdef class Loop:
         self.finished = True
         self.release_descriptors()
 
-    cdef int stop_for(self, BaseException cause) except -1:
-        """The application raised ``cause`` from a signal handler: stop gracefully, then
-        let run() raise it."""
-        if self.stop_cause is None:
-            self.stop_cause = cause
-            self.log(logging.INFO, "a signal handler raised %r: stopping", (cause,))
-        self.request_stop()
-        return 0
+    # ---- the loop -------------------------------------------------------------------
 
     cdef int serve_until_closed(self) except -1:
         """serve(), carrying on past what may escape it: a MemoryError of the loop's own
@@ -213,23 +206,6 @@ cdef class Loop:
             if self.stopping and self.timers.expired(GRACE_PERIOD, monotonic()):
                 self.teardown_connections(GRACE_EXPIRED)
                 return 0
-
-    # ---- signals (simpletcp._signals installs the handlers; the loop runs them) -------
-
-    cdef int drain_signals(self) except -1:
-        cdef char sink[64]
-        while read(self.signal_fd, sink, sizeof(sink)) > 0:
-            pass
-        return self.run_signal_handlers()
-
-    cdef int run_signal_handlers(self) except -1:
-        try:
-            PyErr_CheckSignals()  # runs the Python handlers
-        except BaseException as cause:
-            self.stop_for(cause)
-        return 0
-
-    # ---- the loop -------------------------------------------------------------------
 
     cdef int serve(self) except -1:
         """Run until stopping and every connection is closed, or the grace period ends."""
@@ -266,30 +242,6 @@ cdef class Loop:
                 continue
             self.handle_ready(n)
 
-    cdef int handle(self, Connection connection, int events) except -1:
-        """One connection's work for `events` (Connection.on_events). An error in it
-        (the poller's bookkeeping, a MemoryError) closes that connection only."""
-        try:
-            connection.on_events(events)
-        except Exception as error:
-            self.connection_failed(connection, error)
-        return 0
-
-    cdef int connection_failed(self, Connection connection, object error) except -1:
-        cdef int fd = connection.fd
-        if raised_by_signal_handler(error):
-            # The application's signal handler ran inside Python code the loop called
-            # for this connection (logging, a lock, a __del__) and raised: the
-            # application's request, not this connection's failure. The connection goes
-            # on; what the interrupted turn left undone, its next event does.
-            return self.stop_for(error)
-        connection.abort(LOOP_ERROR)  # before saying so, which may fail in turn (out of memory)
-        try:
-            self.log_connection_error(f"fd {fd}", f"closed after an error: {error!r}")
-        except MemoryError:
-            pass
-        return 0
-
     cdef int handle_ready(self, int count) except -1:
         """The I/O of the `count` descriptors the poller found ready: handle() for each,
         with one try block per turn rather than one per event (the hot path)."""
@@ -319,162 +271,29 @@ cdef class Loop:
                 connection = None
         return 0
 
-    cdef int log_connection_error(self, str described, str what) except -1:
-        if self.connection_error_log.report_due():
-            self.log(logging.WARNING, "connection %s: %s%s",
-                     (described, what,
-                      since_last(self.connection_error_log.skipped, "connection errors")))
-        return 0
-
-    cpdef int log(self, int level, str message, tuple args=(), object exc_info=None) except -1:
-        """Log on the "simpletcp" logger, whatever the application's handlers do.
-
-        Handlers are the application's code, run in whichever thread logs: what one
-        raises (a log shipper whose network is down) must not change what the server
-        does, such as reset the reply of the connection being reported, or stop the
-        server. It goes to sys.unraisablehook, as the logging module's own handlers
-        report their failures (unless logging.raiseExceptions is off). An exception of
-        the application's signal handler, run inside the handler, is the application's
-        request: in the serving loop it stops the server (stop_for); elsewhere it is
-        raised to the caller.
-        """
-        cdef object failure = None
+    cdef int handle(self, Connection connection, int events) except -1:
+        """One connection's work for `events` (Connection.on_events). An error in it
+        (the poller's bookkeeping, a MemoryError) closes that connection only."""
         try:
-            logger.log(level, message, *args, exc_info=exc_info)
+            connection.on_events(events)
+        except Exception as error:
+            self.connection_failed(connection, error)
+        return 0
+
+    cdef int connection_failed(self, Connection connection, object error) except -1:
+        cdef int fd = connection.fd
+        if raised_by_signal_handler(error):
+            # The application's signal handler ran inside Python code the loop called
+            # for this connection (logging, a lock, a __del__) and raised: the
+            # application's request, not this connection's failure. The connection goes
+            # on; what the interrupted turn left undone, its next event does.
+            return self.stop_for(error)
+        connection.abort(LOOP_ERROR)  # before saying so, which may fail in turn (out of memory)
+        try:
+            self.log_connection_error(f"fd {fd}", f"closed after an error: {error!r}")
         except MemoryError:
-            pass  # out of memory to say so
-        except BaseException as error:
-            failure = error
-        if failure is not None:
-            self.logging_failed(failure)
+            pass
         return 0
-
-    cdef int logging_failed(self, BaseException failure) except -1:
-        if not raised_by_signal_handler(failure):
-            if logging.raiseExceptions:
-                PyErr_SetObject(type(failure), failure)
-                PyErr_WriteUnraisable(logger)
-            return 0
-        if self.running and PyThread_get_thread_ident() == self.thread_ident:
-            return self.stop_for(failure)
-        raise failure
-
-    cdef int run_expired_timers(self) except -1:
-        """Whatever timed thing is due at self.now (Timers): grace period, workers'
-        replies, accept retry, I/O retry, idle and lingering connections."""
-        cdef Timers timers = self.timers
-        cdef Py_ssize_t expired = 0
-        cdef Connection connection
-        if timers.expired(GRACE_PERIOD, self.now):
-            self.log(logging.WARNING, "grace period over: closing %d connections with unsent "
-                     "output or a queue still held", (self.connection_count,))
-            self.teardown_connections(GRACE_EXPIRED)
-            return 0
-        if timers.expired(WORKER_CHECK, self.now):
-            self.check_awaiting_workers()
-        if timers.expired(ACCEPT_RETRY, self.now):
-            self.resume_accepting()
-        if timers.expired(IO_RETRY, self.now):
-            self.retry_backed_off()
-        while timers.idle_expired(self.now):
-            timers.idle.oldest.on_idle_timeout()
-            expired += 1
-        if expired:
-            self.log(logging.INFO, "closed %d connections idle for more than %g s",
-                     (expired, timers.idle_timeout))
-        while timers.linger_quiet(self.now):
-            connection = timers.lingering.oldest
-            try:
-                connection.on_linger_quiet()
-            except Exception as error:
-                self.connection_failed(connection, error)
-        return 0
-
-    cdef int await_worker(self, Connection connection) except -1:
-        """While stopping, keep a connection open as long as code outside holds its queue.
-
-        A callback may hand the queue to a worker and return; if the server is asked to
-        stop before the worker replies, closing at once would lose the reply. The
-        connection waits for the queue to be let go of; the stop's grace period bounds
-        the wait (the GRACE_PERIOD timer closes whatever is left then).
-        """
-        if not self.awaiting_workers:
-            # Nothing signals that a worker let go of a queue: look now and then.
-            self.worker_check_interval = WORKER_CHECK_MS / 1000.0
-            self.timers.start(WORKER_CHECK, self.now + self.worker_check_interval)
-        self.awaiting_workers.append(connection)
-        return 0
-
-    cdef int check_awaiting_workers(self) except -1:
-        cdef list waiting = []
-        cdef Connection connection
-        for connection in self.awaiting_workers:
-            if connection.state == AWAITING_WORKER and not connection.output.pending:
-                self.handle(connection, WRITABLE)  # closes or lingers once let go of
-            if connection.state == AWAITING_WORKER:
-                waiting.append(connection)  # a late reply is going out, or may yet come
-        if len(waiting) < len(self.awaiting_workers):
-            self.worker_check_interval = WORKER_CHECK_MS / 1000.0
-        else:
-            self.worker_check_interval = min(2 * self.worker_check_interval,
-                                             WORKER_CHECK_LONGEST_MS / 1000.0)
-        self.awaiting_workers = waiting
-        if waiting:
-            self.timers.start(WORKER_CHECK, self.now + self.worker_check_interval)
-        else:
-            self.timers.cancel(WORKER_CHECK)
-        return 0
-
-    cdef int back_off(self, Connection connection) except -1:
-        """The kernel said ENOBUFS/ENOMEM to this connection's I/O: try again shortly."""
-        if not connection.backing_off:
-            connection.backing_off = True
-            self.backed_off_connections.append(connection)
-            if not self.timers.running(IO_RETRY):
-                self.timers.start(IO_RETRY, monotonic() + IO_RETRY_MS / 1000.0)
-        return 0
-
-    cdef int retry_backed_off(self) except -1:
-        cdef list batch = self.backed_off_connections
-        cdef Connection connection
-        self.backed_off_connections = []
-        self.timers.cancel(IO_RETRY)
-        for connection in batch:
-            connection.backing_off = False
-            if connection.fd >= 0:
-                self.handle(connection, READABLE)  # reads if it should, then sends
-        return 0
-
-    cdef int schedule(self, Connection connection) except -1:
-        if not connection.scheduled:
-            connection.scheduled = True
-            self.scheduled_connections.append(connection)
-        self.wake()
-        return 0
-
-    cdef int serve_scheduled(self) except -1:
-        cdef list batch
-        cdef Connection connection
-        while self.scheduled_connections:
-            batch = self.scheduled_connections
-            self.scheduled_connections = []
-            for connection in batch:
-                connection.scheduled = False
-                self.handle(connection, WRITABLE)
-        return 0
-
-    cdef void wake(self):
-        # Only a loop asleep in the poller needs the eventfd; one that is running
-        # checks `scheduled` and `stop_requested` before it next waits.
-        cdef uint64_t one = 1
-        if self.sleeping and not self.wake_pending and self.wake_fd >= 0:
-            self.wake_pending = True
-            write(self.wake_fd, &one, sizeof(one))
-
-    cdef void drain_wakeups(self):
-        cdef uint64_t count = 0  # read into, never looked at
-        read(self.wake_fd, &count, sizeof(count))
-        self.wake_pending = False
 
     # ---- accepting ------------------------------------------------------------------
 
@@ -613,7 +432,137 @@ cdef class Loop:
             else:
                 self.accepting = True
 
+    # ---- work from outside an I/O event ---------------------------------------------
+
+    cdef int schedule(self, Connection connection) except -1:
+        if not connection.scheduled:
+            connection.scheduled = True
+            self.scheduled_connections.append(connection)
+        self.wake()
+        return 0
+
+    cdef int serve_scheduled(self) except -1:
+        cdef list batch
+        cdef Connection connection
+        while self.scheduled_connections:
+            batch = self.scheduled_connections
+            self.scheduled_connections = []
+            for connection in batch:
+                connection.scheduled = False
+                self.handle(connection, WRITABLE)
+        return 0
+
+    cdef void wake(self):
+        # Only a loop asleep in the poller needs the eventfd; one that is running
+        # checks `scheduled` and `stop_requested` before it next waits.
+        cdef uint64_t one = 1
+        if self.sleeping and not self.wake_pending and self.wake_fd >= 0:
+            self.wake_pending = True
+            write(self.wake_fd, &one, sizeof(one))
+
+    cdef void drain_wakeups(self):
+        cdef uint64_t count = 0  # read into, never looked at
+        read(self.wake_fd, &count, sizeof(count))
+        self.wake_pending = False
+
+    # ---- timers (what run_expired_timers runs) --------------------------------------
+
+    cdef int run_expired_timers(self) except -1:
+        """Whatever timed thing is due at self.now (Timers): grace period, workers'
+        replies, accept retry, I/O retry, idle and lingering connections."""
+        cdef Timers timers = self.timers
+        cdef Py_ssize_t expired = 0
+        cdef Connection connection
+        if timers.expired(GRACE_PERIOD, self.now):
+            self.log(logging.WARNING, "grace period over: closing %d connections with unsent "
+                     "output or a queue still held", (self.connection_count,))
+            self.teardown_connections(GRACE_EXPIRED)
+            return 0
+        if timers.expired(WORKER_CHECK, self.now):
+            self.check_awaiting_workers()
+        if timers.expired(ACCEPT_RETRY, self.now):
+            self.resume_accepting()
+        if timers.expired(IO_RETRY, self.now):
+            self.retry_backed_off()
+        while timers.idle_expired(self.now):
+            timers.idle.oldest.on_idle_timeout()
+            expired += 1
+        if expired:
+            self.log(logging.INFO, "closed %d connections idle for more than %g s",
+                     (expired, timers.idle_timeout))
+        while timers.linger_quiet(self.now):
+            connection = timers.lingering.oldest
+            try:
+                connection.on_linger_quiet()
+            except Exception as error:
+                self.connection_failed(connection, error)
+        return 0
+
+    cdef int await_worker(self, Connection connection) except -1:
+        """While stopping, keep a connection open as long as code outside holds its queue.
+
+        A callback may hand the queue to a worker and return; if the server is asked to
+        stop before the worker replies, closing at once would lose the reply. The
+        connection waits for the queue to be let go of; the stop's grace period bounds
+        the wait (the GRACE_PERIOD timer closes whatever is left then).
+        """
+        if not self.awaiting_workers:
+            # Nothing signals that a worker let go of a queue: look now and then.
+            self.worker_check_interval = WORKER_CHECK_MS / 1000.0
+            self.timers.start(WORKER_CHECK, self.now + self.worker_check_interval)
+        self.awaiting_workers.append(connection)
+        return 0
+
+    cdef int check_awaiting_workers(self) except -1:
+        cdef list waiting = []
+        cdef Connection connection
+        for connection in self.awaiting_workers:
+            if connection.state == AWAITING_WORKER and not connection.output.pending:
+                self.handle(connection, WRITABLE)  # closes or lingers once let go of
+            if connection.state == AWAITING_WORKER:
+                waiting.append(connection)  # a late reply is going out, or may yet come
+        if len(waiting) < len(self.awaiting_workers):
+            self.worker_check_interval = WORKER_CHECK_MS / 1000.0
+        else:
+            self.worker_check_interval = min(2 * self.worker_check_interval,
+                                             WORKER_CHECK_LONGEST_MS / 1000.0)
+        self.awaiting_workers = waiting
+        if waiting:
+            self.timers.start(WORKER_CHECK, self.now + self.worker_check_interval)
+        else:
+            self.timers.cancel(WORKER_CHECK)
+        return 0
+
+    cdef int back_off(self, Connection connection) except -1:
+        """The kernel said ENOBUFS/ENOMEM to this connection's I/O: try again shortly."""
+        if not connection.backing_off:
+            connection.backing_off = True
+            self.backed_off_connections.append(connection)
+            if not self.timers.running(IO_RETRY):
+                self.timers.start(IO_RETRY, monotonic() + IO_RETRY_MS / 1000.0)
+        return 0
+
+    cdef int retry_backed_off(self) except -1:
+        cdef list batch = self.backed_off_connections
+        cdef Connection connection
+        self.backed_off_connections = []
+        self.timers.cancel(IO_RETRY)
+        for connection in batch:
+            connection.backing_off = False
+            if connection.fd >= 0:
+                self.handle(connection, READABLE)  # reads if it should, then sends
+        return 0
+
     # ---- stopping -------------------------------------------------------------------
+
+    cdef int stop_for(self, BaseException cause) except -1:
+        """The application raised ``cause`` from a signal handler: stop gracefully, then
+        let run() raise it."""
+        if self.stop_cause is None:
+            self.stop_cause = cause
+            self.log(logging.INFO, "a signal handler raised %r: stopping", (cause,))
+        self.request_stop()
+        return 0
 
     cdef int begin_stop(self) except -1:
         """Stop accepting and reading; each connection closes once its output is sent."""
@@ -667,6 +616,63 @@ cdef class Loop:
         if fd >= 0:
             self.wake_fd = -1  # wake() checks it: no write to a number reused since
             close(fd)
+
+    # ---- signals (simpletcp._signals installs the handlers; the loop runs them) -------
+
+    cdef int drain_signals(self) except -1:
+        cdef char sink[64]
+        while read(self.signal_fd, sink, sizeof(sink)) > 0:
+            pass
+        return self.run_signal_handlers()
+
+    cdef int run_signal_handlers(self) except -1:
+        try:
+            PyErr_CheckSignals()  # runs the Python handlers
+        except BaseException as cause:
+            self.stop_for(cause)
+        return 0
+
+    # ---- logging --------------------------------------------------------------------
+
+    cpdef int log(self, int level, str message, tuple args=(), object exc_info=None) except -1:
+        """Log on the "simpletcp" logger, whatever the application's handlers do.
+
+        Handlers are the application's code, run in whichever thread logs: what one
+        raises (a log shipper whose network is down) must not change what the server
+        does, such as reset the reply of the connection being reported, or stop the
+        server. It goes to sys.unraisablehook, as the logging module's own handlers
+        report their failures (unless logging.raiseExceptions is off). An exception of
+        the application's signal handler, run inside the handler, is the application's
+        request: in the serving loop it stops the server (stop_for); elsewhere it is
+        raised to the caller.
+        """
+        cdef object failure = None
+        try:
+            logger.log(level, message, *args, exc_info=exc_info)
+        except MemoryError:
+            pass  # out of memory to say so
+        except BaseException as error:
+            failure = error
+        if failure is not None:
+            self.logging_failed(failure)
+        return 0
+
+    cdef int logging_failed(self, BaseException failure) except -1:
+        if not raised_by_signal_handler(failure):
+            if logging.raiseExceptions:
+                PyErr_SetObject(type(failure), failure)
+                PyErr_WriteUnraisable(logger)
+            return 0
+        if self.running and PyThread_get_thread_ident() == self.thread_ident:
+            return self.stop_for(failure)
+        raise failure
+
+    cdef int log_connection_error(self, str described, str what) except -1:
+        if self.connection_error_log.report_due():
+            self.log(logging.WARNING, "connection %s: %s%s",
+                     (described, what,
+                      since_last(self.connection_error_log.skipped, "connection errors")))
+        return 0
 
 
 cdef void reset_on_close(int fd) noexcept:
