@@ -242,6 +242,39 @@ poke_everything("closed client", client)
 finish()
 ''',
 }
+# put() of a hostile bytes-like object: what the queue keeps is exact bytes, so freeing
+# it never runs the caller's code (a __del__ that re-entered shutdown() freed the chunk
+# array under the loop that was freeing it), and what is sent is the object's bytes.
+PROGRAMS["put of hostile bytes"] = '''
+class FreedUnderTheLoop(bytes):
+    def __del__(self):
+        self.queue.shutdown(immediate=True)
+
+class BytesSaysOtherwise(bytes):
+    def __bytes__(self):
+        return FreedUnderTheLoop(b"from __bytes__")
+
+replies = []
+def callback(queue, data):
+    FreedUnderTheLoop.queue = queue
+    for _ in range(3):
+        queue.put(BytesSaysOtherwise(b"sent"))
+    if data == b"cut":
+        queue.shutdown(immediate=True)
+
+server = TCPServer("localhost", 0, callback).start()
+for request in (b"reply", b"cut"):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(request)
+        client.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := client.recv(100):
+            received += chunk
+        replies.append(received)
+assert replies == [b"sent" * 3, b""], replies
+assert server.stop(timeout=10)
+finish()
+'''
 PROGRAMS["ShutDown"] = '''
 attempt("raise ShutDown", lambda: (_ for _ in ()).throw(m.ShutDown("x")), "ShutDown")
 poke_everything("ShutDown('x')", m.ShutDown("x"))
