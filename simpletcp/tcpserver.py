@@ -73,6 +73,7 @@ class TCPServer:
         recv_bytes = _arguments.check_int(recv_bytes, "recv_bytes", 1, _arguments.MAX_RECV_BYTES)
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        backend = str.__str__(backend)  # a str subclass's own __eq__ has no say
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, "
                              f"got {_arguments.shown(backend)}")
