@@ -102,7 +102,6 @@ class TCPServer:
                     f"port {port}): {exc.strerror}"
                 ) from exc
             listener.listen(maximum_connections)
-            listener.setblocking(False)
             self._loop = Loop(
                 listener, read_callback, takes_ip, recv_bytes, backend, grace_period,
                 high_water, low_water, connection_limit or 0, idle_timeout or 0.0,

@@ -45,6 +45,7 @@ import signal as _signal
 import _signal as _csignal  # the C module: no Python code runs in its calls
 from simpletcp import _arguments
 from socket import socket as _Socket
+from _socket import socket as _CSocket
 import threading
 import time as _time
 

@@ -242,6 +242,38 @@ poke_everything("closed client", client)
 finish()
 ''',
 }
+# A Loop given a blocking listener (or a socket subclass whose fileno()/setblocking()
+# lie) serves it without blocking in accept(): that wait held the GIL and froze every
+# thread of the process (faulthandler ends a frozen child).
+PROGRAMS["Loop with a blocking listener"] = '''
+import faulthandler
+faulthandler.dump_traceback_later(30, exit=True)
+echo = lambda queue, data: queue.put(data)
+
+class Lying(socket.socket):
+    def fileno(self):
+        return 0
+
+    def setblocking(self, flag):
+        pass
+
+for listener in (socket.socket(), Lying()):
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    loop = m.Loop(listener, echo, False, 10)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    for _ in range(2):
+        with socket.create_connection(listener.getsockname(), timeout=10) as client:
+            client.sendall(b"ping")
+            assert client.recv(10) == b"ping"
+    loop.request_stop()
+    thread.join(10)
+    assert not thread.is_alive()
+faulthandler.cancel_dump_traceback_later()
+finish()
+'''
+
 # put() of a hostile bytes-like object: what the queue keeps is exact bytes, so freeing
 # it never runs the caller's code (a __del__ that re-entered shutdown() freed the chunk
 # array under the loop that was freeing it), and what is sent is the object's bytes.
