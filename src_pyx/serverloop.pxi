@@ -151,6 +151,15 @@ cdef class Loop:
         if not 0 <= low_water <= high_water or high_water <= 0:
             raise ValueError(f"need 0 <= low_water <= high_water and high_water > 0, "
                              f"got low_water={low_water}, high_water={high_water}")
+        # What TCPServer's checks make sure of, for a Loop made directly: a NaN grace
+        # period never ends a stop, a negative limit refuses every connection.
+        if not grace_period >= 0:
+            raise ValueError(f"grace_period must be a number of seconds >= 0, got {grace_period}")
+        if not idle_timeout >= 0:
+            raise ValueError(f"idle_timeout must be a number of seconds >= 0 (0: none), "
+                             f"got {idle_timeout}")
+        if connection_limit < 0:
+            raise ValueError(f"connection_limit must be >= 0 (0: none), got {connection_limit}")
         self.high_water = high_water
         self.low_water = low_water
         self.connection_limit = connection_limit

@@ -171,6 +171,13 @@ attempt("Loop(backend='kqueue')", lambda: m.Loop(listener, echo, False, 10, "kqu
         "ValueError")
 attempt("Loop(low_water > high_water)",
         lambda: m.Loop(listener, echo, False, 10, "auto", 1.0, 10, 20), "ValueError")
+# What TCPServer checks, for a Loop made directly: a NaN grace period never ended a
+# stop; a negative connection limit refused every connection.
+for keywords in ({"grace_period": float("nan")}, {"grace_period": -1.0},
+                 {"idle_timeout": float("nan")}, {"idle_timeout": -5.0},
+                 {"connection_limit": -1}):
+    attempt(f"Loop(**{keywords})", lambda: m.Loop(listener, echo, False, 10, **keywords),
+            "ValueError")
 
 bare = m.Loop.__new__(m.Loop)
 attempt("bare loop: run", lambda: bare.run(), "RuntimeError")
