@@ -122,13 +122,18 @@ class TCPServer:
         self.low_water = low_water
         self.connection_limit = connection_limit
         self.idle_timeout = idle_timeout
-        self._state = threading.Lock()  # guards _started and _stopped
+        # Guards _started and _stopped. Re-entrant: a signal handler that calls stop()
+        # runs in the main thread, possibly while that thread is inside _claim() or stop().
+        self._state = threading.RLock()
         self._started = False  # run() or start() has claimed the server
         self._stopped = False  # stop() has been called: final
         self._serving = threading.Event()
         self._finished = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._loop_thread_id: Optional[int] = None
+        # The thread inside run() or start() (until start() returns): a stop() of a signal
+        # handler that interrupts it must not wait for a loop that this thread is to run.
+        self._claimed_by: Optional[int] = None
         self._start_failure: Optional[BaseException] = None
 
     # ---- properties ----------------------------------------------------------------
@@ -185,6 +190,7 @@ class TCPServer:
         self._thread = thread
         thread.start()
         self._serving.wait()  # set once serving, or when serving could not begin
+        self._claimed_by = None  # from now on, stop() in this thread waits as in any other
         if self._start_failure is not None:
             thread.join()
             raise self._start_failure
@@ -195,10 +201,19 @@ class TCPServer:
         with self._state:
             if self._started:
                 raise RuntimeError("this TCPServer has already been run; create a new one")
+            # Before the check of _stopped: a stop() interrupting us from here on leaves
+            # the release to us (below) or to the loop, which starts already stopping.
+            self._claimed_by = threading.get_ident()
             if self._stopped:
+                self._never_serve()
                 return False
             self._started = True
             return True
+
+    def _never_serve(self) -> None:
+        """Release the port and every other descriptor of a server that will not run."""
+        self._loop.close()
+        self._finished.set()
 
     def _serve(self) -> None:
         self._loop_thread_id = threading.get_ident()
@@ -244,14 +259,15 @@ class TCPServer:
         with self._state:
             self._stopped = True
             started = self._started
+            # This thread runs the loop, or is in run()/start() (a signal handler, or a
+            # callback): the loop cannot finish while we wait, and that call releases all.
+            own_thread = threading.get_ident() in (self._loop_thread_id, self._claimed_by)
         self._loop.request_stop()
-        if not started:
-            # It never will serve: release the port and every other descriptor now.
-            self._loop.close()
-            self._finished.set()
-            return True
-        if threading.get_ident() == self._loop_thread_id:
+        if own_thread:
             return self._finished.is_set()
+        if not started:
+            self._never_serve()  # it never will serve
+            return True
         return self._finished.wait(timeout)
 
     shutdown = stop
