@@ -303,9 +303,15 @@ class AsyncMethods:
         (AsyncMethods().handle, "async"),
         (async_echo_generator, "async"),
         (generator_echo, "generator"),
+        pytest.param(staticmethod(async_echo), "async", marks=pytest.mark.skipif(
+            sys.version_info < (3, 10), reason="a staticmethod is callable since 3.10")),
+        pytest.param(functools.partial(staticmethod(async_echo)), "async",
+                     marks=pytest.mark.skipif(sys.version_info < (3, 10),
+                                              reason="a staticmethod is callable since 3.10")),
     ],
     ids=["async-def", "partial", "partial-of-partial", "async-__call__",
-         "partial-of-async-__call__", "async-method", "async-generator", "generator"],
+         "partial-of-async-__call__", "async-method", "async-generator", "generator",
+         "staticmethod", "partial-of-staticmethod"],
 )
 def test_a_callback_whose_body_would_never_run_is_rejected(callback, word):
     with pytest.raises(TypeError, match=f"read_callback is an? {word}"):
