@@ -187,8 +187,15 @@ class TCPServer:
         thread = threading.Thread(
             target=self._serve_in_thread, name=f"simpletcp {self._ip}:{self._port}", daemon=True
         )
+        try:
+            thread.start()
+        except BaseException:
+            # No thread ("can't start new thread"): nothing will serve, or release the
+            # port and descriptors, or set _finished for stop() to wait on.
+            self._claimed_by = None
+            self._never_serve()
+            raise
         self._thread = thread
-        thread.start()
         self._serving.wait()  # set once serving, or when serving could not begin
         self._claimed_by = None  # from now on, stop() in this thread waits as in any other
         if self._start_failure is not None:

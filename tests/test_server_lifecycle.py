@@ -238,6 +238,22 @@ def test_stop_with_a_bad_timeout_raises_before_stopping(timeout, error):
         assert server.stop(timeout=1e300)  # longer than threading can wait: for ever
 
 
+def test_start_without_a_thread_raises_and_releases_the_port(monkeypatch):
+    # The process is out of threads: start() says so, and stop() does not then wait
+    # for ever for a loop that no thread runs.
+    def no_thread(thread):
+        raise RuntimeError("can't start new thread")
+
+    server = TCPServer("localhost", 0, echo)
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", no_thread)
+        with pytest.raises(RuntimeError, match="new thread"):
+            server.start()
+    assert server.stop(timeout=10) is True
+    TCPServer("localhost", server.port, echo).stop()  # the port was released
+    server.__exit__(None, None, None)
+
+
 def test_stop_before_run_releases_the_port_and_is_final():
     server = TCPServer("localhost", 0, echo)
     assert server.stop() is True
