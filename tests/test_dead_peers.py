@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from support import (HandOff, backend, connect, loop_cpu_share, recv_exactly,  # noqa: F401
-                     refused, reset, serve, wait_for)
+from support import HandOff, connect, loop_cpu_share, recv_exactly, refused, reset, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from support import backend, connect, descriptor_limit, recv_exactly, serve  # noqa: F401
+from support import connect, descriptor_limit, recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from support import (backend, connect, recv_exactly, recv_until_eof, reset_at_once,  # noqa: F401
-                     serve, wait_for)
+from support import connect, echo, recv_exactly, recv_until_eof, reset_at_once, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,7 +107,7 @@ def test_idle_timeout_closes_gracefully_with_the_reply_still_in_flight(serve):
 def test_connections_refused_at_the_limit_are_reset_whether_or_not_they_sent(serve):
     # Refused connections get no reply, so there is nothing to protect; they are reset
     # at once (one clear signal, no descriptor kept for them).
-    server = serve(lambda queue, data: queue.put(data), connection_limit=1)
+    server = serve(echo, connection_limit=1)
     with connect(server) as member:
         member.sendall(b"in")
         assert recv_exactly(member, 2) == b"in"
@@ -292,7 +291,7 @@ def test_a_peer_that_trickles_input_is_cut_off_by_the_time_bound(serve):
 def test_stop_closes_idle_connections_at_once(serve):
     # A connection quiet for LINGER_QUIET_SECONDS that has acknowledged all it was sent
     # is owed nothing: stop() closes it without lingering.
-    server = serve(lambda queue, data: queue.put(data))
+    server = serve(echo)
     with connect(server) as client:
         client.sendall(b"hello")
         assert recv_exactly(client, 5) == b"hello"
@@ -306,7 +305,7 @@ def test_stop_closes_idle_connections_at_once(serve):
 def test_stop_lingers_for_a_client_that_just_talked_then_lets_it_go(serve):
     # The client may still be sending (pipelining): the server shuts its side, waits
     # for the client to close or be quiet 2 s, and does not exceed the grace period.
-    server = serve(lambda queue, data: queue.put(data), grace_period=10)
+    server = serve(echo, grace_period=10)
     with connect(server) as client:
         client.sendall(b"hello")
         assert recv_exactly(client, 5) == b"hello"

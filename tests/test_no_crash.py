@@ -161,7 +161,6 @@ finish()
 listener = socket.socket()
 listener.bind(("127.0.0.1", 0))
 listener.listen()
-echo = lambda queue, data: queue.put(data)
 attempt("Loop()", lambda: m.Loop(), "TypeError")
 attempt("Loop(None, ...)", lambda: m.Loop(None, echo, False, 10), "TypeError")
 attempt("Loop(recv_bytes=0)", lambda: m.Loop(listener, echo, False, 0), "ValueError")
@@ -203,7 +202,6 @@ poke_everything("loop after stop", loop)
 finish()
 ''',
     "TCPServer": '''
-echo = lambda queue, data: queue.put(data)
 attempt("TCPServer()", lambda: TCPServer(), "TypeError")
 attempt("TCPServer(None, None, None)", lambda: TCPServer(None, None, None), "TypeError")
 attempt("async callback", lambda: TCPServer("localhost", 0, _async_echo), "TypeError")
@@ -259,7 +257,10 @@ for junk in (None, 0, object(), ValueError("no traceback"), KeyboardInterrupt())
 finish()
 '''
 
-ASYNC_ECHO = '''
+ECHOES = '''
+def echo(queue, data):
+    queue.put(data)
+
 async def _async_echo(queue, data):
     queue.put(data)
 '''
@@ -267,7 +268,7 @@ async def _async_echo(queue, data):
 
 def run_child(program):
     return subprocess.run(
-        [sys.executable, "-c", HARNESS + ASYNC_ECHO + textwrap.dedent(program)],
+        [sys.executable, "-c", HARNESS + ECHOES + textwrap.dedent(program)],
         capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
     )
 
