@@ -166,6 +166,7 @@ def fault_soak(shim, loadgen, backend, requests, connections=50, seed=1):
         server.__exit__(None, None, None)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_injected_faults_lose_nothing_on_healthy_connections(shim, loadgen, backend):
     fault_soak(shim, loadgen, backend, requests=20_000)

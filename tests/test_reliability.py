@@ -234,6 +234,7 @@ def test_connection_limit_under_churn_is_not_a_log_flood(serve, caplog):
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
+@pytest.mark.slow
 def test_idle_connections_are_closed_and_active_ones_kept(serve):
     server = serve(echo, idle_timeout=0.4)
     silent = connect(server)

@@ -109,6 +109,7 @@ def test_peer_vanishing_without_reading_does_not_block_others(serve):
     wait_for(lambda: server.connection_count == 0)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_more_than_10000_concurrent_connections(backend):
     count = 10_050
