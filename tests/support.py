@@ -20,7 +20,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from simpletcp.tcpserver import TCPServer
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 TIMEOUT = 10.0
 # The benchmark suite of the source tree (its C programs are also test tools).
@@ -28,9 +28,9 @@ BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 
 
 
-def echo(queue: object, data: bytes) -> None:
+def echo(queue: ConnectionQueue, data: bytes) -> None:
     """The README's callback: send every byte back."""
-    queue.put(data)  # type: ignore[attr-defined]
+    queue.put(data)
 
 
 class HandOff:
@@ -129,7 +129,7 @@ def closing_all(*socks: socket.socket) -> Iterator[None]:
 # a send() to a reset peer without MSG_NOSIGNAL would kill the process).
 SIGNALLED_SERVER = """
 import signal, sys, time
-from simpletcp.tcpserver import TCPServer
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 backend, handling = sys.argv[1:3]
 BIG = bytes(range(256)) * (4 * 1024 * int(sys.argv[3] if len(sys.argv) > 3 else 4))
@@ -182,12 +182,11 @@ def child_server(script: Optional[str], *args: str, descriptors: "int | str | No
     with subprocess.Popen([*command, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, preexec_fn=limit) as child:
         try:
-            line = child.stdout.readline()  # type: ignore[union-attr]
+            line = child.stdout.readline()
             port = PORT_LINE.fullmatch(line.strip())
             if port is None:
                 child.kill()
-                raise AssertionError(f"no port from the child: {line!r} "
-                                     f"{child.stderr.read()}")  # type: ignore[union-attr]
+                raise AssertionError(f"no port from the child: {line!r} {child.stderr.read()}")
             yield child, int(port.group(1))
         finally:
             child.kill()

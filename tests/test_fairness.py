@@ -1,6 +1,5 @@
 """Every backend is fair: a connection that becomes ready is served in the next turn
 of the loop, however many others are busy."""
-import socket
 import time
 
 import pytest

@@ -1,6 +1,5 @@
 """The callback and queue contract: what is put into the queue reaches the peer, whole."""
 import queue as queue_module
-import socket
 import threading
 
 import pytest
