@@ -2,6 +2,8 @@
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
