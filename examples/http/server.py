@@ -93,6 +93,7 @@ class HttpResponder:
     def __init__(self):
         # queue -> its bytes not yet parsed. Weak keys: gone with the connection.
         self.unparsed = weakref.WeakKeyDictionary()
+        self.answered = 0  # requests answered, for monitoring
 
     def __call__(self, queue: ConnectionQueue, data: bytes) -> None:
         buffer = self.unparsed.pop(queue, b"") + data
@@ -114,6 +115,7 @@ class HttpResponder:
                     break  # its body is still arriving
                 keep_alive = keeps_alive(version, headers)
                 responses.append(answer(method, target, keep_alive))
+                self.answered += 1
                 position = request_end
         except BadRequest as problem:
             responses.append(response(problem.status, f"{problem}\n".encode(), False))
