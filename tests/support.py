@@ -263,3 +263,21 @@ class ProgramClient:
         for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def assert_stop_does_not_wait_for_idle_clients(callback: Callable[..., object], backend: str,
+                                               greeting: bytes,
+                                               known: Callable[[], int]) -> None:
+    """stop() with 50 idle clients (each sent `greeting`, and `known()` counts them in the
+    callback's state) returns long before its 30 s grace period: state kept per
+    connection must not hold the queues (a plain dict would look like 50 workers about
+    to reply)."""
+    server = TCPServer("localhost", 0, callback, backend=backend, grace_period=30).start()
+    clients = [connect(server) for _ in range(50)]
+    with closing_all(*clients):
+        for client in clients:
+            client.sendall(greeting)
+        wait_for(lambda: known() == len(clients))
+        started = time.monotonic()
+        assert server.stop(timeout=TIMEOUT)
+        assert time.monotonic() - started < TIMEOUT

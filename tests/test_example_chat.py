@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from support import (TIMEOUT, ProgramClient, backend, connect, load_example,  # noqa: F401
-                     recv_exactly, recv_until_eof, reset, serve, wait_for)
+from support import (TIMEOUT, ProgramClient, assert_stop_does_not_wait_for_idle_clients,  # noqa: F401
+                     backend, connect, load_example, recv_exactly, recv_until_eof, reset,
+                     serve, wait_for)
 
 chat = load_example("chat")
 
@@ -150,16 +151,6 @@ def test_a_reset_mid_line_is_a_departure(chat_server):
 
 
 def test_stop_does_not_wait_for_idle_members(backend):
-    from simpletcp.tcpserver import TCPServer
-    server = TCPServer("localhost", 0, chat.ChatServer(), backend=backend,
-                       grace_period=30).start()
-    members = [connect(server) for _ in range(50)]
-    try:
-        for number, member in enumerate(members):
-            join(member, f"user{number}")
-        started = time.monotonic()
-        assert server.stop(timeout=TIMEOUT)
-        assert time.monotonic() - started < 10
-    finally:
-        for member in members:
-            member.close()
+    callback = chat.ChatServer()
+    assert_stop_does_not_wait_for_idle_clients(callback, backend, b"someone\n",
+                                               lambda: len(callback.members))

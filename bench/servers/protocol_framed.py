@@ -1,14 +1,15 @@
 """The framed programs of issue 12 as an asyncio.Protocol with hand-written framing, the
 idiomatic fast way on uvloop (--loop uvloop, the default) or asyncio's own loop:
-data_received appends to the connection's buffer, answers every whole message, and
-writes one read's answers with one transport.write().
+data_received appends to the connection's buffer (an attribute of the protocol, which
+lives exactly as long as the connection), answers every whole message, and writes one
+read's answers with one transport.write().
 
   --program lines   answers every "\\n"-terminated line with itself (W5)
   --program resp    the Redis-compatible store of examples/kvstore (redis-benchmark)
   --program http    the HTTP/1.1 responder of examples/http (wrk)
 
-The store's commands and the responder's answers are the examples' own, so that only
-the framing and the I/O differ from simpletcp's. Prints the bound port as the first
+The store and the responder, framing included, are the examples' own, so that only
+the I/O and where each connection's state lives differ from simpletcp's. Prints the bound port as the first
 line of stdout, then serves until killed.
 """
 import argparse
@@ -43,43 +44,25 @@ class LineEcho(asyncio.Protocol):
 
 def resp_protocol():
     kvstore = load_example("kvstore")
-    commands = kvstore.KeyValueServer()  # its store, and MULTI/EXEC per session
+    commands = kvstore.KeyValueServer()  # the store, its framing, MULTI/EXEC per session
 
     class RespStore(asyncio.Protocol):
         def connection_made(self, transport):
             self.transport = transport
-            self.buffer = bytearray()
             self.session = kvstore.Session()
 
         def data_received(self, data):
-            buffer = self.buffer
-            buffer += data
-            replies = []
-            position = 0
-            close = False
-            try:
-                while position < len(buffer) and not close:
-                    arguments, end = kvstore.parse_request(buffer, position)
-                    if arguments is None:
-                        break
-                    position = end
-                    if arguments:
-                        reply, close = commands.execute(self.session, arguments)
-                        replies.append(reply)
-            except kvstore.ProtocolError as problem:
-                replies.append(kvstore.error(f"ERR Protocol error: {problem}"))
-                close = True
+            replies, close = commands.answer_requests(self.session, data)
             if replies:
-                self.transport.write(b"".join(replies))
-            del buffer[:position]
-            if close or len(buffer) > kvstore.MAX_REQUEST_BYTES:
+                self.transport.write(replies)
+            if close:
                 self.transport.close()
 
     return RespStore
 
 
 def http_protocol():
-    http = load_example("http")
+    responder = load_example("http").HttpResponder()  # its framing and answers
 
     class HttpResponder(asyncio.Protocol):
         def connection_made(self, transport):
@@ -88,32 +71,12 @@ def http_protocol():
 
         def data_received(self, data):
             buffer = self.buffer + data
-            responses = []
-            position = 0
-            keep_alive = True
-            try:
-                while keep_alive:
-                    head_end = buffer.find(b"\r\n\r\n", position)
-                    if head_end < 0:
-                        if len(buffer) - position > http.MAX_HEAD_BYTES:
-                            raise http.BadRequest(b"431 Request Header Fields Too Large",
-                                                  "head too large")
-                        break
-                    method, target, version, headers = http.parse_head(buffer[position:head_end])
-                    request_end = head_end + 4 + http.body_length(headers)
-                    if request_end > len(buffer):
-                        break
-                    keep_alive = http.keeps_alive(version, headers)
-                    responses.append(http.answer(method, target, keep_alive))
-                    position = request_end
-            except http.BadRequest as problem:
-                responses.append(http.response(problem.status, f"{problem}\n".encode(), False))
-                keep_alive = False
+            responses, consumed, keep_alive = responder.answer_requests(buffer)
             if responses:
-                self.transport.write(b"".join(responses))
+                self.transport.write(responses)
             if not keep_alive:
                 self.transport.close()
-            self.buffer = buffer[position:]
+            self.buffer = buffer[consumed:]
 
     return HttpResponder
 

@@ -97,6 +97,17 @@ class HttpResponder:
 
     def __call__(self, queue: ConnectionQueue, data: bytes) -> None:
         buffer = self.unparsed.pop(queue, b"") + data
+        responses, consumed, keep_alive = self.answer_requests(buffer)
+        if responses:
+            queue.put(responses)
+        if not keep_alive:
+            queue.shutdown()  # the rest of what it sent is dropped unread
+        elif consumed < len(buffer):
+            self.unparsed[queue] = buffer[consumed:]
+
+    def answer_requests(self, buffer: bytes):
+        """Answer every whole request at the start of `buffer`: (the responses, bytes
+        consumed, whether the connection stays open)."""
         responses = []
         position = 0
         keep_alive = True
@@ -120,12 +131,7 @@ class HttpResponder:
         except BadRequest as problem:
             responses.append(response(problem.status, f"{problem}\n".encode(), False))
             keep_alive = False
-        if responses:
-            queue.put(b"".join(responses))
-        if not keep_alive:
-            queue.shutdown()  # the rest of what it sent is dropped unread
-        elif position < len(buffer):
-            self.unparsed[queue] = buffer[position:]
+        return b"".join(responses), position, keep_alive
 
 
 if __name__ == "__main__":

@@ -258,10 +258,20 @@ class KeyValueServer:
         session = self.sessions.get(queue)
         if session is None:
             session = self.sessions[queue] = Session()
+        replies, close = self.answer_requests(session, data)
+        if replies:
+            queue.put(replies)
+        if close:
+            queue.shutdown()  # what else it sent is dropped unread
+            del self.sessions[queue]
+
+    def answer_requests(self, session: Session, data: bytes):
+        """Add `data` to the session's unparsed bytes and answer every whole request:
+        (the replies, whether to close the connection after them)."""
         buffer = session.unparsed
         buffer += data
         if len(buffer) < session.needed:
-            return  # a large value still arriving: do not parse it again
+            return b"", False  # a large value still arriving: do not parse it again
         replies = []
         position = 0
         close = False
@@ -283,15 +293,10 @@ class KeyValueServer:
                           or session.needed > MAX_REQUEST_BYTES):
             replies.append(error(f"ERR Protocol error: request larger than {MAX_REQUEST_BYTES} bytes"))
             close = True
-        if replies:
-            queue.put(b"".join(replies))
-        if close:
-            queue.shutdown()  # what else it sent is dropped unread
-            del self.sessions[queue]
-            return
         del buffer[:position]
         if not buffer:
             session.needed = 0
+        return b"".join(replies), close
 
     def execute(self, session, arguments):
         """(reply, whether to close): the store's, or the transaction's (MULTI/EXEC)."""
