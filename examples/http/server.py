@@ -45,12 +45,7 @@ def parse_head(head: bytes):
     """(method, target, version, headers) of a request head without its blank line;
     header names lowercased."""
     lines = head.split(b"\r\n")
-    try:
-        method, target, version = lines[0].split(b" ")
-    except ValueError:
-        raise BadRequest(b"400 Bad Request", "malformed request line") from None
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or not method.isalpha() or not target:
-        raise BadRequest(b"400 Bad Request", "malformed request line")
+    method, target, version = parse_request_line(lines[0])
     headers = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
@@ -58,6 +53,17 @@ def parse_head(head: bytes):
             raise BadRequest(b"400 Bad Request", "malformed header")
         headers[name.lower()] = value.strip()
     return method, target, version, headers
+
+
+def parse_request_line(line: bytes):
+    """(method, target, version) of "GET / HTTP/1.1", or BadRequest."""
+    try:
+        method, target, version = line.split(b" ")
+    except ValueError:
+        raise BadRequest(b"400 Bad Request", "malformed request line") from None
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or not method.isalpha() or not target:
+        raise BadRequest(b"400 Bad Request", "malformed request line")
+    return method, target, version
 
 
 def keeps_alive(version: bytes, headers: dict) -> bool:
@@ -117,6 +123,9 @@ class HttpResponder:
                 if head_end < 0:
                     if len(buffer) - position > MAX_HEAD_BYTES:
                         raise BadRequest(b"431 Request Header Fields Too Large", "head too large")
+                    line_end = buffer.find(b"\n", position)
+                    if line_end >= 0:  # garbage is answered without waiting for a head
+                        parse_request_line(buffer[position:line_end].rstrip(b"\r"))
                     break
                 if head_end - position > MAX_HEAD_BYTES:
                     raise BadRequest(b"431 Request Header Fields Too Large", "head too large")
