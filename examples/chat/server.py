@@ -96,7 +96,7 @@ class ChatServer:
         if member.nick is None:
             self.take_nickname(queue, member, line)
         elif line == "/who":
-            queue.put(f"* online: {', '.join(sorted(self.nicks))}\n".encode())
+            queue.put(f"* online: {', '.join(self.online())}\n".encode())
         elif line == "/quit":
             queue.put(b"* bye\n")
             queue.shutdown()
@@ -108,6 +108,11 @@ class ChatServer:
         elif line:
             self.broadcast(f"<{member.nick}> {line}\n".encode(), besides=queue)
         return True
+
+    def online(self):
+        """The nicknames in use, sorted (the departures thread changes them too)."""
+        with self.lock:
+            return sorted(self.nicks)
 
     def claim(self, queue, nick):
         """Take `nick` if it is valid and free; else tell the client why not."""
@@ -128,7 +133,7 @@ class ChatServer:
         if not self.claim(queue, nick):
             return
         member.nick = nick
-        others = sorted(self.nicks - {nick})
+        others = [other for other in self.online() if other != nick]
         queue.put(f"* welcome, {nick}; online: {', '.join(others) or 'nobody else'}\n".encode())
         self.broadcast(f"* {nick} joined\n".encode(), besides=queue)
 
