@@ -9,8 +9,8 @@ read's answers with one transport.write().
   --program http    the HTTP/1.1 responder of examples/http (wrk)
 
 The store and the responder, framing included, are the examples' own, so that only
-the I/O and where each connection's state lives differ from simpletcp's. Prints the bound port as the first
-line of stdout, then serves until killed.
+the I/O and where each connection's state lives differ from simpletcp's. Prints the
+bound port as the first line of stdout, then serves until killed.
 """
 import argparse
 import asyncio
@@ -95,7 +95,8 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--backlog", type=int, default=1024)
     args = parser.parse_args()
-    protocol = {"lines": lambda: LineEcho, "resp": resp_protocol, "http": http_protocol}[args.program]()
+    make = {"lines": lambda: LineEcho, "resp": resp_protocol, "http": http_protocol}
+    protocol = make[args.program]()
     if args.loop == "uvloop":
         import uvloop
         uvloop.run(serve(protocol, args.port, args.backlog))

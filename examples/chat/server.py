@@ -23,6 +23,7 @@ import re
 import sys
 import threading
 import weakref
+from typing import List, Optional, Set, Tuple
 
 from simpletcp.tcpserver import ConnectionQueue, ShutDown, TCPServer
 
@@ -35,12 +36,12 @@ class Member:
 
     __slots__ = ("nick", "unfinished")
 
-    def __init__(self):
-        self.nick = None
+    def __init__(self) -> None:
+        self.nick: Optional[str] = None
         self.unfinished = b""
 
 
-def deliver(queue, message: bytes):
+def deliver(queue: ConnectionQueue, message: bytes) -> None:
     """Put `message` to one member, never waiting. A member whose unsent output is past
     the server's high-water mark has stopped reading: it is disconnected rather than
     let the others' chatter pile up in the server's memory."""
@@ -58,13 +59,14 @@ def deliver(queue, message: bytes):
 class ChatServer:
     """The read callback: splits each connection's bytes into lines and relays them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # queue -> Member, for every open connection. Weak keys: an entry goes with its
         # connection. The lock guards it and `nicks` against the departures thread.
-        self.members = weakref.WeakKeyDictionary()
-        self.nicks = set()
+        self.members: "weakref.WeakKeyDictionary[ConnectionQueue, Member]" = (
+            weakref.WeakKeyDictionary())
+        self.nicks: Set[str] = set()
         self.lock = threading.Lock()
-        self.departures = queue_module.SimpleQueue()
+        self.departures: "queue_module.SimpleQueue[Member]" = queue_module.SimpleQueue()
         threading.Thread(target=self.announce_departures, name="chat-departures",
                          daemon=True).start()
 
@@ -91,7 +93,7 @@ class ChatServer:
         queue.put(b"* line too long: at most %d bytes\n" % MAX_LINE_BYTES)
         queue.shutdown()
 
-    def handle_line(self, queue, member, line) -> bool:
+    def handle_line(self, queue: ConnectionQueue, member: Member, line: str) -> bool:
         """Act on one line; False once the client has quit."""
         if member.nick is None:
             self.take_nickname(queue, member, line)
@@ -109,12 +111,12 @@ class ChatServer:
             self.broadcast(f"<{member.nick}> {line}\n".encode(), besides=queue)
         return True
 
-    def online(self):
+    def online(self) -> List[str]:
         """The nicknames in use, sorted (the departures thread changes them too)."""
         with self.lock:
             return sorted(self.nicks)
 
-    def claim(self, queue, nick):
+    def claim(self, queue: ConnectionQueue, nick: str) -> bool:
         """Take `nick` if it is valid and free; else tell the client why not."""
         if not NICKNAME.fullmatch(nick):
             queue.put(b"* a nickname is 1-20 letters, digits, '_' or '-': send another\n")
@@ -129,7 +131,7 @@ class ChatServer:
             queue.put(f"* {nick} is taken: send another\n".encode())
         return not taken
 
-    def take_nickname(self, queue, member, nick):
+    def take_nickname(self, queue: ConnectionQueue, member: Member, nick: str) -> None:
         if not self.claim(queue, nick):
             return
         member.nick = nick
@@ -137,7 +139,7 @@ class ChatServer:
         queue.put(f"* welcome, {nick}; online: {', '.join(others) or 'nobody else'}\n".encode())
         self.broadcast(f"* {nick} joined\n".encode(), besides=queue)
 
-    def rename(self, queue, member, nick):
+    def rename(self, queue: ConnectionQueue, member: Member, nick: str) -> None:
         if nick == member.nick or not self.claim(queue, nick):
             return
         old, member.nick = member.nick, nick
@@ -147,13 +149,13 @@ class ChatServer:
 
     # ---- reaching everyone (any thread)
 
-    def broadcast(self, message: bytes, besides=None):
+    def broadcast(self, message: bytes, besides: Optional[ConnectionQueue] = None) -> None:
         """Put `message` to every named member but `besides`."""
         for queue, member in self.snapshot():
             if queue is not besides and member.nick is not None:
                 deliver(queue, message)
 
-    def snapshot(self):
+    def snapshot(self) -> List[Tuple[ConnectionQueue, Member]]:
         with self.lock:
             while True:
                 try:
@@ -163,7 +165,7 @@ class ChatServer:
                     # removes it runs in the loop's thread, without our lock.
                     continue
 
-    def announce_departures(self):
+    def announce_departures(self) -> None:
         while True:
             member = self.departures.get()
             if member.nick is None:

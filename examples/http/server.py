@@ -16,6 +16,7 @@ entry goes when the connection does.
 """
 import sys
 import weakref
+from typing import Dict, Tuple
 
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
@@ -41,12 +42,12 @@ class BadRequest(Exception):
         self.status = status
 
 
-def parse_head(head: bytes):
+def parse_head(head: bytes) -> Tuple[bytes, bytes, bytes, Dict[bytes, bytes]]:
     """(method, target, version, headers) of a request head without its blank line;
     header names lowercased."""
     lines = head.split(b"\r\n")
     method, target, version = parse_request_line(lines[0])
-    headers = {}
+    headers: Dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
@@ -55,7 +56,7 @@ def parse_head(head: bytes):
     return method, target, version, headers
 
 
-def parse_request_line(line: bytes):
+def parse_request_line(line: bytes) -> Tuple[bytes, bytes, bytes]:
     """(method, target, version) of "GET / HTTP/1.1", or BadRequest."""
     try:
         method, target, version = line.split(b" ")
@@ -66,14 +67,14 @@ def parse_request_line(line: bytes):
     return method, target, version
 
 
-def keeps_alive(version: bytes, headers: dict) -> bool:
+def keeps_alive(version: bytes, headers: Dict[bytes, bytes]) -> bool:
     tokens = {token.strip().lower() for token in headers.get(b"connection", b"").split(b",")}
     if version == b"HTTP/1.0":
         return b"keep-alive" in tokens
     return b"close" not in tokens
 
 
-def body_length(headers: dict) -> int:
+def body_length(headers: Dict[bytes, bytes]) -> int:
     if b"transfer-encoding" in headers:
         raise BadRequest(b"501 Not Implemented", "chunked request bodies are not supported")
     value = headers.get(b"content-length", b"0")
@@ -96,9 +97,10 @@ def answer(method: bytes, target: bytes, keep_alive: bool) -> bytes:
 class HttpResponder:
     """The read callback: frames HTTP/1.1 requests per connection and answers them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # queue -> its bytes not yet parsed. Weak keys: gone with the connection.
-        self.unparsed = weakref.WeakKeyDictionary()
+        self.unparsed: "weakref.WeakKeyDictionary[ConnectionQueue, bytes]" = (
+            weakref.WeakKeyDictionary())
         self.answered = 0  # requests answered, for monitoring
 
     def __call__(self, queue: ConnectionQueue, data: bytes) -> None:
@@ -111,7 +113,7 @@ class HttpResponder:
         elif consumed < len(buffer):
             self.unparsed[queue] = buffer[consumed:]
 
-    def answer_requests(self, buffer: bytes):
+    def answer_requests(self, buffer: bytes) -> Tuple[bytes, int, bool]:
         """Answer every whole request at the start of `buffer`: (the responses, bytes
         consumed, whether the connection stays open)."""
         responses = []

@@ -3,21 +3,23 @@
 Usage: python server.py [PORT]    (then: redis-cli -p PORT set greeting hello)
 
 Speaks enough of RESP2 for redis-cli, redis-benchmark (-t ping,set,get,incr) and redis-py
-(Redis(protocol=2)): PING, ECHO, SET (NX/XX), GET, INCR, DECR, INCRBY, DECRBY, DEL, EXISTS,
-DBSIZE, FLUSHDB/FLUSHALL, SELECT 0, MULTI/EXEC/DISCARD, QUIT, and the handshakes those clients send (HELLO 2,
-CLIENT SETNAME/SETINFO, CONFIG GET). Both request forms: RESP arrays and inline commands
-(``PING`` typed into nc). Pipelined requests are answered in order, in one write per
-read. An unknown command gets ``-ERR unknown command``; a malformed request, or one
-larger than MAX_REQUEST_BYTES, gets ``-ERR Protocol error`` and the connection is closed,
-so no client can make the server buffer more than that.
+(Redis(protocol=2)): PING, ECHO, SET (NX/XX), GET, INCR, DECR, INCRBY, DECRBY, DEL,
+EXISTS, DBSIZE, FLUSHDB/FLUSHALL, SELECT 0, MULTI/EXEC/DISCARD, QUIT, and the handshakes
+those clients send (HELLO 2, CLIENT SETNAME/SETINFO, CONFIG GET). Both request forms:
+RESP arrays and inline commands (``PING`` typed into nc). Pipelined requests are
+answered in order, in one write per read. An unknown command gets ``-ERR unknown
+command``; a malformed request, or one larger than MAX_REQUEST_BYTES, gets ``-ERR
+Protocol error`` and the connection is closed, so no client can make the server buffer
+more than that.
 
 TCP is a byte stream and simpletcp hands the callback whatever one read returned, so
 each connection keeps its unparsed bytes (and its open MULTI) in a side table keyed by
-its queue: a WeakKeyDictionary, so a connection's entry goes when the connection does (a plain dict
-would keep every closed connection's, and make stop() wait for them).
+its queue: a WeakKeyDictionary, so a connection's entry goes when the connection does
+(a plain dict would keep every closed connection's, and make stop() wait for them).
 """
 import sys
 import weakref
+from typing import Callable, Dict, List, Optional, Tuple
 
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
@@ -32,7 +34,8 @@ class ProtocolError(Exception):
     """The client broke RESP: it is answered, then disconnected."""
 
 
-def parse_request(buffer: bytearray, start: int):
+def parse_request(buffer: bytearray,
+                  start: int) -> Tuple[Optional[List[bytes]], int]:
     """One request at ``buffer[start:]``: (arguments, end) when it is whole; (None,
     bytes needed) when more must arrive; ProtocolError if it is malformed. An empty
     inline line is ([], end)."""
@@ -69,7 +72,7 @@ def parse_request(buffer: bytearray, start: int):
     return arguments, position
 
 
-def header_number(buffer: bytearray, start: int, what: str):
+def header_number(buffer: bytearray, start: int, what: str) -> Tuple[Optional[int], int]:
     """The number of a "*N\\r\\n" or "$N\\r\\n" header at ``start``: (N, where its data
     begins), or (None, bytes needed) if the line is not whole yet."""
     end = buffer.find(b"\r\n", start)
@@ -97,13 +100,13 @@ def integer(value: int) -> bytes:
     return b":%d\r\n" % value
 
 
-def bulk(value) -> bytes:
+def bulk(value: Optional[bytes]) -> bytes:
     if value is None:
         return b"$-1\r\n"
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def array(items) -> bytes:
+def array(items: List[bytes]) -> bytes:
     return b"*%d\r\n" % len(items) + b"".join(bulk(item) for item in items)
 
 
@@ -116,10 +119,10 @@ PONG = simple("PONG")
 class Store:
     """The keys and values, shared by every connection (the loop is one thread)."""
 
-    def __init__(self):
-        self.values = {}
+    def __init__(self) -> None:
+        self.values: Dict[bytes, bytes] = {}
 
-    def execute(self, arguments):
+    def execute(self, arguments: List[bytes]) -> Tuple[bytes, bool]:
         """The reply to one command: (reply, whether to close after it)."""
         name = arguments[0].decode("latin-1").lower()
         command = COMMANDS.get(name)
@@ -131,50 +134,51 @@ class Store:
         handler, arity = command
         if (arity >= 0 and len(arguments) != arity) or len(arguments) < -arity:
             return error(f"ERR wrong number of arguments for '{name}' command"), False
-        if name == "quit":
+        if handler is None:  # QUIT
             return OK, True
         return handler(self, arguments[1:]), False
 
-    def ping(self, arguments):
+    def ping(self, arguments: List[bytes]) -> bytes:
         return bulk(arguments[0]) if arguments else PONG
 
-    def echo(self, arguments):
+    def echo(self, arguments: List[bytes]) -> bytes:
         return bulk(arguments[0])
 
-    def set(self, arguments):
+    def set(self, arguments: List[bytes]) -> bytes:
         key, value, *options = arguments
         options = [option.upper() for option in options]
         if options not in ([], [b"NX"], [b"XX"]):
             return error("ERR syntax error")
-        if (b"NX" in options and key in self.values) or (b"XX" in options and key not in self.values):
+        exists = key in self.values
+        if (b"NX" in options and exists) or (b"XX" in options and not exists):
             return bulk(None)
         self.values[key] = value
         return OK
 
-    def get(self, arguments):
+    def get(self, arguments: List[bytes]) -> bytes:
         return bulk(self.values.get(arguments[0]))
 
-    def incrby(self, arguments):
+    def incrby(self, arguments: List[bytes]) -> bytes:
         key, step = arguments
         try:
             return self.add(key, int(step))
         except ValueError:
             return error("ERR value is not an integer or out of range")
 
-    def decrby(self, arguments):
+    def decrby(self, arguments: List[bytes]) -> bytes:
         key, step = arguments
         try:
             return self.add(key, -int(step))
         except ValueError:
             return error("ERR value is not an integer or out of range")
 
-    def incr(self, arguments):
+    def incr(self, arguments: List[bytes]) -> bytes:
         return self.add(arguments[0], 1)
 
-    def decr(self, arguments):
+    def decr(self, arguments: List[bytes]) -> bytes:
         return self.add(arguments[0], -1)
 
-    def add(self, key, step):
+    def add(self, key: bytes, step: int) -> bytes:
         try:
             value = int(self.values.get(key, b"0")) + step
         except ValueError:
@@ -184,35 +188,35 @@ class Store:
         self.values[key] = b"%d" % value
         return integer(value)
 
-    def delete(self, arguments):
+    def delete(self, arguments: List[bytes]) -> bytes:
         return integer(sum(self.values.pop(key, None) is not None for key in arguments))
 
-    def exists(self, arguments):
+    def exists(self, arguments: List[bytes]) -> bytes:
         return integer(sum(key in self.values for key in arguments))
 
-    def dbsize(self, arguments):
+    def dbsize(self, arguments: List[bytes]) -> bytes:
         return integer(len(self.values))
 
-    def flush(self, arguments):
+    def flush(self, arguments: List[bytes]) -> bytes:
         self.values.clear()
         return OK
 
-    def select(self, arguments):
+    def select(self, arguments: List[bytes]) -> bytes:
         return OK if arguments[0] == b"0" else error("ERR DB index is out of range")
 
-    def hello(self, arguments):
+    def hello(self, arguments: List[bytes]) -> bytes:
         if arguments and arguments[0] != b"2":
             return error("NOPROTO this server speaks RESP2 only: connect with protocol=2")
         # A map, in RESP2 a flat array of names and values; "proto" is an integer.
         return (b"*6\r\n" + bulk(b"server") + bulk(b"simpletcp-kvstore") + bulk(b"version")
                 + bulk(b"1.0") + bulk(b"proto") + integer(2))
 
-    def client(self, arguments):
+    def client(self, arguments: List[bytes]) -> bytes:
         if arguments[0].upper() in (b"SETNAME", b"SETINFO"):
             return OK
         return error("ERR unknown CLIENT subcommand")
 
-    def config(self, arguments):
+    def config(self, arguments: List[bytes]) -> bytes:
         # redis-benchmark asks for "save" and "appendonly" before it starts.
         if arguments[0].upper() != b"GET" or len(arguments) != 2:
             return error("ERR only CONFIG GET is supported")
@@ -221,11 +225,12 @@ class Store:
         return array([]) if value is None else array([arguments[1].lower(), value])
 
 
-#: name -> (method, arity): arity counts the name; -N means at least N.
-COMMANDS = {
+#: name -> (method, arity): arity counts the name; -N means at least N. QUIT has no method.
+COMMANDS: Dict[str, Tuple[Optional[Callable[[Store, List[bytes]], bytes]], int]] = {
     "ping": (Store.ping, -1), "echo": (Store.echo, 2), "set": (Store.set, -3),
     "get": (Store.get, 2), "incr": (Store.incr, 2), "decr": (Store.decr, 2),
-    "incrby": (Store.incrby, 3), "decrby": (Store.decrby, 3), "del": (Store.delete, -2), "exists": (Store.exists, -2),
+    "incrby": (Store.incrby, 3), "decrby": (Store.decrby, 3), "del": (Store.delete, -2),
+    "exists": (Store.exists, -2),
     "dbsize": (Store.dbsize, 1), "flushdb": (Store.flush, -1), "flushall": (Store.flush, -1),
     "select": (Store.select, 2), "hello": (Store.hello, -1), "client": (Store.client, -2),
     "config": (Store.config, -2), "quit": (None, 1),
@@ -239,20 +244,21 @@ class Session:
 
     __slots__ = ("unparsed", "needed", "transaction", "transaction_bytes")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.unparsed = bytearray()
         self.needed = 0          # parse again once `unparsed` is this long
-        self.transaction = None  # the commands queued since MULTI, else None
+        self.transaction: Optional[List[List[bytes]]] = None  # queued since MULTI
         self.transaction_bytes = 0
 
 
 class KeyValueServer:
     """The read callback: frames RESP requests per connection and answers them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.store = Store()
         # queue -> Session. Weak keys: a session lives exactly as long as its connection.
-        self.sessions = weakref.WeakKeyDictionary()
+        self.sessions: "weakref.WeakKeyDictionary[ConnectionQueue, Session]" = (
+            weakref.WeakKeyDictionary())
 
     def __call__(self, queue: ConnectionQueue, data: bytes) -> None:
         session = self.sessions.get(queue)
@@ -265,7 +271,7 @@ class KeyValueServer:
             queue.shutdown()  # what else it sent is dropped unread
             del self.sessions[queue]
 
-    def answer_requests(self, session: Session, data: bytes):
+    def answer_requests(self, session: Session, data: bytes) -> Tuple[bytes, bool]:
         """Add `data` to the session's unparsed bytes and answer every whole request:
         (the replies, whether to close the connection after them)."""
         buffer = session.unparsed
@@ -291,14 +297,15 @@ class KeyValueServer:
             close = True
         if not close and (len(buffer) - position > MAX_REQUEST_BYTES
                           or session.needed > MAX_REQUEST_BYTES):
-            replies.append(error(f"ERR Protocol error: request larger than {MAX_REQUEST_BYTES} bytes"))
+            replies.append(error("ERR Protocol error: request larger than "
+                                 f"{MAX_REQUEST_BYTES} bytes"))
             close = True
         del buffer[:position]
         if not buffer:
             session.needed = 0
         return b"".join(replies), close
 
-    def execute(self, session, arguments):
+    def execute(self, session: Session, arguments: List[bytes]) -> Tuple[bytes, bool]:
         """(reply, whether to close): the store's, or the transaction's (MULTI/EXEC)."""
         name = arguments[0].lower()
         if name == b"multi":
