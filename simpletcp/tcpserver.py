@@ -1,7 +1,7 @@
 """TCPServer: the original simpleTCP API over simpletcp's compiled epoll loop.
 
-This module checks arguments, binds the socket and manages threads; the serving
-itself happens in :mod:`simpletcp._loop` (Cython). There is no pure-Python loop to
+This module owns the arguments (their defaults and checks), binds the socket and
+manages threads and signals (simpletcp._signals); the serving itself happens in :mod:`simpletcp._loop` (Cython). There is no pure-Python loop to
 fall back to: if the extension is missing, importing this module fails.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import socket
 import threading
 from typing import Any, Callable, Optional
 
-from simpletcp import _address, _arguments, _callback
+from simpletcp import _address, _arguments, _callback, _signals
 from simpletcp._loop import BACKENDS, ConnectionQueue, Loop, ShutDown
 
 __all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
@@ -206,7 +206,9 @@ class TCPServer:
             # Logged through the loop, which keeps a failing logging handler out of serving.
             self._loop.log(logging.INFO, "listening on %s:%d (%s)",
                            (self._ip, self._port, self.backend))
-            self._loop.run(self._serving.set)
+            # In the main thread, Ctrl-C and SIGTERM stop the server gracefully.
+            with _signals.watched(self._loop) as signal_fd:
+                self._loop.run(self._serving.set, signal_fd)
         finally:
             # run() released every descriptor; this releases them if it never began (the
             # application's signal handler raised before it did).
