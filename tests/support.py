@@ -281,3 +281,11 @@ def assert_stop_does_not_wait_for_idle_clients(callback: Callable[..., object], 
         started = time.monotonic()
         assert server.stop(timeout=TIMEOUT)
         assert time.monotonic() - started < TIMEOUT
+
+
+def reset_mid_request(server: TCPServer, partial: bytes, times: int = 20) -> None:
+    """`times` clients each send the start of a request, then reset the connection."""
+    for _ in range(times):
+        client = connect(server)
+        client.sendall(partial)
+        reset(client)

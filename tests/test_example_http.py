@@ -3,12 +3,11 @@ hostile clients, on every backend."""
 import re
 import socket
 import subprocess
-import time
 
 import pytest
 
 from support import (TIMEOUT, backend, connect, load_example, recv_exactly,  # noqa: F401
-                     recv_until_eof, reset, serve)
+                     recv_until_eof, reset_mid_request, serve, wait_for)
 
 http = load_example("http")
 
@@ -25,10 +24,7 @@ def responder(serve):
 
 
 def wait_until_forgotten(callback):
-    deadline = time.monotonic() + TIMEOUT
-    while len(callback.unparsed) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(callback.unparsed) == 0
+    wait_for(lambda: len(callback.unparsed) == 0)
 
 
 def test_wrk_keep_alive_load_gets_only_200s(responder, wrk):
@@ -151,10 +147,7 @@ def test_a_bad_request_is_answered_and_closed_and_others_go_on(responder, abuse,
 
 def test_a_client_reset_mid_request_leaves_nothing_behind(responder):
     server, callback = responder
-    for _ in range(20):
-        client = connect(server)
-        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        reset(client)
+    reset_mid_request(server, b"GET / HTTP/1.1\r\nHost: x\r\n")
     with connect(server) as client:
         client.sendall(GET)
         assert recv_exactly(client, len(HELLO)) == HELLO
