@@ -140,9 +140,10 @@ class ChatServer:
         self.broadcast(f"* {nick} joined\n".encode(), besides=queue)
 
     def rename(self, queue: ConnectionQueue, member: Member, nick: str) -> None:
-        if nick == member.nick or not self.claim(queue, nick):
-            return
-        old, member.nick = member.nick, nick
+        old = member.nick
+        if old is None or nick == old or not self.claim(queue, nick):
+            return  # renaming is for members who joined (take_nickname gave them one)
+        member.nick = nick
         with self.lock:
             self.nicks.discard(old)
         self.broadcast(f"* {old} is now {nick}\n".encode())
