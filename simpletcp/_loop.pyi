@@ -103,6 +103,8 @@ class Loop:
         low_water: int = 262144,
         connection_limit: int = 0,
         idle_timeout: float = 0,
+        proxy_header_parser: Optional[Callable[[bytes], Any]] = None,
+        proxy_header_timeout: float = 5.0,
     ) -> None: ...
     @property
     def backend(self) -> str: ...

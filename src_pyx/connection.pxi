@@ -48,6 +48,8 @@ DEF LINGER_MAX_BYTES = 16777216
 
 
 cdef enum ConnectionState:
+    AWAITING_PROXY_HEADER  # proxy_protocol: reading the PROXY header; nothing reaches the
+                     # callback, and nothing is owed (read_proxy_header); then OPEN
     OPEN             # the callback gets what arrives; its replies are sent
     DRAINING         # closing: what is queued is being sent; input is dropped
     AWAITING_WORKER  # stopping, all sent, but user code still holds the queue (Loop.check_awaiting_workers)
@@ -78,7 +80,7 @@ cdef class Connection:
     # (queue.peer, log lines) at no cost in memory, as these three fill what would be
     # alignment padding beside fd and beside waiters. An IPv6 host does not fit in
     # peer_ipv4 and is kept as text in peer_ip.
-    cdef sa_family_t peer_family  # AF_INET, AF_INET6, or 0: not an IP peer
+    cdef sa_family_t peer_family  # AF_INET, AF_INET6, AF_UNIX (a PROXY header's), or 0
     cdef unsigned short peer_port # network byte order
     cdef Loop loop
     cdef OutputBuffer out
@@ -101,6 +103,7 @@ cdef class Connection:
     cdef ActivityList listed_in  # the loop's idle or lingering list, if in one
     cdef Connection older     # neighbours in that list, least recently active first
     cdef Connection newer
+    cdef bytes proxy_header_pending  # AWAITING_PROXY_HEADER: the header's bytes so far
 
     def __init__(self, *args, **kwargs):
         internal_class(self)
@@ -119,6 +122,19 @@ cdef class Connection:
             as_text = True
         if as_text:
             self.peer_ip = format_peer_ip(address)
+        return 0
+
+    cdef int remember_proxied_peer(self, object header) except -1:
+        """The peer a PROXY header names (simpletcp.proxyprotocol.ProxyHeader), in place
+        of the balancer's address accept() gave; none named: accept()'s stands."""
+        source = header.source
+        if source is None:
+            return 0
+        family = header.family
+        self.peer_family = (AF_INET if family == "TCP4" else
+                            AF_INET6 if family == "TCP6" else AF_UNIX)
+        self.peer_ip = source[0]
+        self.peer_port = htons(source[1])
         return 0
 
     cdef str peer_host(self):
@@ -191,7 +207,7 @@ cdef class Connection:
 
     cdef void begin_close(self, CloseReason reason):
         """Stop serving the peer: send what is queued, then close (see finish_close)."""
-        if self.state == OPEN:
+        if self.state == OPEN or self.state == AWAITING_PROXY_HEADER:
             self.state = DRAINING
             self.close_reason = reason
             self.paused = False
@@ -215,6 +231,8 @@ cdef class Connection:
     cdef inline int on_readable(self) except -1:
         if self.state == OPEN:
             self.read_for_callback()
+        elif self.state == AWAITING_PROXY_HEADER:
+            self.read_proxy_header()
         elif self.input_open:
             self.discard_input()
         return self.service()
@@ -247,6 +265,41 @@ cdef class Connection:
                 break
             elif errno != EINTR:
                 return self.on_io_error(errno, "recv")
+        return 0
+
+    cdef int read_proxy_header(self) except -1:
+        """Read the PROXY protocol header (proxy_protocol=True): the peer becomes the
+        client it names, and what follows the header goes to the callback. A malformed
+        header closes the connection (logged): nothing of it reaches the callback. The
+        loop's header timeout (Loop.expire_proxy_header) bounds how long this lasts."""
+        cdef Loop loop = self.loop
+        cdef ssize_t n = recv(self.fd, loop.read_buffer, loop.recv_bytes, 0)
+        if n == 0:
+            self.close()  # gone before saying whom for: nothing is owed
+            return 0
+        if n < 0:
+            if would_block(errno) or errno == EINTR:
+                return 0
+            return self.on_io_error(errno, "recv")
+        pending = self.proxy_header_pending + loop.received(n)
+        try:
+            header = loop.proxy_header_parser(pending)
+        except ValueError as error:
+            loop.reject_proxy_header(self, str(error))
+            return 0
+        if header is None:
+            self.proxy_header_pending = pending
+            return 0
+        self.proxy_header_pending = None
+        self.remember_proxied_peer(header)
+        self.state = OPEN
+        if self.listed_in is not None:
+            self.listed_in.unlink(self)  # the header timeout no longer applies
+        if loop.idle_timeout:
+            loop.idle.append(self)
+        self.mark_active(loop.now)
+        if len(pending) > header.length:
+            loop.dispatch(self, pending[header.length:])
         return 0
 
     cdef int discard_input(self) except -1:

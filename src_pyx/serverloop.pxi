@@ -124,6 +124,10 @@ cdef class Loop:
     cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
 
     cdef ActivityList idle        # with an idle timeout: connections not yet closing
+    cdef object proxy_header_parser  # proxy_protocol: proxyprotocol.parse_header, else None
+    cdef double proxy_header_timeout
+    cdef ActivityList awaiting_proxy_header  # connections in AWAITING_PROXY_HEADER, oldest first
+    cdef LogThrottle proxy_log    # "bad PROXY header"
     cdef double now               # monotonic time, read once per turn of the loop
 
     cdef object restore_signals   # what watch_signals() replaced, to put back
@@ -138,7 +142,8 @@ cdef class Loop:
     def __init__(self, listener, callback, bint callback_takes_ip, Py_ssize_t recv_bytes,
                  str backend="auto", double grace_period=5.0,
                  Py_ssize_t high_water=1 << 20, Py_ssize_t low_water=1 << 18,
-                 Py_ssize_t connection_limit=0, double idle_timeout=0):
+                 Py_ssize_t connection_limit=0, double idle_timeout=0,
+                 proxy_header_parser=None, double proxy_header_timeout=5.0):
         if self.listener is not None:
             # A second __init__ would swap the buffer, poller and socket under a loop
             # that may be serving.
@@ -169,6 +174,14 @@ cdef class Loop:
         self.lingering = ActivityList.__new__(ActivityList)
         self.backing_off = []
         self.idle = ActivityList.__new__(ActivityList)
+        if proxy_header_parser is not None and not callable(proxy_header_parser):
+            raise TypeError("proxy_header_parser must be callable or None")
+        if not proxy_header_timeout > 0:
+            raise ValueError(f"proxy_header_timeout must be more than 0, got {proxy_header_timeout}")
+        self.proxy_header_parser = proxy_header_parser
+        self.proxy_header_timeout = proxy_header_timeout
+        self.awaiting_proxy_header = ActivityList.__new__(ActivityList)
+        self.proxy_log = LogThrottle.__new__(LogThrottle)
         self.accept_error_log = LogThrottle.__new__(LogThrottle)
         self.limit_log = LogThrottle.__new__(LogThrottle)
         self.connection_error_log = LogThrottle.__new__(LogThrottle)
@@ -184,7 +197,7 @@ cdef class Loop:
 
     def __dealloc__(self):
         cdef Py_ssize_t fd
-        self.idle = self.lingering = None  # their links are references between connections
+        self.idle = self.lingering = self.awaiting_proxy_header = None  # their links are references between connections
         if self.connections != NULL:
             for fd in range(self.connections_capacity):
                 if self.connections[fd] != NULL:
@@ -384,6 +397,9 @@ cdef class Loop:
             if self.lingering.oldest is not None:
                 deadline = earliest(deadline,
                                     self.lingering.oldest.last_active + LINGER_QUIET_SECONDS)
+            if self.awaiting_proxy_header.oldest is not None:
+                deadline = earliest(deadline, self.awaiting_proxy_header.oldest.last_active
+                                    + self.proxy_header_timeout)
             if self.awaiting_workers:
                 deadline = earliest(deadline, self.next_worker_check)
             if self.retry_at:
@@ -523,6 +539,11 @@ cdef class Loop:
         if expired:
             self.log(logging.INFO, "closed %d connections idle for more than %g s",
                      (expired, self.idle_timeout))
+        while (self.awaiting_proxy_header.oldest is not None
+               and self.awaiting_proxy_header.oldest.last_active + self.proxy_header_timeout
+               <= self.now):
+            self.reject_proxy_header(self.awaiting_proxy_header.oldest,
+                                     f"no PROXY header within {self.proxy_header_timeout:g} s")
         while (self.lingering.oldest is not None
                and self.lingering.oldest.last_active + LINGER_QUIET_SECONDS <= self.now):
             connection = self.lingering.oldest
@@ -530,6 +551,17 @@ cdef class Loop:
                 connection.on_linger_quiet()
             except Exception as error:
                 self.connection_failed(connection, error)
+        return 0
+
+    cdef int reject_proxy_header(self, Connection connection, str why) except -1:
+        """A connection that should start with a PROXY header did not (malformed, too
+        long, too slow): reset it (nothing was owed to it) and say so, at most once per
+        10 s (a scanner would otherwise flood the log)."""
+        cdef Py_ssize_t skipped = self.proxy_log.due()
+        if skipped >= 0:
+            self.log(logging.WARNING, "closing connection %s: %s%s",
+                     (connection.describe(), why, since_last(skipped, "more rejected")))
+        connection.abort()
         return 0
 
     cdef int expire_idle(self, Connection connection) except -1:
@@ -786,12 +818,18 @@ cdef class Loop:
             return 0
         connection.fd = fd
         connection.loop = self
-        connection.state = OPEN
         connection.input_open = True
         connection.interest = READABLE
         connection.last_active = self.now
-        if self.idle_timeout:
-            self.idle.append(connection)
+        if self.proxy_header_parser is not None:
+            # Its idle timeout starts once the header is read (read_proxy_header).
+            connection.state = AWAITING_PROXY_HEADER
+            connection.proxy_header_pending = b""
+            self.awaiting_proxy_header.append(connection)
+        else:
+            connection.state = OPEN
+            if self.idle_timeout:
+                self.idle.append(connection)
         Py_INCREF(connection)
         self.connections[fd] = <PyObject *>connection
         self.connection_count += 1
