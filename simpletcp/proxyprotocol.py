@@ -48,6 +48,12 @@ V2_TRANSPORT_STREAM = 0x1
 V2_ADDRESS_LENGTH = {V2_FAMILY_UNSPEC: 0, V2_FAMILY_INET: 12, V2_FAMILY_INET6: 36,
                      V2_FAMILY_UNIX: 216}
 V2_UNIX_PATH_LENGTH = 108
+#: How an IP family's address block is laid out (source and destination addresses, then
+#: ports, in network order), its address type and its v1 name.
+V2_IP_LAYOUTS = {
+    V2_FAMILY_INET: ("!4s4sHH", ipaddress.IPv4Address, "TCP4"),
+    V2_FAMILY_INET6: ("!16s16sHH", ipaddress.IPv6Address, "TCP6"),
+}
 
 #: (host, port) of an IP peer, or (path, 0) of a Unix one: what queue.peer shows.
 Address = Tuple[str, int]
@@ -166,20 +172,12 @@ def _parse_v2(data: bytes) -> Optional[ProxyHeader]:
     _check_tlvs(block[needed:])
     if family == V2_FAMILY_UNSPEC or transport == V2_TRANSPORT_UNSPEC:
         return ProxyHeader(2, "PROXY", "UNKNOWN", None, None, length)
-    source: Address
-    destination: Address
-    if family == V2_FAMILY_INET:
+    if family in V2_IP_LAYOUTS:
+        layout, address_type, name = V2_IP_LAYOUTS[family]
         source_ip, destination_ip, source_port, destination_port = struct.unpack_from(
-            "!4s4sHH", block)
-        source = (str(ipaddress.IPv4Address(source_ip)), source_port)
-        destination = (str(ipaddress.IPv4Address(destination_ip)), destination_port)
-        return ProxyHeader(2, "PROXY", "TCP4", source, destination, length)
-    if family == V2_FAMILY_INET6:
-        source_ip, destination_ip, source_port, destination_port = struct.unpack_from(
-            "!16s16sHH", block)
-        source = (str(ipaddress.IPv6Address(source_ip)), source_port)
-        destination = (str(ipaddress.IPv6Address(destination_ip)), destination_port)
-        return ProxyHeader(2, "PROXY", "TCP6", source, destination, length)
+            layout, block)
+        return ProxyHeader(2, "PROXY", name, (str(address_type(source_ip)), source_port),
+                           (str(address_type(destination_ip)), destination_port), length)
     source = (_unix_path(block[:V2_UNIX_PATH_LENGTH]), 0)
     destination = (_unix_path(block[V2_UNIX_PATH_LENGTH:2 * V2_UNIX_PATH_LENGTH]), 0)
     return ProxyHeader(2, "PROXY", "UNIX", source, destination, length)

@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple
@@ -155,21 +156,20 @@ class Supervisor:
             return None
         return max(0.0, min(due) - time.monotonic())
 
-    def _reap(self) -> List[WorkerSlot]:
-        """Collect workers that exited; schedule their restart unless stopping."""
-        ended = []
-        while True:
+    def _reap(self) -> None:
+        """Collect workers that exited; schedule their restart unless stopping. Only the
+        workers: a child process of the application's own stays the application's to
+        wait for."""
+        for slot in self.slots:
+            if slot.pid is None:
+                continue
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
             except ChildProcessError:
-                break
+                pid, status = slot.pid, 0  # reaped by someone else: gone all the same
             if pid == 0:
-                break
-            slot = next((slot for slot in self.slots if slot.pid == pid), None)
-            if slot is None:
-                continue  # not a worker (the application's own child)
+                continue  # still running
             slot.pid = None
-            ended.append(slot)
             if self._stop_requested:
                 continue
             lived = time.monotonic() - slot.started_at
@@ -180,7 +180,6 @@ class Supervisor:
             slot.restart_at = time.monotonic() + delay
             logger.warning("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s",
                            slot.number, pid, describe_status(status), lived, delay)
-        return ended
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -221,7 +220,13 @@ class Supervisor:
         except BaseException:
             logger.exception("worker failed")
         finally:
+            # os._exit skips the interpreter's exit, which would flush these.
             logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
             os._exit(status)
 
     def _signal_workers(self, signum: int) -> None:

@@ -352,3 +352,20 @@ def test_the_command_line_refuses_bad_unix_permissions():
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
     assert "argument --unix-permissions: unix_permissions applies to a 'unix:' mode" in result.stderr
+
+
+def test_socket_activation_with_workers():
+    """The supervisor takes systemd's socket and its workers serve it."""
+    sock = listening_tcp_socket()
+    port = sock.getsockname()[1]
+    child = spawn_as_systemd_does(sock, "--fd", "systemd", "--workers", "2")
+    try:
+        assert child.stdout.readline() == f"simpletcp: listening on 127.0.0.1:{port}\n"
+        for _ in range(4):
+            assert exchange(("127.0.0.1", port)) == b"ping"
+        child.terminate()
+        assert child.wait(TIMEOUT) == 0
+    finally:
+        child.kill()
+        child.wait()
+        sock.close()

@@ -210,3 +210,44 @@ def test_bad_workers_on_the_command_line_is_a_usage_error():
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
     assert "argument --workers: workers must be from 1 to 1024, got 0" in result.stderr
+
+
+def test_workers_on_a_unix_socket_leave_no_file_behind(app, tmp_path):
+    path = str(tmp_path / "workers.sock")
+    with ServingCLI(app, "--mode", "unix:" + path, "--workers", "2") as server:
+        worker_pids(server, 2)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(path)
+            client.sendall(b"pid")
+            assert int(client.recv(100)) in worker_pids(server, 2)
+        assert server.stop() == 0
+    # The supervisor bound it and removes it; the workers, which were given the socket,
+    # do not (one stopping early would pull the path from under the others).
+    assert not os.path.exists(path)
+
+
+def test_a_worker_stopping_by_itself_does_not_remove_the_unix_socket(tmp_path):
+    """A worker whose callback calls stop() exits and is replaced; the socket file,
+    the supervisor's, stays for the others and the replacement."""
+    (tmp_path / "stopping_app.py").write_text(
+        "import os\n"
+        "def reply(queue, data):\n"
+        "    queue.put(str(os.getpid()).encode())\n")
+    path = str(tmp_path / "workers.sock")
+    def ask_over_unix():
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(path)
+            client.sendall(b"pid")
+            return int(client.recv(100))
+
+    with ServingCLI("stopping_app:reply", "--mode", "unix:" + path, "--workers", "2") as server:
+        worker_pids(server, 2)
+        victim = ask_over_unix()  # it serves: its loop handles SIGTERM by now
+        os.kill(victim, signal.SIGTERM)  # a graceful stop of one worker alone
+        server.wait_for_log(f"(pid {victim}) exited with status 0")
+        worker_pids(server, 3)
+        assert os.path.exists(path)
+        assert ask_over_unix() != victim
+        assert server.stop() == 0

@@ -12,21 +12,21 @@ import socket
 import struct
 
 from simpletcp.proxyprotocol import V2_SIGNATURE
-from simpletcp.tcpserver import TCPServer
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 
-def who_is_it(ip, queue, data):
+def who_is_it(ip: str, queue: ConnectionQueue, data: bytes) -> None:
     queue.put(f"the callback got {data!r} from ip {ip}, peer {queue.peer}\n".encode())
 
 
-def v2_header(client_ip, client_port, server_ip, server_port):
+def v2_header(client_ip: str, client_port: int, server_ip: str, server_port: int) -> bytes:
     addresses = (ipaddress.IPv4Address(client_ip).packed + ipaddress.IPv4Address(server_ip).packed
                  + struct.pack("!HH", client_port, server_port))
     # version 2, command PROXY; TCP over IPv4; the length of what follows.
     return V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(addresses)) + addresses
 
 
-def as_the_balancer(port, header, payload):
+def as_the_balancer(port: int, header: bytes, payload: bytes) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as balancer:
         balancer.sendall(header + payload)
         return balancer.recv(1000).decode().strip()

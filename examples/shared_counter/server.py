@@ -20,14 +20,14 @@ from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 DEFAULT_STORE = os.path.join(tempfile.gettempdir(), "simpletcp-shared-counter.sqlite3")
 STORE = DEFAULT_STORE
-_store = None
-_store_pid = None
+_store: "sqlite3.Connection | None" = None
+_store_pid = 0
 
 
 def store() -> sqlite3.Connection:
     """This worker's connection to the store, opened on its first use in the worker."""
     global _store, _store_pid
-    if _store_pid != os.getpid():
+    if _store is None or _store_pid != os.getpid():
         _store = sqlite3.connect(STORE, timeout=10, isolation_level=None)
         _store.execute("PRAGMA journal_mode=WAL")
         _store.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, "
