@@ -60,6 +60,18 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn: ...
 
 @final
+class Timers:
+    """Internal: every timed thing the loop waits for."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
+class ReadBuffer:
+    """Internal: where every connection's recv() lands."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
 class LogThrottle:
     """Internal: one log line per kind of trouble per interval."""
 
@@ -97,14 +109,14 @@ class Loop:
         callback: Callable[..., Any],
         callback_takes_ip: bool,
         recv_bytes: int,
-        backend: str = "auto",
-        grace_period: float = 5.0,
-        high_water: int = 1048576,
-        low_water: int = 262144,
-        connection_limit: int = 0,
-        idle_timeout: float = 0,
-        proxy_header_parser: Optional[Callable[[bytes], Any]] = None,
-        proxy_header_timeout: float = 5.0,
+        backend: str,
+        grace_period: float,
+        high_water: int,
+        low_water: int,
+        connection_limit: int,
+        idle_timeout: float,
+        proxy_header_parser: Optional[Callable[[bytes], Any]],
+        proxy_header_timeout: float,
     ) -> None: ...
     @property
     def backend(self) -> str: ...
@@ -112,9 +124,11 @@ class Loop:
     def connection_count(self) -> int: ...
     @property
     def running(self) -> bool: ...
-    def run(self, ready: Optional[Callable[[], object]] = None) -> None: ...
+    @property
+    def stop_requested(self) -> bool: ...
+    def run(self, ready: Optional[Callable[[], object]] = None, signal_fd: int = -1) -> None: ...
     def request_stop(self) -> None: ...
+    def request_abort(self) -> None: ...
     def close(self) -> None: ...
-    def _on_stop_signal(self, signum: int, frame: object) -> None: ...
     def log(self, level: int, message: str, args: Tuple[Any, ...] = (),
             exc_info: Optional[BaseException] = None) -> int: ...

@@ -1,7 +1,7 @@
 """TCPServer: the original simpleTCP API over simpletcp's compiled epoll loop.
 
-This module checks arguments, binds the socket and manages threads; the serving
-itself happens in :mod:`simpletcp._loop` (Cython). There is no pure-Python loop to
+This module owns the arguments (their defaults and checks), binds the socket and
+manages threads and signals (simpletcp._signals); the serving itself happens in :mod:`simpletcp._loop` (Cython). There is no pure-Python loop to
 fall back to: if the extension is missing, importing this module fails.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 import threading
 from typing import Any, Callable, List, Optional, Tuple
 
-from simpletcp import _arguments, _callback, _listener, proxyprotocol
+from simpletcp import _arguments, _callback, _listener, _signals, proxyprotocol
 from simpletcp._loop import BACKENDS, ConnectionQueue, Loop, ShutDown
 from simpletcp.supervisor import Supervisor
 
@@ -308,7 +308,9 @@ class TCPServer:
         try:
             # Logged through the loop, which keeps a failing logging handler out of serving.
             loop.log(logging.INFO, "listening on %s (%s)", (self._where(), self.backend))
-            loop.run(self._serving.set)
+            # In the main thread, Ctrl-C and SIGTERM stop the server gracefully.
+            with _signals.watched(loop) as signal_fd:
+                loop.run(self._serving.set, signal_fd)
         finally:
             # run() released every descriptor; this releases them if it never began (the
             # application's signal handler raised before it did).

@@ -121,7 +121,8 @@ def test_sdist_holds_the_cython_sources(tmp_path):
     )
     (sdist,) = (tmp_path / "dist").glob("simpletcp-*.tar.gz")
     names = tarfile.open(sdist).getnames()
-    for needed in ("src_pyx/loop.pyx", "src_pyx/serverloop.pxi", "src_pyx/includes/epoll.pxd",
+    for needed in ("src_pyx/loop.pyx", "src_pyx/loop.pxd", "src_pyx/serverloop.pyx",
+                   "src_pyx/simpletcp/_loop.pxd", "src_pyx/includes/epoll.pxd",
                    "setup.py", "pyproject.toml", "simpletcp/tcpserver.py", "LICENSE"):
         assert any(n.endswith(needed) for n in names), needed
     assert not any(n.endswith(".so") for n in names)

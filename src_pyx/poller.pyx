@@ -10,23 +10,8 @@
 # registrations), so a ready connection is served in the next turn of the loop however
 # many others are busy; a fixed cap let poll() starve the descriptors past it.
 
-cdef enum:
-    READABLE = 1
-    WRITABLE = 2
-    HANGUP = 4
-
-# How often a registration is tried again when the kernel says EINTR or EAGAIN.
-DEF CTL_ATTEMPTS = 8
-
-
 cdef class Poller:
     """Waits for descriptors to become ready. Results land in ready_fd/ready_events."""
-
-    cdef int *ready_fd
-    cdef int *ready_events
-    cdef Py_ssize_t ready_capacity  # room for this many results: at least `registered`
-    cdef Py_ssize_t registered      # descriptors registered now
-    cdef readonly str name
 
     def __init__(self, *args, **kwargs):
         internal_class(self)
@@ -70,8 +55,8 @@ cdef class Poller:
     cdef int wait(self, int timeout_ms) except -2:
         """Number of ready descriptors, or -1 if a signal interrupted the wait.
 
-        A timeout of 0 polls without releasing the GIL (cheap when busy); any other
-        timeout releases the GIL while blocked so other threads run.
+        The GIL is released while it waits, so other threads run (the loop never polls
+        with a timeout of 0: its timeout is -1 or at least 1 ms).
         """
         raise NotImplementedError
 
@@ -88,11 +73,7 @@ cdef inline unsigned int _epoll_mask(int events) nogil:
     return mask
 
 
-@cython.final
 cdef class EpollPoller(Poller):
-    cdef int epfd
-    cdef epoll_event *events
-
     def __cinit__(self):
         self.events = NULL
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -118,15 +99,16 @@ cdef class EpollPoller(Poller):
 
     cdef inline int _ctl(self, int op, int fd, int events) except -1:
         cdef epoll_event ev
-        cdef int attempt
+        cdef int attempts_left = CTL_ATTEMPTS
         ev.events = _epoll_mask(events)
         ev.data.u64 = 0
         ev.data.fd = fd
-        for attempt in range(CTL_ATTEMPTS):
+        while attempts_left:
             if epoll_ctl(self.epfd, op, fd, &ev) == 0:
                 return 0
             if errno != EINTR and not would_block(errno):
                 break
+            attempts_left -= 1
         raise_errno("epoll_ctl")
 
     cdef int register(self, int fd, int events) except -1:
@@ -154,11 +136,8 @@ cdef class EpollPoller(Poller):
         cdef unsigned int e
         cdef int ready
         cdef int capacity = <int>self.ready_capacity
-        if timeout_ms == 0:
-            n = epoll_wait(self.epfd, self.events, capacity, 0)
-        else:
-            with nogil:
-                n = epoll_wait(self.epfd, self.events, capacity, timeout_ms)
+        with nogil:
+            n = epoll_wait(self.epfd, self.events, capacity, timeout_ms)
         if n < 0:
             if errno == EINTR:
                 return -1
@@ -177,16 +156,7 @@ cdef class EpollPoller(Poller):
         return n
 
 
-@cython.final
 cdef class PollPoller(Poller):
-    # A dense pollfd array for poll(), and each descriptor's slot in it, so that
-    # register/modify/unregister are O(1); wait is O(n), as poll() itself is.
-    cdef pollfd *fds
-    cdef Py_ssize_t count
-    cdef Py_ssize_t capacity
-    cdef Py_ssize_t *slot_of_fd
-    cdef Py_ssize_t slot_capacity
-
     def __cinit__(self):
         self.fds = NULL
         self.slot_of_fd = NULL
@@ -259,11 +229,8 @@ cdef class PollPoller(Poller):
         cdef Py_ssize_t i
         cdef short e
         cdef int ready
-        if timeout_ms == 0:
-            n = poll(self.fds, <nfds_t>self.count, 0)
-        else:
-            with nogil:
-                n = poll(self.fds, <nfds_t>self.count, timeout_ms)
+        with nogil:
+            n = poll(self.fds, <nfds_t>self.count, timeout_ms)
         if n < 0:
             if errno == EINTR:
                 return -1
@@ -303,11 +270,18 @@ BACKENDS = ("epoll", "poll")
 
 
 cdef Poller make_poller(str backend):
-    """The poller for ``backend``; "auto" picks epoll where the system has it."""
+    """The poller for ``backend``; "auto" picks epoll where the system has it.
+
+    TCPServer checks the name for its caller (with BACKENDS, from here); one it did
+    not check is refused here too, rather than served by a poller nobody asked for.
+    """
     if backend == "auto" or backend == "epoll":
         try:
             return EpollPoller.__new__(EpollPoller)
         except OSError:
             if backend == "epoll":
                 raise
-    return PollPoller.__new__(PollPoller)
+        return PollPoller.__new__(PollPoller)
+    if backend == "poll":
+        return PollPoller.__new__(PollPoller)
+    raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")

@@ -5,19 +5,6 @@
 # one sendmsg() (a writev that takes MSG_NOSIGNAL, so a vanished peer is EPIPE,
 # never SIGPIPE).
 
-# How many chunks one sendmsg() gathers; the kernel caps a call at IOV_MAX (1024).
-DEF GATHER_MAX = 64
-
-
-cdef struct OutputBuffer:
-    PyObject **chunks      # owned references to bytes objects, [head, tail) unsent
-    Py_ssize_t head
-    Py_ssize_t tail
-    Py_ssize_t capacity
-    Py_ssize_t offset      # bytes of chunks[head] already sent
-    Py_ssize_t pending     # unsent bytes in all
-
-
 cdef inline Py_ssize_t outbuf_chunks(OutputBuffer *buf) nogil:
     return buf.tail - buf.head
 

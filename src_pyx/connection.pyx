@@ -1,11 +1,14 @@
-# Connection: one accepted socket, its output buffer, and the queue the user sees.
+# Connection: one accepted socket, what it owes its peer, its state and why it closed,
+# and the queue the user sees.
 #
 # Every method runs with the GIL held and calls no Python code between reading and
 # writing its state, so a put() from any thread is atomic against the loop without a
 # lock. Only the loop thread touches the descriptor: a put from elsewhere appends to
 # the buffer and hands the connection to the loop (Loop.schedule) to be sent.
 #
-# A connection's life (ConnectionState):
+# A connection's life (ConnectionState, changed only by become(); CloseReason says why):
+#
+#   (AWAITING_PROXY_HEADER ──header read──> OPEN, with proxy_protocol; read_proxy_header)
 #
 #   OPEN ──close begins──> DRAINING ──all sent──> LINGERING ──peer's EOF / a bound──> CLOSED
 #                              │                ↑     (or CLOSED at once, see finish_close)
@@ -13,103 +16,36 @@
 #     user code holds the queue↓                │ if any, sent)
 #                          AWAITING_WORKER ─────┘
 #
-# Any state can go to CLOSED at once: a socket error, the end of the grace period.
+# A close begins (begin_close) at the peer's EOF (PEER_CLOSED), queue.shutdown()
+# (QUEUE_SHUTDOWN), a failing callback (CALLBACK_FAILED), stop() (SERVER_STOPPING) or
+# the idle timeout (IDLE_TIMEOUT); what is queued is sent first. Once the close has
+# begun, whatever the peer still sends is read and dropped: left unread, it would make
+# the kernel answer the final close() with RST and throw away the tail of the reply.
 #
-# A close begins (begin_close) at the peer's EOF, queue.shutdown(), a failing callback,
-# stop() or the idle timeout; what is queued is sent first. Once the close has begun,
-# whatever the peer still sends is read and dropped: left unread, it would make the
-# kernel answer the final close() with RST and throw away the tail of the reply.
+# Any state goes to CLOSED at once (close/abort) on a reset or vanished peer
+# (PEER_RESET), another socket error (IO_ERROR), a hang-up with nothing left to read
+# (HUNG_UP), a failure of the loop's own work (LOOP_ERROR), the end of the grace period
+# (GRACE_EXPIRED), a second stop signal (SERVER_ABORTED), shutdown(immediate=True) in
+# the middle of a reply (REPLY_CUT) or output stuck at the idle timeout (IDLE_TIMEOUT).
 #
 # The lingering close (as nginx's lingering_close, Apache's lingering close): when
 # the server closes for any reason but the peer's EOF, it shuts its write side once
 # everything is sent, so the peer reads the whole reply and then EOF, and keeps reading
-# and dropping input until the peer closes too. Bounded by the LINGER_* constants below
-# and, while stopping, by the grace period. After the peer's EOF a plain close is
-# already graceful: nothing more can arrive.
+# and dropping input until the peer closes too. Bounded by the LINGER_* constants
+# (connection.pxd) and, while stopping, by the grace period. After the peer's EOF a
+# plain close is already graceful: nothing more can arrive.
 
 
-# Reads from one connection per readiness event, at most (see read_for_callback).
-DEF READS_PER_EVENT = 16
-# The most bytes one recv() drops (MSG_TRUNC: the kernel discards them, no copy).
-DEF DISCARD_CHUNK = 262144
-
-# Bounds of the lingering close; README.md and RELIABILITY.md describe them.
-# A lingering connection is closed once the peer has sent nothing for this long and
-# has acknowledged every byte sent to it (and the FIN): it has what it was sent and
-# is not talking. Also how quiet a connection must have been for a close to skip
-# lingering altogether (an idle keep-alive connection when the server stops).
-DEF LINGER_QUIET_SECONDS = 2.0
-# The longest a connection lingers, however the peer behaves (a peer that does not
-# read what was sent, or trickles input to keep the connection).
-DEF LINGER_MAX_SECONDS = 30.0
-# The most input dropped after a close began; past it the server stops reading (and
-# a lingering connection closes): a peer that keeps streaming is not owed more CPU.
-DEF LINGER_MAX_BYTES = 16777216
-
-
-cdef enum ConnectionState:
-    AWAITING_PROXY_HEADER  # proxy_protocol: reading the PROXY header; nothing reaches the
-                     # callback, and nothing is owed (read_proxy_header); then OPEN
-    OPEN             # the callback gets what arrives; its replies are sent
-    DRAINING         # closing: what is queued is being sent; input is dropped
-    AWAITING_WORKER  # stopping, all sent, but user code still holds the queue (Loop.check_awaiting_workers)
-    LINGERING        # all sent and the write side shut: input dropped until the peer closes
-                     # (past LINGER_MAX_BYTES, not read: until the peer has acknowledged all)
-    CLOSED
-
-
-cdef enum CloseReason:
-    NOT_CLOSING
-    PEER_CLOSED      # the peer's EOF (or half-close)
-    QUEUE_SHUTDOWN   # queue.shutdown()
-    CALLBACK_FAILED  # the callback raised
-    SERVER_STOPPING  # stop(), Ctrl-C, SIGTERM
-    IDLE_TIMEOUT
-    REPLY_CUT        # shutdown(immediate=True) dropped a put partly sent: reset, not FIN
-
-
-cdef class ActivityList
-
-
-@cython.final
 cdef class Connection:
     """One accepted socket: its state, its unsent output and the queue the user sees."""
-
-    cdef int fd
-    # Where the connection came from, as accept() said: every connection has it
-    # (queue.peer, log lines) at no cost in memory, as these three fill what would be
-    # alignment padding beside fd and beside waiters. An IPv6 host does not fit in
-    # peer_ipv4 and is kept as text in peer_ip.
-    cdef sa_family_t peer_family  # AF_INET, AF_INET6, AF_UNIX (a PROXY header's), or 0
-    cdef unsigned short peer_port # network byte order
-    cdef Loop loop
-    cdef OutputBuffer out
-    cdef object queue         # the ConnectionQueue handed to the callback, made lazily
-    cdef object peer_ip       # the peer's host as str, made at accept only when the
-                              # callback takes ip or the host is IPv6; see peer_host()
-    cdef int interest         # READABLE/WRITABLE as registered with the poller now
-    cdef ConnectionState state
-    cdef CloseReason close_reason  # why the close began (the first reason wins, but REPLY_CUT)
-    cdef bint input_open      # input is still read (for the callback, or to be dropped)
-    cdef bint paused          # OPEN, output above the high-water mark: not reading for now
-    cdef bint shut_by_user    # queue.shutdown() was called: further puts raise
-    cdef bint scheduled       # sitting in loop.scheduled, waiting to be serviced
-    cdef bint backing_off     # send()/recv() said ENOBUFS/ENOMEM: no I/O until the loop retries
-    cdef int waiters          # threads blocked in put() until the output drains
-    cdef in_addr peer_ipv4    # AF_INET peers' address (see peer_family)
-    cdef Py_ssize_t discarded # input bytes dropped since the close began
-    cdef double last_active   # loop.now when bytes last moved either way
-    cdef double linger_started
-    cdef ActivityList listed_in  # the loop's idle or lingering list, if in one
-    cdef Connection older     # neighbours in that list, least recently active first
-    cdef Connection newer
-    cdef bytes proxy_header_pending  # AWAITING_PROXY_HEADER: the header's bytes so far
 
     def __init__(self, *args, **kwargs):
         internal_class(self)
 
     def __dealloc__(self):
-        outbuf_clear(&self.out)
+        outbuf_clear(&self.output)
+
+    # ---- the peer and the queue -------------------------------------------------
 
     cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1:
         """Keep accept()'s `address`; as text too if `as_text` (the callback takes ip)."""
@@ -147,6 +83,17 @@ cdef class Connection:
             return (<bytes>text).decode("ascii")
         return ""
 
+    cdef tuple peer_address(self):
+        """(host, port) of the peer, as given to the user (queue.peer)."""
+        return (self.peer_host(), ntohs(self.peer_port))
+
+    cdef str describe(self):
+        if self.peer_family == AF_INET6:
+            return f"[{self.peer_host()}]:{ntohs(self.peer_port)} (fd {self.fd})"
+        if self.peer_family == AF_INET:
+            return f"{self.peer_host()}:{ntohs(self.peer_port)} (fd {self.fd})"
+        return f"fd {self.fd}"
+
     cdef object get_queue(self):
         if self.queue is None:
             self.queue = ConnectionQueue(self)
@@ -161,7 +108,7 @@ cdef class Connection:
         """
         return self.queue is not None and refcount_of(<PyObject *>self.queue) > 1
 
-    # ---- producing output (any thread) ------------------------------------------
+    # ---- output, from any thread ------------------------------------------------
 
     cdef int put(self, object item) except -1:
         cdef bytes chunk
@@ -180,10 +127,10 @@ cdef class Connection:
             return 0
         if PyBytes_GET_SIZE(chunk) == 0:
             return 0
-        outbuf_push(&self.out, chunk)
-        if self is not self.loop.dispatching:
-            # The running callback's own connection is flushed as soon as it returns;
-            # anything else goes through the loop.
+        outbuf_push(&self.output, chunk)
+        if not self.in_callback:
+            # From another thread, or another connection's callback: the loop sends it.
+            # (This connection's own callback is followed by send_and_settle.)
             self.loop.schedule(self)
         return 0
 
@@ -194,28 +141,54 @@ cdef class Connection:
             return 0
         self.begin_close(QUEUE_SHUTDOWN)
         if immediate:
-            if self.out.offset:
+            if self.output.offset:
                 # Part of a put is out and the rest is dropped: a graceful close would
                 # let the peer take that part for the whole (finish_close resets).
                 self.close_reason = REPLY_CUT
-            outbuf_clear(&self.out)
-        if self is not self.loop.dispatching:
+            outbuf_clear(&self.output)
+        if not self.in_callback:
             self.loop.schedule(self)
         return 0
 
-    # ---- I/O (loop thread only) ---------------------------------------------------
+    cdef bint must_wait(self):
+        """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put).
 
-    cdef void begin_close(self, CloseReason reason):
-        """Stop serving the peer: send what is queued, then close (see finish_close)."""
-        if self.state == OPEN or self.state == AWAITING_PROXY_HEADER:
-            self.state = DRAINING
-            self.close_reason = reason
-            self.paused = False
+        In any state: while stopping, the loop waits for a worker that holds the queue
+        and sends what it puts, which must not pile up either (a lingering or closed
+        connection has nothing pending, and drops what is put).
+        """
+        return (self.output.pending >= self.loop.high_water
+                and PyThread_get_thread_ident() != self.loop.thread_ident)
 
-    cdef inline void mark_active(self, double now) noexcept:
-        self.last_active = now
-        if self.listed_in is not None and self is not self.listed_in.newest:
-            self.listed_in.move_to_newest(self)
+    cdef int wait_for_drain(self, bint block, object timeout) except -1:
+        """Block the calling (non-loop) thread until the output drains or the connection
+        closes (apply_backpressure and close wake it)."""
+        if not block:
+            raise _queue.Full
+        cdef object drained = self.loop.drain_condition
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        with drained:
+            self.waiters += 1
+            try:
+                while self.fd >= 0 and self.output.pending > self.loop.low_water:
+                    if deadline is None:
+                        drained.wait()
+                    else:
+                        remaining = deadline - _time.monotonic()
+                        if remaining <= 0:
+                            raise _queue.Full
+                        drained.wait(remaining)
+            finally:
+                self.waiters -= 1
+        return 0
+
+    cdef void wake_waiters(self):
+        # One condition for the whole loop: waiters recheck their own connection.
+        cdef object drained = self.loop.drain_condition
+        with drained:
+            drained.notify_all()
+
+    # ---- events, in the loop's thread -------------------------------------------
 
     cdef inline int on_events(self, int events) except -1:
         """READABLE reads (and then sends), WRITABLE sends, HANGUP acts on an error or
@@ -223,7 +196,7 @@ cdef class Connection:
         if events & READABLE:
             self.on_readable()
         elif events & WRITABLE:
-            self.service()
+            self.send_and_settle()
         if events & HANGUP and self.fd >= 0:
             self.on_hangup()
         return 0
@@ -235,25 +208,29 @@ cdef class Connection:
             self.read_proxy_header()
         elif self.input_open:
             self.discard_input()
-        return self.service()
+        # The replies the callbacks put (one sendmsg() for all of them), or what is
+        # left of a close.
+        return self.send_and_settle()
 
     cdef inline int read_for_callback(self) except -1:
         # A read that fills the buffer means more is probably waiting: read again (each
-        # chunk is still its own callback) and flush the replies once, in one sendmsg().
+        # chunk is still its own callback) and send the replies once, in one sendmsg().
         # The bound keeps one streaming peer from starving the others.
         cdef Loop loop = self.loop
+        cdef ReadBuffer buffer = loop.read_buffer
         cdef ssize_t n
-        cdef int reads
-        for reads in range(READS_PER_EVENT):
+        cdef int reads_left = READS_PER_EVENT
+        while reads_left:
+            reads_left -= 1
             if self.paused:
                 break
-            n = recv(self.fd, loop.read_buffer, loop.recv_bytes, 0)
+            n = recv(self.fd, buffer.memory, buffer.size, 0)
             if n > 0:
                 self.mark_active(loop.now)
-                loop.dispatch(self, loop.received(n))
+                self.call_callback(buffer.take(n))
                 if self.state != OPEN:
                     break  # the callback closed it (shutdown(), an exception)
-                if n < loop.recv_bytes or self.out.pending >= loop.high_water:
+                if n < buffer.size or self.output.pending >= loop.high_water:
                     break
             elif n == 0:
                 # EOF or a half-close: the peer has said all it will, but may still be
@@ -270,18 +247,19 @@ cdef class Connection:
     cdef int read_proxy_header(self) except -1:
         """Read the PROXY protocol header (proxy_protocol=True): the peer becomes the
         client it names, and what follows the header goes to the callback. A malformed
-        header closes the connection (logged): nothing of it reaches the callback. The
-        loop's header timeout (Loop.expire_proxy_header) bounds how long this lasts."""
+        header closes the connection (Loop.reject_proxy_header): nothing of it reaches
+        the callback. Timers.proxy_header_late bounds how long this may take."""
         cdef Loop loop = self.loop
-        cdef ssize_t n = recv(self.fd, loop.read_buffer, loop.recv_bytes, 0)
+        cdef ReadBuffer buffer = loop.read_buffer
+        cdef ssize_t n = recv(self.fd, buffer.memory, buffer.size, 0)
         if n == 0:
-            self.close()  # gone before saying whom for: nothing is owed
+            self.close(PEER_CLOSED)  # gone before saying whom for: nothing is owed
             return 0
         if n < 0:
             if would_block(errno) or errno == EINTR:
                 return 0
             return self.on_io_error(errno, "recv")
-        pending = self.proxy_header_pending + loop.received(n)
+        pending = self.proxy_header_pending + buffer.take(n)
         try:
             header = loop.proxy_header_parser(pending)
         except ValueError as error:
@@ -292,23 +270,77 @@ cdef class Connection:
             return 0
         self.proxy_header_pending = None
         self.remember_proxied_peer(header)
-        self.state = OPEN
-        if self.listed_in is not None:
-            self.listed_in.unlink(self)  # the header timeout no longer applies
-        if loop.idle_timeout:
-            loop.idle.append(self)
-        self.mark_active(loop.now)
+        self.become(OPEN)
         if len(pending) > header.length:
-            loop.dispatch(self, pending[header.length:])
+            self.call_callback(pending[header.length:])
+        return 0
+
+    cdef int call_callback(self, bytes data) except -1:
+        """Call the user's callback; whatever it raises closes only this connection.
+
+        Any exception: SystemExit, KeyboardInterrupt, GeneratorExit and the like too. A
+        server must not die of one request; Ctrl-C and SIGTERM reach the loop through its
+        own handlers (Loop.watch_signals), not as exceptions in a callback. While it
+        runs, what it puts into this connection's queue waits for the send that follows
+        (in on_readable) instead of being scheduled.
+        """
+        cdef Loop loop = self.loop
+        cdef object result
+        self.in_callback = True
+        try:
+            if loop.callback_takes_ip:
+                result = loop.callback(self.peer_ip, self.get_queue(), data)
+            else:
+                result = loop.callback(self.get_queue(), data)
+            if result is not None and isinstance(result, _Coroutine):
+                self.discard_coroutine(result)
+        except BaseException as error:
+            self.callback_failed(error)
+        finally:
+            self.in_callback = False
+        return 0
+
+    cdef int callback_failed(self, BaseException error) except -1:
+        """The callback raised `error`. If it came from the application's signal handler
+        (its frame is in the traceback) it is the application's request: the server
+        stops (Loop.stop_for). Otherwise it is logged. Either way this connection closes
+        once its queued output is sent."""
+        # The close first: under memory pressure what follows may fail in turn, and the
+        # input this callback was given is consumed whatever happens.
+        self.begin_close(CALLBACK_FAILED)
+        try:
+            if self.loop.signal_fd >= 0 and raised_by_signal_handler(error):
+                self.loop.stop_for(error)
+            else:
+                self.loop.log(logging.ERROR, "read_callback raised %s; closing connection %s "
+                              "once its queued output is sent",
+                              (type(error).__name__, self.describe()), error)
+        except MemoryError:
+            pass  # out of memory to say so; the connection closes all the same
+        return 0
+
+    cdef int discard_coroutine(self, object coroutine) except -1:
+        """The callback returned a coroutine (it wraps an async def): nothing will ever
+        run it. TCPServer rejects async callbacks it can see; this catches the rest."""
+        self.begin_close(CALLBACK_FAILED)
+        coroutine.close()  # never started: closing it runs none of its code, and Python
+                           # does not warn that it was never awaited
+        cdef LogThrottle throttle = self.loop.coroutine_log
+        if throttle.report_due():
+            logger.error("read_callback returned a coroutine, which nothing awaits: the "
+                         "callback is called synchronously, so its async code never runs; "
+                         "closing connection %s once its queued output is sent%s",
+                         self.describe(), since_last(throttle.skipped, "coroutines discarded"))
         return 0
 
     cdef int discard_input(self) except -1:
         """Read and drop what the peer sent after the close began (see the top)."""
         cdef Loop loop = self.loop
         cdef ssize_t n
-        cdef int reads
-        for reads in range(READS_PER_EVENT):
-            n = recv(self.fd, loop.read_buffer, DISCARD_CHUNK, MSG_TRUNC)
+        cdef int reads_left = READS_PER_EVENT
+        while reads_left:
+            reads_left -= 1
+            n = recv(self.fd, loop.read_buffer.memory, DISCARD_CHUNK, MSG_TRUNC)
             if n > 0:
                 self.discarded += n
                 self.mark_active(loop.now)
@@ -325,125 +357,9 @@ cdef class Connection:
             elif errno != EINTR:
                 return self.on_io_error(errno, "recv")
         if self.state == LINGERING and (
-                self.saw_eof() or loop.now - self.linger_started >= LINGER_MAX_SECONDS):
-            self.close()
+                self.saw_eof() or loop.now - self.linger_started >= LINGER_MAX_MS / 1000.0):
+            self.close(self.close_reason)
         return 0
-
-    cdef inline bint saw_eof(self) noexcept:
-        """Whether input ended with the peer's EOF, rather than at LINGER_MAX_BYTES (then
-        unread input may remain: a close() would reset, and throw away what the kernel
-        has not delivered yet, so the connection lingers until the peer acknowledged it)."""
-        return not self.input_open and self.discarded <= LINGER_MAX_BYTES
-
-    cdef int service(self) except -1:
-        """Send what can be sent now; move on if that finished a close; then bring the
-        reading pause and the registration up to date."""
-        cdef Loop loop = self.loop
-        if self.fd < 0:
-            return 0
-        if not self.backing_off:
-            self.flush()
-            if self.fd < 0:
-                return 0
-        if (self.state == DRAINING or self.state == AWAITING_WORKER) and not self.out.pending:
-            self.finish_close()
-            if self.fd < 0:
-                return 0
-        # Backpressure: a peer that sends but does not read would otherwise grow its
-        # output buffer without bound. Reading stops above the high-water mark and
-        # resumes below the low one; put()s from other threads wait for the same.
-        if self.out.pending >= loop.high_water:
-            if self.state == OPEN:
-                self.paused = True
-        elif self.out.pending <= loop.low_water:
-            self.paused = False
-            if self.waiters:
-                loop.notify_drained()
-        return self.update_interest()
-
-    cdef inline int flush(self) except -1:
-        cdef Py_ssize_t sent
-        cdef int error
-        while self.out.pending:
-            sent = outbuf_send(&self.out, self.fd)
-            if sent < 0:
-                error = errno
-                if would_block(error):
-                    break
-                if error == EINTR:
-                    continue
-                self.on_io_error(error, "send")  # closed, or backing off
-                break
-            self.mark_active(self.loop.now)
-        return 0
-
-    cdef inline int update_interest(self) except -1:
-        cdef int wanted = 0
-        if not self.backing_off:
-            if self.state == OPEN:
-                if not self.paused:
-                    wanted = READABLE
-            elif self.input_open:
-                wanted = READABLE  # to drop it, and to see the peer's EOF
-            if self.out.pending:
-                wanted |= WRITABLE
-        if wanted != self.interest:
-            self.loop.poller.modify(self.fd, wanted)
-            self.interest = wanted
-        return 0
-
-    cdef int finish_close(self) except -1:
-        """Everything queued is sent (DRAINING or AWAITING_WORKER): close, linger or wait."""
-        if self.close_reason == REPLY_CUT:
-            self.abort()
-            return 0
-        # When the server is stopping, a worker still holding the queue may be about to
-        # reply: wait for it (Loop.check_awaiting_workers). At the peer's EOF in normal
-        # running, not: a registry of queues (a chat server) holds every queue, and its
-        # closed connections would pile up.
-        if (self.loop.stopping and not self.shut_by_user
-                and self.close_reason != CALLBACK_FAILED and self.queue_held()):
-            if self.state != AWAITING_WORKER:
-                self.state = AWAITING_WORKER
-                self.loop.await_worker(self)
-            return 0
-        if self.saw_eof():
-            self.close()  # nothing can arrive to cause a reset
-            return 0
-        return self.start_lingering()
-
-    cdef int start_lingering(self) except -1:
-        """Shut the write side and drop input until the peer closes (see the top)."""
-        cdef Loop loop = self.loop
-        if (loop.now - self.last_active >= LINGER_QUIET_SECONDS
-                and self.unacknowledged() == 0):
-            self.close()  # quiet, and it has all it was sent: nothing to protect
-            return 0
-        if shutdown(self.fd, SHUT_WR) < 0:
-            self.close()  # the peer is gone already
-            return 0
-        self.state = LINGERING
-        self.linger_started = self.last_active = loop.now
-        if self.listed_in is not None:
-            self.listed_in.unlink(self)  # the idle timeout no longer applies
-        loop.lingering.append(self)
-        return 0
-
-    cdef int on_linger_quiet(self) except -1:
-        """The peer of this lingering connection sent nothing for LINGER_QUIET_SECONDS."""
-        if (self.unacknowledged() > 0
-                and self.loop.now - self.linger_started < LINGER_MAX_SECONDS):
-            self.mark_active(self.loop.now)  # it is still receiving what was sent
-        else:
-            self.close()
-        return 0
-
-    cdef int unacknowledged(self):
-        """Bytes sent that the peer has not acknowledged yet (0 if unknown)."""
-        cdef int queued = 0
-        if ioctl(self.fd, SIOCOUTQ, &queued) < 0:
-            return 0
-        return queued
 
     cdef int on_hangup(self) except -1:
         """The poller reports an error or hang-up, whatever this connection waits for.
@@ -454,7 +370,7 @@ cdef class Connection:
         reports the same hang-up again at once, forever.
         """
         if self.state != OPEN:
-            self.close()
+            self.close(HUNG_UP)
         return 0
 
     cdef int on_io_error(self, int error, str operation) except -1:
@@ -467,92 +383,199 @@ cdef class Connection:
         if error == ECONNRESET or error == EPIPE or error == ETIMEDOUT or error == ENOTCONN:
             self.loop.log(logging.DEBUG, "connection %s: %s: %s",
                           (self.describe(), operation, strerror(error).decode()))
+            self.close(PEER_RESET)
         else:
             self.loop.log_connection_error(self.describe(),
                                            f"{operation} failed: {strerror(error).decode()}")
-        self.close()
+            self.close(IO_ERROR)
         return 0
 
-    cdef bint must_wait(self):
-        """Whether a put() now has to wait for the output to drain (see ConnectionQueue.put).
+    cdef int on_idle_timeout(self) except -1:
+        """Nothing moved for idle_timeout: close.
 
-        In any state: while stopping, the loop waits for a worker that holds the queue
-        and sends what it puts, which must not pile up either (a lingering or closed
-        connection has nothing pending, and drops what is put).
+        With output still unsent the peer has stopped reading (slowloris): reset, so it
+        cannot take the part it got for the whole reply. Otherwise the close is
+        graceful (finish_close).
         """
-        return (self.out.pending >= self.loop.high_water
-                and PyThread_get_thread_ident() != self.loop.thread_ident)
+        if self.output.pending:
+            self.abort(IDLE_TIMEOUT)
+            return 0
+        self.begin_close(IDLE_TIMEOUT)
+        self.loop.handle(self, WRITABLE)
+        if self.listed_in is self.loop.timers.idle:
+            # Waiting for a worker while stopping: the grace period bounds it now.
+            self.listed_in.unlink(self)
+        return 0
 
-    cdef void close(self):
+    cdef int on_linger_quiet(self) except -1:
+        """The peer of this lingering connection sent nothing for LINGER_QUIET_MS."""
+        if (self.unacknowledged() > 0
+                and self.loop.now - self.linger_started < LINGER_MAX_MS / 1000.0):
+            self.mark_active(self.loop.now)  # it is still receiving what was sent
+        else:
+            self.close(self.close_reason)
+        return 0
+
+    cdef inline void mark_active(self, double now) noexcept:
+        self.last_active = now
+        if self.listed_in is not None and self is not self.listed_in.newest:
+            self.listed_in.move_to_newest(self)
+
+    # ---- sending and settling ---------------------------------------------------
+
+    cdef int send_and_settle(self) except -1:
+        """Send what can be sent now; then settle what that changed: a close whose
+        output is all out moves on (finish_close), reading pauses or resumes
+        (apply_backpressure), and the poller is told what to watch (update_interest)."""
+        if self.fd < 0:
+            return 0
+        if not self.backing_off:
+            self.flush()
+            if self.fd < 0:
+                return 0
+        if (self.state == DRAINING or self.state == AWAITING_WORKER) and not self.output.pending:
+            self.finish_close()
+            if self.fd < 0:
+                return 0
+        self.apply_backpressure()
+        return self.update_interest()
+
+    cdef inline int flush(self) except -1:
+        cdef Py_ssize_t sent
+        cdef int error
+        while self.output.pending:
+            sent = outbuf_send(&self.output, self.fd)
+            if sent < 0:
+                error = errno
+                if would_block(error):
+                    break
+                if error == EINTR:
+                    continue
+                self.on_io_error(error, "send")  # closed, or backing off
+                break
+            self.mark_active(self.loop.now)
+        return 0
+
+    cdef inline void apply_backpressure(self):
+        # A peer that sends but does not read would otherwise grow its output buffer
+        # without bound. Reading stops above the high-water mark and resumes below the
+        # low one; put()s from other threads wait for the same.
+        if self.output.pending >= self.loop.high_water:
+            if self.state == OPEN:
+                self.paused = True
+        elif self.output.pending <= self.loop.low_water:
+            self.paused = False
+            if self.waiters:
+                self.wake_waiters()
+
+    cdef inline int update_interest(self) except -1:
+        cdef int wanted = 0
+        if not self.backing_off:
+            if self.state == OPEN:
+                if not self.paused:
+                    wanted = READABLE
+            elif self.input_open:
+                wanted = READABLE  # to drop it, and to see the peer's EOF
+            if self.output.pending:
+                wanted |= WRITABLE
+        if wanted != self.interest:
+            self.loop.poller.modify(self.fd, wanted)
+            self.interest = wanted
+        return 0
+
+    # ---- life ---------------------------------------------------------------------
+
+    cdef int become(self, ConnectionState state) except -1:
+        """The one place the state changes, with what entering each state takes."""
+        self.state = state
+        if state == OPEN:
+            # From AWAITING_PROXY_HEADER: the header timeout gives way to the idle one.
+            if self.listed_in is not None:
+                self.listed_in.unlink(self)
+            if self.loop.timers.idle_timeout:
+                self.loop.timers.idle.append(self)
+            self.mark_active(self.loop.now)
+        elif state == DRAINING:
+            self.paused = False  # input is read (and dropped) until the close is done
+        elif state == AWAITING_WORKER:
+            self.loop.await_worker(self)
+        elif state == LINGERING:
+            self.linger_started = self.last_active = self.loop.now
+            if self.listed_in is not None:
+                self.listed_in.unlink(self)  # the idle timeout no longer applies
+            self.loop.timers.lingering.append(self)
+        elif state == CLOSED:
+            self.input_open = False
+        return 0
+
+    cdef void begin_close(self, CloseReason reason):
+        """Stop serving the peer: send what is queued, then close (see finish_close)."""
+        if self.state == OPEN or self.state == AWAITING_PROXY_HEADER:
+            self.close_reason = reason
+            self.become(DRAINING)
+
+    cdef int finish_close(self) except -1:
+        """Everything queued is sent (DRAINING or AWAITING_WORKER): close, linger or wait."""
+        if self.close_reason == REPLY_CUT:
+            self.abort(REPLY_CUT)
+            return 0
+        # When the server is stopping, a worker still holding the queue may be about to
+        # reply: wait for it (Loop.check_awaiting_workers). At the peer's EOF in normal
+        # running, not: a registry of queues (a chat server) holds every queue, and its
+        # closed connections would pile up.
+        if (self.loop.stopping and not self.shut_by_user
+                and self.close_reason != CALLBACK_FAILED and self.queue_held()):
+            if self.state != AWAITING_WORKER:
+                self.become(AWAITING_WORKER)
+            return 0
+        if self.saw_eof():
+            self.close(self.close_reason)  # nothing can arrive to cause a reset
+            return 0
+        return self.start_lingering()
+
+    cdef int start_lingering(self) except -1:
+        """Shut the write side and drop input until the peer closes (see the top)."""
+        if (self.loop.now - self.last_active >= LINGER_QUIET_MS / 1000.0
+                and self.unacknowledged() == 0):
+            self.close(self.close_reason)  # quiet, and it has all it was sent: nothing to protect
+            return 0
+        if shutdown(self.fd, SHUT_WR) < 0:
+            self.close(self.close_reason)  # the peer is gone already
+            return 0
+        return self.become(LINGERING)
+
+    cdef inline bint saw_eof(self) noexcept:
+        """Whether input ended with the peer's EOF, rather than at LINGER_MAX_BYTES (then
+        unread input may remain: a close() would reset, and throw away what the kernel
+        has not delivered yet, so the connection lingers until the peer acknowledged it)."""
+        return not self.input_open and self.discarded <= LINGER_MAX_BYTES
+
+    cdef int unacknowledged(self):
+        """Bytes sent that the peer has not acknowledged yet (0 if unknown)."""
+        cdef int queued = 0
+        if ioctl(self.fd, SIOCOUTQ, &queued) < 0:
+            return 0
+        return queued
+
+    cdef void close(self, CloseReason reason):
+        """Close now; `reason` is kept unless a close had already begun for another."""
         cdef int fd = self.fd
         if fd < 0:
             return
         self.fd = -1
-        self.state = CLOSED
-        self.input_open = False
-        outbuf_clear(&self.out)
+        if self.close_reason == NOT_CLOSING:
+            self.close_reason = reason
+        self.become(CLOSED)
+        outbuf_clear(&self.output)
         if self.listed_in is not None:
             self.listed_in.unlink(self)
-        self.loop.forget(self, fd)
+        self.loop.remove(self, fd)
 
-    cdef void abort(self):
+    cdef void abort(self, CloseReason reason):
         """Close with RST: the peer must not take what it got for a whole reply."""
         if self.fd >= 0:
             reset_on_close(self.fd)
-        self.close()
-
-    cdef tuple peer_address(self):
-        """(host, port) of the peer, as given to the user (queue.peer)."""
-        return (self.peer_host(), ntohs(self.peer_port))
-
-    cdef str describe(self):
-        if self.peer_family == AF_INET6:
-            return f"[{self.peer_host()}]:{ntohs(self.peer_port)} (fd {self.fd})"
-        if self.peer_family == AF_INET:
-            return f"{self.peer_host()}:{ntohs(self.peer_port)} (fd {self.fd})"
-        return f"fd {self.fd}"
-
-
-@cython.final
-cdef class ActivityList:
-    """Connections ordered by last activity, least recent first.
-
-    The next to time out is always the oldest; marking activity moves a connection to
-    the newest end, O(1). The loop keeps one for the idle timeout and one for lingering
-    connections; a connection is in at most one.
-    """
-
-    cdef Connection oldest
-    cdef Connection newest
-
-    def __init__(self, *args, **kwargs):
-        internal_class(self)
-
-    cdef void append(self, Connection connection) noexcept:
-        connection.older = self.newest
-        connection.newer = None
-        if self.newest is not None:
-            self.newest.newer = connection
-        else:
-            self.oldest = connection
-        self.newest = connection
-        connection.listed_in = self
-
-    cdef void unlink(self, Connection connection) noexcept:
-        if connection.older is not None:
-            connection.older.newer = connection.newer
-        elif self.oldest is connection:
-            self.oldest = connection.newer
-        if connection.newer is not None:
-            connection.newer.older = connection.older
-        elif self.newest is connection:
-            self.newest = connection.older
-        connection.older = connection.newer = None
-        connection.listed_in = None
-
-    cdef void move_to_newest(self, Connection connection) noexcept:
-        self.unlink(connection)
-        self.append(connection)
+        self.close(reason)
 
 
 cdef bytes as_chunk(object item):
@@ -603,7 +626,9 @@ class ConnectionQueue(_queue.Queue):
     """
 
     # Queue.__init__ is skipped on purpose: its lock and three Conditions would cost
-    # about a kilobyte per connection, and nothing here needs them.
+    # about a kilobyte per connection, and nothing here needs them. The slot keeps
+    # Python 3.9 and 3.10 from giving every queue an instance dict (about 100 bytes);
+    # from 3.11 on, instance attributes are stored inline and it makes no difference.
     __slots__ = ("_connection",)
 
     def __init__(self, connection):
@@ -625,7 +650,7 @@ class ConnectionQueue(_queue.Queue):
         if timeout is not None:
             timeout = _arguments.check_wait_seconds(timeout, "timeout")
         if connection.must_wait():
-            connection.loop.wait_for_drain(connection, block, timeout)
+            connection.wait_for_drain(block, timeout)
         connection.put(item)
 
     def put_nowait(self, item):
@@ -641,20 +666,20 @@ class ConnectionQueue(_queue.Queue):
 
     def qsize(self):
         """How many queued chunks are not yet wholly sent."""
-        return outbuf_chunks(&connection_of(self).out)
+        return outbuf_chunks(&connection_of(self).output)
 
     def empty(self):
-        return outbuf_chunks(&connection_of(self).out) == 0
+        return outbuf_chunks(&connection_of(self).output) == 0
 
     def full(self):
         """Whether the unsent output is at or above the server's high-water mark."""
         cdef Connection connection = connection_of(self)
-        return connection.out.pending >= connection.loop.high_water
+        return connection.output.pending >= connection.loop.high_water
 
     @property
     def pending_bytes(self):
         """How many queued bytes the peer has not been sent yet."""
-        return connection_of(self).out.pending
+        return connection_of(self).output.pending
 
     @property
     def peer(self):
@@ -682,4 +707,4 @@ class ConnectionQueue(_queue.Queue):
             connection = connection_of(self)
         except TypeError:
             return "<ConnectionQueue not bound to a connection>"
-        return f"<ConnectionQueue {connection.describe()} pending={connection.out.pending}>"
+        return f"<ConnectionQueue {connection.describe()} pending={connection.output.pending}>"

@@ -1,0 +1,93 @@
+"""Signals while a server's loop runs in the main thread.
+
+Python's C-level handler only sets a flag. A signal that lands after the loop last ran
+PyErr_CheckSignals() but before it blocks in the poller would wait unseen until the
+next I/O; signal.set_wakeup_fd turns it into I/O on a pipe the loop watches (it then
+runs the Python handlers itself, and stops if one of the application's raises).
+
+SIGTERM's default would kill the process with replies still queued, and Python's
+default SIGINT handler raises KeyboardInterrupt in whatever code runs, a callback
+included, cutting it short. Where the application left those defaults, the handler
+here asks the loop for a graceful stop instead (a second signal: stop without
+waiting); so a KeyboardInterrupt that comes out of a callback can only be the
+callback's own. Handlers the application installed itself are left alone.
+
+This is policy, in Python: nothing here is on the loop's hot path.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from typing import Any, Iterator, Optional
+
+from simpletcp._loop import Loop
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM stop ``loop``; every signal wakes it (see the module)."""
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+        self._read_fd = -1
+        self._write_fd = -1
+        self._previous_wakeup_fd: Optional[int] = None
+        self._previous_sigterm: Any = None
+        self._previous_sigint: Any = None
+
+    def install(self) -> int:
+        """Take over; returns the descriptor the loop must watch."""
+        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd,
+                                                        warn_on_full_buffer=False)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_stop_signal)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_stop_signal)
+        return self._read_fd
+
+    def uninstall(self) -> None:
+        """Put back what install() replaced, and close the pipe."""
+        if self._previous_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            self._previous_wakeup_fd = None
+        # Only where this handler is still in place: one the application installed
+        # while the loop served is the application's to keep.
+        if (self._previous_sigterm is not None
+                and signal.getsignal(signal.SIGTERM) == self._on_stop_signal):
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if (self._previous_sigint is not None
+                and signal.getsignal(signal.SIGINT) == self._on_stop_signal):
+            signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigterm = self._previous_sigint = None
+        for fd in (self._read_fd, self._write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._read_fd = self._write_fd = -1
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        loop = self._loop
+        name = signal.Signals(signum).name
+        if not loop.stop_requested:
+            loop.log(logging.INFO, "%s: stopping", (name,))
+            loop.request_stop()
+        else:
+            loop.log(logging.WARNING, "%s again: closing %d connections without waiting",
+                     (name, loop.connection_count))
+            loop.request_abort()
+
+
+@contextlib.contextmanager
+def watched(loop: Loop) -> Iterator[int]:
+    """StopSignals for ``loop`` while the block runs, if this is the main thread (only
+    it can set handlers). Yields the descriptor for Loop.run's ``signal_fd``, or -1."""
+    if threading.current_thread() is not threading.main_thread():
+        yield -1
+        return
+    signals = StopSignals(loop)
+    try:
+        yield signals.install()
+    finally:
+        signals.uninstall()

@@ -1,0 +1,15 @@
+# The CPython internals the loop relies on beyond cpython.*: each one is a deliberate
+# shortcut on the hot path or a way to report what no caller can be given.
+from cpython.ref cimport PyObject
+
+cdef extern from "Python.h":
+    # Only to forget the hash a reused bytes object cached for its old contents
+    # (Connection.received_bytes refills a bytes object nobody else holds).
+    ctypedef struct PyBytesObject:
+        Py_hash_t ob_shash
+    # Py_REFCNT on a borrowed pointer: cpython.ref's takes an object, for which Cython
+    # makes a temporary reference that the count would include.
+    Py_ssize_t refcount_of "Py_REFCNT"(PyObject *obj)
+    # To hand an exception nobody can be given to sys.unraisablehook (Loop.log).
+    void PyErr_SetObject(object type, object value)
+    void PyErr_WriteUnraisable(object obj)

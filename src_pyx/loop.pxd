@@ -1,0 +1,26 @@
+# The one header of simpletcp._loop: the C APIs the loop calls, then each room's
+# declarations (its cdef class, struct or enums, declared once), in the order they
+# depend on one another. loop.pyx includes the implementations in the same order.
+
+cimport cython
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint64_t
+
+from includes.epoll cimport *
+from includes.eventfd cimport *
+from includes.poll cimport *
+from includes.python cimport *
+from includes.socket cimport *
+
+# Connection and Loop point at each other: Connection reaches its loop for the poller,
+# scheduling and logging, and the loop finds connections by descriptor.
+cdef class Loop
+cdef class ActivityList
+
+include "throttle.pxd"
+include "poller.pxd"
+include "outbuf.pxd"
+include "readbuf.pxd"
+include "connection.pxd"
+include "timers.pxd"
+include "serverloop.pxd"

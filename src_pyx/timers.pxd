@@ -1,0 +1,42 @@
+# Timers: every timed thing the loop waits for, in one place (timers.pyx).
+
+cdef enum TimerKind:
+    # The loop's own timers, one deadline each:
+    GRACE_PERIOD     # stopping: what is still open is closed then
+    ACCEPT_RETRY     # accepting paused (EMFILE, ENFILE, ENOBUFS, ENOMEM): resume then
+    IO_RETRY         # connections backing off (ENOBUFS, ENOMEM): their I/O is retried then
+    WORKER_CHECK     # stopping: the connections awaiting a worker are looked at again
+    LOOP_TIMER_KINDS # how many kinds above
+
+
+@cython.final
+cdef class ActivityList:
+    cdef Connection oldest
+    cdef Connection newest
+
+    cdef void append(self, Connection connection) noexcept
+    cdef void unlink(self, Connection connection) noexcept
+    cdef void move_to_newest(self, Connection connection) noexcept
+
+
+@cython.final
+cdef class Timers:
+    cdef double deadline[<int>LOOP_TIMER_KINDS]  # monotonic time; 0: not set
+    # Per-connection timers of one duration each: a FIFO by last activity, so that the
+    # next to expire is always the oldest and a touch (mark_active) is O(1).
+    cdef ActivityList idle        # connections under the idle timeout
+    cdef ActivityList lingering   # lingering connections (LINGER_QUIET_MS)
+    cdef double idle_timeout      # seconds; 0: none
+    # proxy_protocol: connections still owing their PROXY header, by accept time (a
+    # partial header does not touch them: trickling does not extend the deadline).
+    cdef ActivityList awaiting_proxy_header
+    cdef double proxy_header_timeout  # seconds
+
+    cdef inline void start(self, TimerKind kind, double at) noexcept
+    cdef inline void cancel(self, TimerKind kind) noexcept
+    cdef inline bint running(self, TimerKind kind) noexcept
+    cdef inline bint expired(self, TimerKind kind, double now) noexcept
+    cdef inline bint idle_expired(self, double now) noexcept
+    cdef inline bint linger_quiet(self, double now) noexcept
+    cdef inline bint proxy_header_late(self, double now) noexcept
+    cdef double next_deadline(self) noexcept
