@@ -40,9 +40,21 @@ def check_int(value: object, name: str, minimum: int, maximum: int) -> int:
     # bool is an int subclass, but True is never meant as 1 byte or port 1.
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int.__index__(value)  # the plain int it holds: see exact_number()
     if not minimum <= value <= maximum:
         raise ValueError(f"{name} must be from {minimum} to {maximum}, got {shown(value)}")
-    return int(value)
+    return value
+
+
+def exact_number(value: int | float) -> int | float:
+    """The plain int or float that an int or float (subclass) holds.
+
+    A subclass's own __int__, __index__, __float__ or comparisons would otherwise have
+    the last word: it could pass the range check as one number and be used as another.
+    """
+    if isinstance(value, int):
+        return int.__index__(value)
+    return float.__float__(value)
 
 
 def check_bool(value: object, name: str) -> bool:
@@ -67,6 +79,7 @@ def check_seconds(value: object, name: str, *, allow_zero: bool,
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds{or_none}, got "
                         f"{type(value).__name__}")
+    value = exact_number(value)
     above_minimum = value >= 0 if allow_zero else value > 0
     if not (above_minimum and value <= MAX_SECONDS):  # NaN fails both
         span = "from 0 to" if allow_zero else "more than 0 and at most"
@@ -84,6 +97,7 @@ def check_wait_seconds(value: object, name: str) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds or None, "
                         f"got {type(value).__name__}")
+    value = exact_number(value)
     if not value >= 0:  # NaN too
         raise ValueError(f"{name} must be a non-negative number of seconds, "
                          f"got {shown(value)}")
@@ -97,6 +111,7 @@ def check_mode(mode: object) -> str:
             "mode must be 'localhost', 'public' or an IP address / host name (str), "
             f"got {type(mode).__name__}"
         )
+    mode = str.__str__(mode)  # a str subclass's own __contains__/__len__ have no say
     if not mode:
         raise ValueError("mode must not be empty: use 'localhost', 'public' or an address")
     if "\0" in mode:

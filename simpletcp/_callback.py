@@ -12,11 +12,12 @@ def check_runs_when_called(read_callback: object) -> None:
     The server calls read_callback synchronously in its thread and does nothing with
     what it returns: an ``async def`` (or async generator, or generator) function
     called that way only creates an object, and its code never runs. Partials of
-    them and objects whose ``__call__`` is one are the same.
+    them (and staticmethods of them) and objects whose ``__call__`` is one are the same.
     """
     target = read_callback
-    while isinstance(target, functools.partial):
-        target = target.func
+    # A partial, or a staticmethod (callable since Python 3.10), calls what it wraps.
+    while isinstance(target, (functools.partial, staticmethod)):
+        target = target.func if isinstance(target, functools.partial) else target.__func__
     candidates = [target]
     if not inspect.isclass(target) and not inspect.isroutine(target):
         candidates.append(getattr(target, "__call__", None))  # a callable object

@@ -1,8 +1,8 @@
 """The listening socket a server serves: bound here (TCP or Unix), or brought by the
 caller (``sock=``, an inherited descriptor, systemd socket activation).
 
-Whatever its origin, the loop gets a non-blocking listening SOCK_STREAM socket of
-family AF_INET, AF_INET6 or AF_UNIX; every check of one lives here.
+Whatever its origin, the loop gets a listening SOCK_STREAM socket of family AF_INET,
+AF_INET6 or AF_UNIX (and makes it non-blocking); every check of one lives here.
 """
 from __future__ import annotations
 
@@ -55,7 +55,6 @@ def bind_tcp(mode: object, port: int, backlog: int, reuse_port: bool) -> socket.
                 f"port {port}): {exc.strerror}"
             ) from exc
         listener.listen(backlog)
-        listener.setblocking(False)
     except BaseException:
         listener.close()
         raise
@@ -77,7 +76,6 @@ def bind_unix(path: str, backlog: int, permissions: Optional[int]) -> Tuple[sock
             if permissions is not None:
                 os.chmod(path, permissions)
             listener.listen(backlog)
-            listener.setblocking(False)
             identity = os.lstat(path)
         except BaseException:
             os.unlink(path)
@@ -134,8 +132,8 @@ def remove_unix_socket(path: str, identity: os.stat_result) -> None:
 
 
 def adopt(sock: object) -> socket.socket:
-    """``sock``, checked to be a listening stream socket the loop can serve, made
-    non-blocking (the loop must never block in accept())."""
+    """``sock``, checked to be a listening stream socket the loop can serve (the loop
+    makes it non-blocking)."""
     if not isinstance(sock, socket.socket):
         raise TypeError(f"sock must be a listening socket.socket, got {type(sock).__name__}")
     if sock.fileno() < 0:
@@ -146,7 +144,6 @@ def adopt(sock: object) -> socket.socket:
         raise ValueError(f"sock must be a SOCK_STREAM socket, got {sock.type!r}")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError("sock must be listening: call sock.listen() first")
-    sock.setblocking(False)
     return sock
 
 

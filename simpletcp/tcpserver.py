@@ -103,6 +103,7 @@ class TCPServer:
         recv_bytes = _arguments.check_int(recv_bytes, "recv_bytes", 1, _arguments.MAX_RECV_BYTES)
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        backend = str.__str__(backend)  # a str subclass's own __eq__ has no say
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, "
                              f"got {_arguments.shown(backend)}")
@@ -188,13 +189,18 @@ class TCPServer:
         self.workers = workers
         self.proxy_protocol = proxy_protocol
         self.proxy_header_timeout = proxy_header_timeout
-        self._state = threading.Lock()  # guards _started and _stopped
+        # Guards _started and _stopped. Re-entrant: a signal handler that calls stop()
+        # runs in the main thread, possibly while that thread is inside _claim() or stop().
+        self._state = threading.RLock()
         self._started = False  # run() or start() has claimed the server
         self._stopped = False  # stop() has been called: final
         self._serving = threading.Event()
         self._finished = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._loop_thread_id: Optional[int] = None
+        # The thread inside run() or start() (until start() returns): a stop() of a signal
+        # handler that interrupts it must not wait for a loop that this thread is to run.
+        self._claimed_by: Optional[int] = None
         self._start_failure: Optional[BaseException] = None
 
     # ---- properties ----------------------------------------------------------------
@@ -284,9 +290,17 @@ class TCPServer:
         thread = threading.Thread(
             target=self._serve_in_thread, name=f"simpletcp {self._where()}", daemon=True
         )
+        try:
+            thread.start()
+        except BaseException:
+            # No thread ("can't start new thread"): nothing will serve, or release the
+            # port and descriptors, or set _finished for stop() to wait on.
+            self._claimed_by = None
+            self._never_serve()
+            raise
         self._thread = thread
-        thread.start()
         self._serving.wait()  # set once serving, or when serving could not begin
+        self._claimed_by = None  # from now on, stop() in this thread waits as in any other
         if self._start_failure is not None:
             thread.join()
             raise self._start_failure
@@ -297,10 +311,22 @@ class TCPServer:
         with self._state:
             if self._started:
                 raise RuntimeError("this TCPServer has already been run; create a new one")
+            # Before the check of _stopped: a stop() interrupting us from here on leaves
+            # the release to us (below) or to the loop, which starts already stopping.
+            self._claimed_by = threading.get_ident()
             if self._stopped:
+                self._never_serve()
                 return False
             self._started = True
             return True
+
+    def _never_serve(self) -> None:
+        """Release the port and every other descriptor of a server that will not run."""
+        if self._loop is not None:
+            self._loop.close()
+        self._listener.close()  # with workers, the supervisor's (it will not run either)
+        self._remove_unix_socket()
+        self._finished.set()
 
     def _serve(self) -> None:
         loop = self._in_process_loop("_serve")
@@ -369,21 +395,19 @@ class TCPServer:
         with self._state:
             self._stopped = True
             started = self._started
+            # This thread runs the loop, or is in run()/start() (a signal handler, or a
+            # callback): the loop cannot finish while we wait, and that call releases all.
+            own_thread = threading.get_ident() in (self._loop_thread_id, self._claimed_by)
         if self._supervisor is not None:
             if started:
                 self._supervisor.stop()
         else:
             self._in_process_loop("stop").request_stop()
-        if not started:
-            # It never will serve: release the port and every other descriptor now.
-            if self._loop is not None:
-                self._loop.close()
-            self._listener.close()
-            self._remove_unix_socket()
-            self._finished.set()
-            return True
-        if threading.get_ident() == self._loop_thread_id:
+        if own_thread:
             return self._finished.is_set()
+        if not started:
+            self._never_serve()  # it never will serve
+            return True
         return self._finished.wait(timeout)
 
     shutdown = stop

@@ -583,10 +583,11 @@ cdef bytes as_chunk(object item):
     if isinstance(item, str):
         raise TypeError("queue.put() takes a bytes-like object, not str: "
                         "encode it first, e.g. queue.put(text.encode())")
-    if isinstance(item, bytes):
-        return bytes(item)  # a bytes subclass: keep only the bytes
     try:
-        # A copy, so that mutating a bytearray after put() cannot change what is sent.
+        # A copy, so that mutating a bytearray after put() cannot change what is sent;
+        # through the buffer, and so exact bytes: a bytes subclass's __bytes__ could
+        # return an object with a __del__, which the loop would then run while it
+        # frees its chunks (and a __del__ that calls shutdown() freed them under it).
         return bytes(memoryview(item))
     except TypeError:
         raise TypeError("queue.put() takes a bytes-like object (bytes, bytearray, "

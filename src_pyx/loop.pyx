@@ -26,6 +26,7 @@ import queue as _queue
 import _signal as _csignal  # the C module: no Python code runs in its calls
 from simpletcp import _arguments
 from socket import socket as _Socket
+from _socket import socket as _CSocket
 import threading
 import time as _time
 

@@ -79,8 +79,12 @@ cdef class Loop:
         self.low_water = low_water
         self.connection_limit = connection_limit
         self.drain_condition = threading.Condition()
+        # The socket's own descriptor, non-blocking: accept() on a blocking listener
+        # would wait with the GIL held, freezing every thread. The C methods, so that a
+        # subclass's fileno()/setblocking() cannot name another descriptor or skip it.
+        _CSocket.setblocking(listener, False)
         self.listener = listener
-        self.listen_fd = listener.fileno()
+        self.listen_fd = _CSocket.fileno(listener)
         self.callback = callback
         self.callback_takes_ip = callback_takes_ip
         self.grace_period = grace_period

@@ -283,7 +283,6 @@ for label, parser in parsers.items():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    listener.setblocking(False)  # as TCPServer makes it: the loop must not block in accept()
     port = listener.getsockname()[1]
     loop = m.Loop(listener, echo, True, 64, "auto", 0.5, 1 << 20, 1 << 18, 0, 0.0, parser, 1.0)
     failures = []
@@ -344,6 +343,72 @@ attempt("run with failing workers, then stop", supervisor.run, "ok")
 attempt("stop after run", supervisor.stop, "ok")
 attempt("run again", supervisor.run, ("OSError", "ValueError"))
 poke_everything("finished supervisor", supervisor, skip=FORKING)
+finish()
+'''
+
+# A Loop given a blocking listener (or a socket subclass whose fileno()/setblocking()
+# lie) serves it without blocking in accept(): that wait held the GIL and froze every
+# thread of the process (faulthandler ends a frozen child).
+PROGRAMS["Loop with a blocking listener"] = '''
+import faulthandler
+faulthandler.dump_traceback_later(30, exit=True)
+echo = lambda queue, data: queue.put(data)
+
+class Lying(socket.socket):
+    def fileno(self):
+        return 0
+
+    def setblocking(self, flag):
+        pass
+
+for listener in (socket.socket(), Lying()):
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    loop = m.Loop(listener, echo, False, 10, "auto", 1.0, 1 << 20, 1 << 18, 0, 0.0, None, 5.0)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    for _ in range(2):
+        with socket.create_connection(listener.getsockname(), timeout=10) as client:
+            client.sendall(b"ping")
+            assert client.recv(10) == b"ping"
+    loop.request_stop()
+    thread.join(10)
+    assert not thread.is_alive()
+faulthandler.cancel_dump_traceback_later()
+finish()
+'''
+
+# put() of a hostile bytes-like object: what the queue keeps is exact bytes, so freeing
+# it never runs the caller's code (a __del__ that re-entered shutdown() freed the chunk
+# array under the loop that was freeing it), and what is sent is the object's bytes.
+PROGRAMS["put of hostile bytes"] = '''
+class FreedUnderTheLoop(bytes):
+    def __del__(self):
+        self.queue.shutdown(immediate=True)
+
+class BytesSaysOtherwise(bytes):
+    def __bytes__(self):
+        return FreedUnderTheLoop(b"from __bytes__")
+
+replies = []
+def callback(queue, data):
+    FreedUnderTheLoop.queue = queue
+    for _ in range(3):
+        queue.put(BytesSaysOtherwise(b"sent"))
+    if data == b"cut":
+        queue.shutdown(immediate=True)
+
+server = TCPServer("localhost", 0, callback).start()
+for request in (b"reply", b"cut"):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(request)
+        client.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := client.recv(100):
+            received += chunk
+        replies.append(received)
+assert replies == [b"sent" * 3, b""], replies
+assert server.stop(timeout=10)
 finish()
 '''
 PROGRAMS["ShutDown"] = '''

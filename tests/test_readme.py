@@ -182,6 +182,18 @@ def test_rules_recognise_the_readmes_servers():
     assert SERVES.search("pip install . && python -m simpletcp --port 5000")
 
 
+def test_every_shell_block_of_the_readme_is_one_the_test_runs():
+    # A block the fresh-clone test does not recognise as sh would never be run: a fence
+    # spelled ```bash, ```console or ```shell, one indented (in a list), or one left open.
+    text = README.read_text()
+    fences = re.findall(r"^([ \t]*)```(.*)$", text, flags=re.MULTILINE)
+    assert all(indent == "" for indent, _ in fences), "an indented fence is not run"
+    openings = [language.strip() for language in [lang for _, lang in fences][::2]]
+    assert set(openings) <= {"sh", "python", "text"}, openings
+    assert len(fences) % 2 == 0 and all(lang == "" for _, lang in fences[1::2]), fences
+    assert len(fenced_blocks(text, "sh")) == openings.count("sh")
+
+
 @pytest.mark.readme
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git work tree")

@@ -9,6 +9,7 @@ import pytest
 
 from support import HandOff, backend, recv_until_eof, serve, wait_for  # noqa: F401  (fixtures)
 
+from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
 
 
@@ -121,6 +122,83 @@ def test_bad_arguments_raise_naming_the_argument(args, kwargs, error, word):
         TCPServer(*args, **kwargs)
 
 
+# Subclasses whose own conversions or comparisons say something else than the value
+# they hold: the checks read the plain value, and that is the value used.
+class BigWhenConverted(int):
+    def __int__(self):
+        return 2**62
+
+    __index__ = __int__
+
+
+class NaNWhenConverted(float):
+    def __float__(self):
+        return float("nan")
+
+
+class IntNaNWhenConverted(int):
+    def __float__(self):
+        return float("nan")
+
+
+class InRangeWhenCompared(int):
+    def __le__(self, other):
+        return True
+
+    __ge__ = __le__
+
+    def __lt__(self, other):
+        return False
+
+    __gt__ = __lt__
+
+
+class HidesItsNul(str):
+    def __contains__(self, item):
+        return False
+
+    def __len__(self):
+        return 1
+
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("args, kwargs, word", [
+    (("localhost", InRangeWhenCompared(-5), echo), {}, "port"),
+    (("localhost", 0, echo), {"recv_bytes": InRangeWhenCompared(-5)}, "recv_bytes"),
+    (("localhost", 0, echo), {"high_water": InRangeWhenCompared(0)}, "high_water"),
+    ((HidesItsNul("127.0.0.1\0x"), 0, echo), {}, "mode"),
+    ((HidesItsNul("a" * 254), 0, echo), {}, "mode"),
+    (("localhost", 0, echo), {"backend": HidesItsNul("kqueue")}, "backend"),
+])
+def test_hostile_subclasses_are_checked_by_their_value(args, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        TCPServer(*args, **kwargs)
+
+
+def test_hostile_subclasses_in_range_are_used_as_checked():
+    server = TCPServer("localhost", 0, echo, recv_bytes=BigWhenConverted(5),
+                  high_water=BigWhenConverted(100), maximum_connections=BigWhenConverted(8),
+                  connection_limit=BigWhenConverted(10), grace_period=NaNWhenConverted(1.0),
+                  idle_timeout=IntNaNWhenConverted(30))
+    assert (server.recv_bytes, server.high_water, server.maximum_connections,
+            server.connection_limit) == (5, 100, 8, 10)
+    assert (server.grace_period, server.idle_timeout) == (1.0, 30.0)
+    assert all(type(value) in (int, float) for value in (
+        server.recv_bytes, server.high_water, server.low_water, server.maximum_connections,
+        server.connection_limit, server.grace_period, server.idle_timeout))
+    with server:
+        server.start()
+        client = ClientSocket(HidesItsNul("localhost"), BigWhenConverted(server.port),
+                              recv_bytes=BigWhenConverted(3), timeout=NaNWhenConverted(10.0))
+        assert (client.connect_port, client.recv_bytes, client.timeout) == (server.port, 3, 10.0)
+        assert client.send(b"0123456789") == b"012"
+        assert server.stop(timeout=NaNWhenConverted(10.0))
+
+
 @pytest.mark.parametrize("keywords", [
     {"recv_bytes": 64 * 2**20},
     {"high_water": sys.maxsize, "low_water": sys.maxsize},
@@ -225,9 +303,15 @@ class AsyncMethods:
         (AsyncMethods().handle, "async"),
         (async_echo_generator, "async"),
         (generator_echo, "generator"),
+        pytest.param(staticmethod(async_echo), "async", marks=pytest.mark.skipif(
+            sys.version_info < (3, 10), reason="a staticmethod is callable since 3.10")),
+        pytest.param(functools.partial(staticmethod(async_echo)), "async",
+                     marks=pytest.mark.skipif(sys.version_info < (3, 10),
+                                              reason="a staticmethod is callable since 3.10")),
     ],
     ids=["async-def", "partial", "partial-of-partial", "async-__call__",
-         "partial-of-async-__call__", "async-method", "async-generator", "generator"],
+         "partial-of-async-__call__", "async-method", "async-generator", "generator",
+         "staticmethod", "partial-of-staticmethod"],
 )
 def test_a_callback_whose_body_would_never_run_is_rejected(callback, word):
     with pytest.raises(TypeError, match=f"read_callback is an? {word}"):

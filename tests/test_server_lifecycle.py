@@ -75,6 +75,72 @@ def test_stop_from_a_signal_handler_while_run_serves_the_main_thread(backend):
     assert not server.running
 
 
+# A signal handler's stop() landing at each line that run()/start() go through before
+# serving (tcpserver.py's own lines, found by a tracer; the signal is sent to the main
+# thread there, so the handler runs right after): it once hung the process for good,
+# waiting for a lock this thread held or for a loop this thread had yet to run.
+SIGNAL_WHILE_STARTING = """
+import faulthandler, os, signal, socket, sys, threading, time
+faulthandler.dump_traceback_later(40, exit=True)
+import simpletcp.tcpserver
+from simpletcp.tcpserver import TCPServer
+
+def echo(queue, data):
+    queue.put(data)
+
+def signal_at_line(number):
+    seen = [0]
+    def trace(frame, event, arg):
+        if frame.f_code.co_filename != simpletcp.tcpserver.__file__:
+            return None
+        def each_line(frame, event, arg):
+            if event == "line":
+                seen[0] += 1
+                if seen[0] == number:
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+            return each_line
+        return each_line
+    sys.settrace(trace)
+    return seen
+
+for how in ("run", "start"):
+    number = 1
+    while True:
+        server = TCPServer("localhost", 0, echo)
+        stopped = []
+        signal.signal(signal.SIGUSR1, lambda signum, frame: stopped.append(server.stop()))
+        seen = signal_at_line(number)
+        # Past the last line before serving, nothing would send it: run() would serve on.
+        too_late = []
+        def fallback_signal():
+            if not stopped:
+                too_late.append(True)
+                os.kill(os.getpid(), signal.SIGUSR1)
+        fallback = threading.Timer(1.0, fallback_signal)
+        fallback.start()
+        getattr(server, how)()
+        sys.settrace(None)
+        while not stopped:  # start() returned before the line: the fallback's signal
+            time.sleep(0.01)
+        fallback.cancel()
+        assert stopped, (how, number)
+        assert server.stop(timeout=10), (how, number)
+        with socket.socket() as probe:  # the port was released
+            probe.bind(("127.0.0.1", server.port))
+        if too_late or seen[0] < number:
+            break  # no line was left before serving (or returning): all lines done
+        number += 1
+print("lines tried:", number)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_signal_handlers_stop_at_any_point_of_run_or_start_never_hangs():
+    result = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_STARTING],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
 def test_a_handler_the_application_installs_while_run_serves_is_kept(backend):
     # run() in the main thread takes SIGTERM while it serves (Python's default would
     # kill the process) and puts the default back when it returns; a handler the
@@ -170,6 +236,22 @@ def test_stop_with_a_bad_timeout_raises_before_stopping(timeout, error):
         assert server.running
     finally:
         assert server.stop(timeout=1e300)  # longer than threading can wait: for ever
+
+
+def test_start_without_a_thread_raises_and_releases_the_port(monkeypatch):
+    # The process is out of threads: start() says so, and stop() does not then wait
+    # for ever for a loop that no thread runs.
+    def no_thread(thread):
+        raise RuntimeError("can't start new thread")
+
+    server = TCPServer("localhost", 0, echo)
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", no_thread)
+        with pytest.raises(RuntimeError, match="new thread"):
+            server.start()
+    assert server.stop(timeout=10) is True
+    TCPServer("localhost", server.port, echo).stop()  # the port was released
+    server.__exit__(None, None, None)
 
 
 def test_stop_before_run_releases_the_port_and_is_final():
