@@ -42,6 +42,8 @@ STABLE_SECONDS = 10.0
 #: After the grace period, how long the supervisor still waits for workers that were
 #: asked to stop before it kills them (their own loop ends at its grace period).
 STOP_MARGIN_SECONDS = 5.0
+#: The signals that stop the supervisor, and that it sends its workers to stop them.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 #: prctl(PR_SET_PDEATHSIG): a worker is sent SIGTERM when its supervisor dies.
 PR_SET_PDEATHSIG = 1
 
@@ -191,9 +193,16 @@ class Supervisor:
     # ---- workers ------------------------------------------------------------------
 
     def _start(self, slot: WorkerSlot) -> None:
-        pid = os.fork()
-        if pid == 0:
-            self._become_worker()  # never returns
+        # The stop signals wait while the child still has the supervisor's handlers: one
+        # landing there would run the supervisor's handler in the worker, and the worker
+        # would serve on, deaf to the stop. The child unblocks them once its own are set.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker()  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         slot.pid = pid
         slot.started_at = time.monotonic()
         logger.info("worker %d started (pid %d)", slot.number, pid)
@@ -208,6 +217,7 @@ class Supervisor:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # see _start
             os.close(self._wake_read)
             os.close(self._wake_write)
             # Ctrl-C at a terminal signals the whole foreground process group: the

@@ -1,11 +1,10 @@
 """Every backend is fair: a connection that becomes ready is served in the next turn
 of the loop, however many others are busy."""
-import socket
 import time
 
 import pytest
 
-from support import backend, connect, descriptor_limit, recv_exactly, serve  # noqa: F401
+from support import connect, descriptor_limit, recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 

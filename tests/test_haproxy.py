@@ -10,7 +10,7 @@ import pytest
 
 from haproxy_support import HAProxy
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, backend, recv_exactly  # noqa: F401 (fixture)
+from support import TIMEOUT, recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 

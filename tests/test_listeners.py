@@ -11,7 +11,7 @@ import pytest
 
 from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, ServingCLI, backend, recv_exactly, serve  # noqa: F401 (fixtures)
+from support import TIMEOUT, ServingCLI, recv_exactly
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,8 +134,9 @@ def test_missing_arguments_are_named():
 SYSTEMD_EXEC = """
 import os, sys
 fd = int(sys.argv[1])
-os.dup2(fd, 3)  # the first passed descriptor is 3 (SD_LISTEN_FDS_START), not inheritable-flagged
-os.close(fd)
+if fd != 3:
+    os.dup2(fd, 3)  # the first passed descriptor is 3 (SD_LISTEN_FDS_START)
+    os.close(fd)
 os.environ["LISTEN_FDS"] = "1"
 os.environ["LISTEN_PID"] = str(os.getpid())  # exec keeps the pid
 os.execv(sys.executable, [sys.executable, "-m", "simpletcp", *sys.argv[2:]])

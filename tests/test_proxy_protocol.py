@@ -9,8 +9,8 @@ import pytest
 
 from simpletcp.proxyprotocol import V2_SIGNATURE
 from simpletcp.tcpserver import TCPServer
-from support import (TIMEOUT, ServingCLI, backend, proxy_v1 as v1, proxy_v2 as v2,  # noqa: F401
-                     recv_exactly, recv_until_eof, serve, wait_for)
+from support import (TIMEOUT, ServingCLI, proxy_v1 as v1, proxy_v2 as v2, recv_exactly,
+                     recv_until_eof, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
