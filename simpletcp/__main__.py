@@ -9,7 +9,9 @@ import sys
 from typing import Any, Callable, List, Optional
 
 from simpletcp import __version__
-from simpletcp.tcpserver import BACKENDS, DEFAULT_GRACE_PERIOD, DEFAULT_HIGH_WATER, TCPServer
+from simpletcp import _listener
+from simpletcp.tcpserver import (BACKENDS, DEFAULT_GRACE_PERIOD, DEFAULT_HIGH_WATER,
+                                 DEFAULT_PROXY_HEADER_TIMEOUT, TCPServer)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -57,11 +59,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the callback to serve, by import path (e.g. myapp.handlers:echo); "
              "default: a built-in echo",
     )
-    parser.add_argument("--mode", default="localhost",
-                        help="'localhost' (127.0.0.1), 'public' (0.0.0.0) or an address "
-                             "to bind (default: localhost)")
-    parser.add_argument("--port", type=int, default=5000,
+    parser.add_argument("--mode", default=None,
+                        help="'localhost' (127.0.0.1), 'public' (0.0.0.0), an address "
+                             "to bind, or unix:PATH for a Unix socket (default: localhost)")
+    parser.add_argument("--port", type=int, default=None,
                         help="port to listen on; 0 picks a free one (default: 5000)")
+    parser.add_argument("--fd", default=None, metavar="N|systemd",
+                        help="serve the listening socket open on descriptor N (inherited), "
+                             "or the one systemd passed (socket activation: LISTEN_FDS), "
+                             "instead of binding --mode/--port")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes serving the socket, each with its own "
+                             "callback state (default: 1, served in this process)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="set SO_REUSEPORT, so that other processes can bind the same "
+                             "port")
+    parser.add_argument("--unix-permissions", type=_octal, default=None, metavar="OCTAL",
+                        help="permissions of a unix:PATH socket file, e.g. 660 "
+                             "(default: as the umask leaves them)")
+    parser.add_argument("--proxy-protocol", action="store_true",
+                        help="every connection starts with a PROXY protocol v1/v2 header "
+                             "(HAProxy send-proxy, nginx proxy_protocol): the callback's ip "
+                             "is the client's it names")
+    parser.add_argument("--proxy-header-timeout", type=float,
+                        default=DEFAULT_PROXY_HEADER_TIMEOUT,
+                        help="seconds a connection has to send its PROXY header "
+                             f"(default: {DEFAULT_PROXY_HEADER_TIMEOUT:g})")
     parser.add_argument("--recv-bytes", type=int, default=2048,
                         help="most bytes handed to one callback (default: 2048)")
     parser.add_argument("--backlog", type=int, default=None,
@@ -91,7 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: TCPServer arguments whose flag is not --the-same-name.
-FLAG_OF_ARGUMENT = {"maximum_connections": "--backlog", "read_callback": "MODULE:CALLABLE"}
+FLAG_OF_ARGUMENT = {"maximum_connections": "--backlog", "read_callback": "MODULE:CALLABLE",
+                    "sock": "--fd"}
+
+
+def _octal(text: str) -> int:
+    """--unix-permissions: file permissions in octal, as chmod takes them (660, 0o660)."""
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not octal permissions: {text!r}") from None
+
+
+def listening_socket(fd: str) -> Any:
+    """The socket --fd names: a descriptor number, or systemd's (socket activation)."""
+    if fd == "systemd":
+        sockets = _listener.systemd_sockets()
+        if len(sockets) != 1:
+            raise ValueError(f"fd systemd: expected one socket from systemd (LISTEN_FDS and "
+                             f"LISTEN_PID for this process), got {len(sockets)}")
+        return sockets[0]
+    if not fd.isdigit():
+        raise ValueError(f"fd must be a descriptor number or 'systemd', got {fd!r}")
+    return _listener.from_descriptor(int(fd))
 
 
 def _naming_the_flag(message: str) -> str:
@@ -117,12 +162,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         except TargetError as exc:
             parser.error(str(exc))  # exits with status 2
 
+    if args.fd is not None and (args.mode is not None or args.port is not None):
+        parser.error("argument --fd: the socket is already bound: give --fd, or "
+                     "--mode/--port, not both")
     try:
+        sock = None
+        mode, port = args.mode, args.port
+        if args.fd is not None:
+            sock = listening_socket(args.fd)
+        else:
+            mode = "localhost" if mode is None else mode
+            if port is None:
+                port = 0 if _listener.unix_path(mode) is not None else 5000
         server = TCPServer(
-            args.mode, args.port, callback, args.backlog, args.recv_bytes,
+            mode, port, callback, args.backlog, args.recv_bytes,
             backend=args.backend, grace_period=args.grace_period,
             high_water=args.high_water, low_water=args.low_water,
             connection_limit=args.connection_limit, idle_timeout=args.idle_timeout,
+            workers=args.workers, reuse_port=args.reuse_port, sock=sock,
+            unix_permissions=args.unix_permissions, proxy_protocol=args.proxy_protocol,
+            proxy_header_timeout=args.proxy_header_timeout,
         )
     except (TypeError, ValueError) as exc:
         parser.error(_naming_the_flag(str(exc)))
@@ -131,8 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
 
     # run() serves the main thread, so SIGTERM and Ctrl-C both stop it gracefully.
-    host = f"[{server.ip}]" if ":" in server.ip else server.ip
-    print(f"simpletcp: listening on {host}:{server.port}", flush=True)
+    print(f"simpletcp: listening on {server._where()}", flush=True)
     server.run()
     return 0
 

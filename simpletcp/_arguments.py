@@ -20,6 +20,9 @@ MAX_C_INT = 2**31 - 1
 MAX_BYTES = sys.maxsize
 #: The longest timeout, grace period or idle timeout, in seconds: a week.
 MAX_SECONDS = 7 * 24 * 3600
+#: The most worker processes (TCPServer(workers=...)): far more than any machine has
+#: cores; each worker is a process with its own loop and memory.
+MAX_WORKERS = 1024
 #: The longest host name (a DNS name in text form).
 MAX_HOST_LENGTH = 253
 
@@ -52,6 +55,13 @@ def exact_number(value: int | float) -> int | float:
     if isinstance(value, int):
         return int.__index__(value)
     return float.__float__(value)
+
+
+def check_bool(value: object, name: str) -> bool:
+    """``value``, which must be a bool (1 or "yes" are refused: say True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 @overload

@@ -115,6 +115,8 @@ class Loop:
         low_water: int,
         connection_limit: int,
         idle_timeout: float,
+        proxy_header_parser: Optional[Callable[[bytes], Any]],
+        proxy_header_timeout: float,
     ) -> None: ...
     @property
     def backend(self) -> str: ...

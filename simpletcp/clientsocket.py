@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Optional, Union
 
-from simpletcp import _address, _arguments
+from simpletcp import _address, _arguments, _listener
 
 #: Seconds a connect, send or receive may take before socket.timeout is raised.
 DEFAULT_TIMEOUT = 10.0
@@ -14,7 +14,7 @@ class ClientSocket:
     """Sends a message to a server and returns its reply.
 
     ``ClientSocket(mode, port)``: ``mode`` is ``"localhost"``, ``"public"`` (this host)
-    or an address / host name. ``send(data)`` connects if needed, sends all of ``data``
+    or an address / host name; or ``"unix:/path"`` for a Unix socket (then ``port`` is 0). ``send(data)`` connects if needed, sends all of ``data``
     (str is sent as UTF-8) and returns the reply of one ``recv(recv_bytes)``: b"" when
     the server closed the connection. With ``single_use`` (the default) the connection
     is closed after each send and the next send opens a new one; without, the
@@ -33,13 +33,21 @@ class ClientSocket:
         single_use: bool = True,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
     ) -> None:
-        host = _address.mode_host(mode)
-        if mode == "public":
-            # 0.0.0.0 is where a server listens, not an address to reach it at.
-            host = "127.0.0.1"
+        self._unix_path = _listener.unix_path(mode)
+        if self._unix_path is not None:
+            if isinstance(port, bool) or port != 0:
+                raise ValueError(f"port must be 0 with a 'unix:' mode, got "
+                                 f"{_arguments.shown(port)}")
+            host = self._unix_path
+            self.connect_port = 0
+        else:
+            host = _address.mode_host(mode)
+            if mode == "public":
+                # 0.0.0.0 is where a server listens, not an address to reach it at.
+                host = "127.0.0.1"
+            self.connect_port = _arguments.check_int(port, "port", 1, 65535)
         self.mode = mode
         self.connect_ip = host
-        self.connect_port = _arguments.check_int(port, "port", 1, 65535)
         self.recv_bytes = _arguments.check_int(recv_bytes, "recv_bytes", 1,
                                                _arguments.MAX_RECV_BYTES)
         if not isinstance(single_use, bool):
@@ -67,7 +75,13 @@ class ClientSocket:
         """Open the connection now (send() does so when needed)."""
         if self._socket is not None:
             return
-        family, sockaddr = _address.resolve(self.connect_ip, self.connect_port, passive=False)
+        sockaddr: Any
+        family: int
+        if self._unix_path is not None:
+            family, sockaddr = socket.AF_UNIX, self._unix_path
+        else:
+            family, sockaddr = _address.resolve(self.connect_ip, self.connect_port,
+                                                passive=False)
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -108,7 +122,9 @@ class ClientSocket:
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
-        return f"<ClientSocket {self.connect_ip}:{self.connect_port} {state}>"
+        where = (f"unix:{self._unix_path}" if self._unix_path is not None
+                 else f"{self.connect_ip}:{self.connect_port}")
+        return f"<ClientSocket {where} {state}>"
 
 
 def _as_bytes(data: object) -> bytes:

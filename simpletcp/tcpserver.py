@@ -7,12 +7,14 @@ fall back to: if the extension is missing, importing this module fails.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
-from simpletcp import _address, _arguments, _callback, _signals
+from simpletcp import _arguments, _callback, _listener, _signals, proxyprotocol
 from simpletcp._loop import BACKENDS, ConnectionQueue, Loop, ShutDown
+from simpletcp.supervisor import Supervisor
 
 __all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
 
@@ -20,6 +22,11 @@ __all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
 DEFAULT_GRACE_PERIOD = 5.0
 #: Unsent output per connection above which the server stops reading from it.
 DEFAULT_HIGH_WATER = 1024 * 1024
+#: How long a connection may take to send its PROXY protocol header (proxy_protocol=True):
+#: a load balancer sends it with its first bytes, so only a stray client waits this long.
+DEFAULT_PROXY_HEADER_TIMEOUT = 5.0
+
+logger = logging.getLogger("simpletcp")
 
 
 class TCPServer:
@@ -50,9 +57,9 @@ class TCPServer:
 
     def __init__(
         self,
-        mode: str,
-        port: int,
-        read_callback: Callable[..., Any],
+        mode: Optional[str] = None,
+        port: Optional[int] = None,
+        read_callback: Optional[Callable[..., Any]] = None,
         maximum_connections: Optional[int] = None,
         recv_bytes: int = 2048,
         *,
@@ -62,8 +69,31 @@ class TCPServer:
         low_water: Optional[int] = None,
         connection_limit: Optional[int] = None,
         idle_timeout: Optional[float] = None,
+        workers: int = 1,
+        reuse_port: bool = False,
+        sock: Optional[socket.socket] = None,
+        unix_permissions: Optional[int] = None,
+        proxy_protocol: bool = False,
+        proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT,
     ) -> None:
-        port = _arguments.check_int(port, "port", 0, 65535)
+        if read_callback is None:
+            raise TypeError("read_callback is required: callback(queue, data) or "
+                            "callback(ip, queue, data)")
+        path = None if sock is not None else _listener.unix_path(mode)
+        if sock is not None:
+            if mode is not None or port is not None:
+                raise ValueError("give mode and port, or sock, not both (sock is already "
+                                 "bound)")
+        elif path is not None:
+            if port not in (None, 0) or isinstance(port, bool):
+                raise ValueError(f"port must be 0 (or None) with a 'unix:' mode, got "
+                                 f"{_arguments.shown(port)}")
+            port = 0
+        else:
+            _arguments.check_mode(mode)
+            if port is None:
+                raise TypeError("port is required with a TCP mode (0 picks a free one)")
+            port = _arguments.check_int(port, "port", 0, 65535)
         takes_ip = _callback.takes_ip(read_callback)
         _callback.check_runs_when_called(read_callback)
         if maximum_connections is None:
@@ -88,31 +118,65 @@ class TCPServer:
                                                     _arguments.MAX_C_INT)
         idle_timeout = _arguments.check_seconds(idle_timeout, "idle_timeout", allow_zero=False,
                                                 allow_none=True)
+        workers = _arguments.check_int(workers, "workers", 1, _arguments.MAX_WORKERS)
+        reuse_port = _arguments.check_bool(reuse_port, "reuse_port")
+        if reuse_port and (sock is not None or path is not None):
+            raise ValueError("reuse_port applies to a TCP port this server binds, not to "
+                             "sock= or a 'unix:' mode")
+        if unix_permissions is not None:
+            unix_permissions = _arguments.check_int(unix_permissions, "unix_permissions", 0,
+                                                    0o777)
+            if path is None:
+                raise ValueError("unix_permissions applies to a 'unix:' mode only")
+        proxy_protocol = _arguments.check_bool(proxy_protocol, "proxy_protocol")
+        proxy_header_timeout = _arguments.check_seconds(
+            proxy_header_timeout, "proxy_header_timeout", allow_zero=False, allow_none=False)
 
-        family, sockaddr = _address.resolve(mode, port, passive=True)
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        self._unix_socket: Optional[Tuple[str, os.stat_result]] = None  # to remove on stop
+        if sock is not None:
+            listener = _listener.adopt(sock)
+        elif path is not None:
+            listener, identity = _listener.bind_unix(path, maximum_connections, unix_permissions)
+            self._unix_socket = (path, identity)
+        else:
+            assert port is not None  # checked above
+            listener = _listener.bind_tcp(mode, port, maximum_connections, reuse_port)
+        self._loop: Optional[Loop] = None
+        self._supervisor: Optional[Supervisor] = None
         try:
-            # Restarting a server must not wait out TIME_WAIT on its own port.
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                listener.bind(sockaddr)
-            except OSError as exc:
-                raise OSError(
-                    exc.errno, f"cannot bind {sockaddr[0]}:{sockaddr[1]} (mode {mode!r}, "
-                    f"port {port}): {exc.strerror}"
-                ) from exc
-            listener.listen(maximum_connections)
-            self._loop = Loop(
-                listener, read_callback, takes_ip, recv_bytes, backend, grace_period,
-                high_water, low_water, connection_limit or 0, idle_timeout or 0.0,
-            )
+            if workers == 1:
+                self._loop = Loop(
+                    listener, read_callback, takes_ip, recv_bytes, backend, grace_period,
+                    high_water, low_water, connection_limit or 0, idle_timeout or 0.0,
+                    proxyprotocol.parse_header if proxy_protocol else None,
+                    proxy_header_timeout,
+                )
+            else:
+                worker_keywords = dict(
+                    backend=backend, grace_period=grace_period, high_water=high_water,
+                    low_water=low_water, connection_limit=connection_limit,
+                    idle_timeout=idle_timeout, proxy_protocol=proxy_protocol,
+                    proxy_header_timeout=proxy_header_timeout)
+
+                def serve_worker() -> None:
+                    TCPServer(None, None, read_callback, maximum_connections, recv_bytes,
+                              sock=listener, **worker_keywords).run()  # type: ignore[arg-type]
+
+                self._supervisor = Supervisor(listener, workers, serve_worker, grace_period)
         except BaseException:
             listener.close()
+            self._remove_unix_socket()
             raise
         self._listener = listener
         bound = listener.getsockname()
-        self._ip: str = bound[0]
-        self._port: int = bound[1]
+        if listener.family == socket.AF_UNIX:
+            # A Unix socket has a path and no port (an abstract or unnamed one: "").
+            self._ip: str = bound if isinstance(bound, str) else os.fsdecode(bound)
+            self._port: int = 0
+        else:
+            self._ip = bound[0]
+            self._port = bound[1]
+        self._backend_name = backend if backend != "auto" else BACKENDS[0]
         self.mode = mode
         self.read_callback = read_callback
         self.maximum_connections = maximum_connections
@@ -122,6 +186,9 @@ class TCPServer:
         self.low_water = low_water
         self.connection_limit = connection_limit
         self.idle_timeout = idle_timeout
+        self.workers = workers
+        self.proxy_protocol = proxy_protocol
+        self.proxy_header_timeout = proxy_header_timeout
         # Guards _started and _stopped. Re-entrant: a signal handler that calls stop()
         # runs in the main thread, possibly while that thread is inside _claim() or stop().
         self._state = threading.RLock()
@@ -151,17 +218,38 @@ class TCPServer:
     @property
     def backend(self) -> str:
         """The poller in use: ``"epoll"`` or ``"poll"``."""
+        if self._loop is None:
+            return self._backend_name  # each worker's
         return self._loop.backend
 
     @property
     def connection_count(self) -> int:
-        """How many connections are open now."""
-        return self._loop.connection_count
+        """How many connections are open now (in this process: with workers, each
+        worker counts its own, and this raises RuntimeError)."""
+        return self._in_process_loop("connection_count").connection_count
+
+    @property
+    def worker_pids(self) -> List[int]:
+        """The process ids of the worker processes alive now ([] with workers=1)."""
+        return [] if self._supervisor is None else self._supervisor.worker_pids
 
     @property
     def running(self) -> bool:
-        """True while the loop is serving."""
+        """True while the loop (with workers: the supervisor) is serving."""
         return self._serving.is_set() and not self._finished.is_set()
+
+    def _in_process_loop(self, what: str) -> Loop:
+        if self._loop is None:
+            raise RuntimeError(f"{what} is per worker process: this server has "
+                               f"{self.workers} workers")
+        return self._loop
+
+    def _where(self) -> str:
+        """Where the server listens, for log lines: host:port, [v6]:port or unix:path."""
+        if self._listener.family == socket.AF_UNIX:
+            return f"unix:{self._ip}"
+        host = f"[{self._ip}]" if ":" in self._ip else self._ip
+        return f"{host}:{self._port}"
 
     # ---- serving -------------------------------------------------------------------
 
@@ -171,9 +259,19 @@ class TCPServer:
         On return every connection, the listening socket and every other descriptor
         the server holds are closed. A server runs once: create a new one to serve
         again. After stop() (even one racing this call) it returns at once.
+
+        With workers, it starts them and supervises them until then; it must be called
+        from the main thread (see simpletcp.supervisor).
         """
+        if self._supervisor is not None and (threading.current_thread()
+                                             is not threading.main_thread()):
+            raise RuntimeError("a server with workers must run() in the main thread (its "
+                               "supervisor handles SIGCHLD, SIGINT and SIGTERM)")
         if self._claim():
-            self._serve()
+            if self._supervisor is not None:
+                self._supervise(self._supervisor)
+            else:
+                self._serve()
 
     serve_forever = run
 
@@ -181,11 +279,16 @@ class TCPServer:
         """Serve in a background thread; returns once the loop is serving.
 
         After stop() (even one racing this call) it returns at once, without serving.
+        With workers, RuntimeError: forking from a process with several threads is
+        unsafe, and the supervisor handles signals, which only the main thread can.
         """
+        if self._supervisor is not None:
+            raise RuntimeError("a server with workers serves from run() in the main thread, "
+                               "not start()")
         if not self._claim():
             return self
         thread = threading.Thread(
-            target=self._serve_in_thread, name=f"simpletcp {self._ip}:{self._port}", daemon=True
+            target=self._serve_in_thread, name=f"simpletcp {self._where()}", daemon=True
         )
         try:
             thread.start()
@@ -219,35 +322,58 @@ class TCPServer:
 
     def _never_serve(self) -> None:
         """Release the port and every other descriptor of a server that will not run."""
-        self._loop.close()
+        if self._loop is not None:
+            self._loop.close()
+        self._listener.close()  # with workers, the supervisor's (it will not run either)
+        self._remove_unix_socket()
         self._finished.set()
 
     def _serve(self) -> None:
+        loop = self._in_process_loop("_serve")
         self._loop_thread_id = threading.get_ident()
         try:
             # Logged through the loop, which keeps a failing logging handler out of serving.
-            self._loop.log(logging.INFO, "listening on %s:%d (%s)",
-                           (self._ip, self._port, self.backend))
+            loop.log(logging.INFO, "listening on %s (%s)", (self._where(), self.backend))
             # In the main thread, Ctrl-C and SIGTERM stop the server gracefully.
-            with _signals.watched(self._loop) as signal_fd:
-                self._loop.run(self._serving.set, signal_fd)
+            with _signals.watched(loop) as signal_fd:
+                loop.run(self._serving.set, signal_fd)
         finally:
             # run() released every descriptor; this releases them if it never began (the
             # application's signal handler raised before it did).
-            self._loop.close()
+            loop.close()
+            self._remove_unix_socket()
             self._finished.set()
-            self._loop.log(logging.INFO, "stopped serving %s:%d", (self._ip, self._port))
+            loop.log(logging.INFO, "stopped serving %s", (self._where(),))
+
+    def _supervise(self, supervisor: Supervisor) -> None:
+        self._loop_thread_id = threading.get_ident()
+        logger.info("listening on %s with %d workers (%s)", self._where(), self.workers,
+                    self.backend)
+        self._serving.set()
+        try:
+            supervisor.run()
+        finally:
+            self._remove_unix_socket()
+            self._finished.set()
+            logger.info("stopped serving %s", self._where())
 
     def _serve_in_thread(self) -> None:
         # Nothing may escape a thread: threading would print it to stderr.
+        loop = self._in_process_loop("start")
         try:
             self._serve()
         except BaseException as failure:
             if self._serving.is_set():
-                self._loop.log(logging.CRITICAL, "the server loop failed", (), failure)
+                loop.log(logging.CRITICAL, "the server loop failed", (), failure)
             else:
                 self._start_failure = failure  # start() raises it in its caller
                 self._serving.set()
+
+    def _remove_unix_socket(self) -> None:
+        """Remove the socket file this server bound (not one that replaced it since)."""
+        unix_socket, self._unix_socket = self._unix_socket, None
+        if unix_socket is not None:
+            _listener.remove_unix_socket(*unix_socket)
 
     def stop(self, timeout: Optional[float] = None) -> bool:
         """Stop serving: stop accepting, send what is queued, close everything.
@@ -263,6 +389,7 @@ class TCPServer:
         thread other than the loop's, it waits (up to ``timeout`` seconds) for run() to
         return, and returns whether it did; from the loop's own thread (a callback, or a
         signal handler while run() serves in the main thread) it returns at once.
+        With workers, each worker stops so (they are sent SIGTERM).
         """
         timeout = _arguments.check_wait_seconds(timeout, "timeout")
         with self._state:
@@ -271,7 +398,11 @@ class TCPServer:
             # This thread runs the loop, or is in run()/start() (a signal handler, or a
             # callback): the loop cannot finish while we wait, and that call releases all.
             own_thread = threading.get_ident() in (self._loop_thread_id, self._claimed_by)
-        self._loop.request_stop()
+        if self._supervisor is not None:
+            if started:
+                self._supervisor.stop()
+        else:
+            self._in_process_loop("stop").request_stop()
         if own_thread:
             return self._finished.is_set()
         if not started:
@@ -296,4 +427,5 @@ class TCPServer:
 
     def __repr__(self) -> str:
         state = "serving" if self.running else ("stopped" if self._finished.is_set() else "ready")
-        return f"<TCPServer {self._ip}:{self._port} {state} backend={self.backend}>"
+        workers = f" workers={self.workers}" if self.workers > 1 else ""
+        return f"<TCPServer {self._where()} {state} backend={self.backend}{workers}>"

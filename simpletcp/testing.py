@@ -27,7 +27,7 @@ that does not read.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -51,9 +51,12 @@ def tcp_server_factory() -> Iterator[ServerFactory]:
 
     servers: List[TCPServer] = []
 
-    def start(callback: Callable[..., Any], mode: str = "localhost", **keywords: Any) -> TCPServer:
+    def start(callback: Callable[..., Any], mode: Optional[str] = "localhost",
+              **keywords: Any) -> TCPServer:
         keywords.setdefault("grace_period", 1.0)
-        server = TCPServer(mode, 0, callback, **keywords)
+        # A socket of the caller's (sock=) is bound already: no mode or port then.
+        port = None if keywords.get("sock") is not None else 0
+        server = TCPServer(mode, port, callback, **keywords)
         servers.append(server)
         return server.start()
 

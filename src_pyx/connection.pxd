@@ -22,6 +22,8 @@ cdef enum:
 
 
 cdef enum ConnectionState:
+    AWAITING_PROXY_HEADER  # proxy_protocol: reading the PROXY header; nothing reaches the
+                     # callback and nothing is owed (read_proxy_header); then OPEN
     OPEN             # the callback gets what arrives; its replies are sent
     DRAINING         # closing: what is queued is being sent; input is dropped
     AWAITING_WORKER  # stopping, all sent, but user code still holds the queue (Loop.check_awaiting_workers)
@@ -44,6 +46,7 @@ cdef enum CloseReason:
     LOOP_ERROR       # the loop's own work on it failed (the poller's bookkeeping, memory)
     GRACE_EXPIRED    # stopping, and the grace period ended first
     SERVER_ABORTED   # a second Ctrl-C/SIGTERM, or the loop ended: no waiting
+    PROXY_HEADER_REJECTED  # proxy_protocol: no valid PROXY header in time (reset)
 
 
 @cython.final
@@ -53,7 +56,7 @@ cdef class Connection:
     # (queue.peer, log lines) at no cost in memory, as these three fill what would be
     # alignment padding beside fd and beside waiters. An IPv6 host does not fit in
     # peer_ipv4 and is kept as text in peer_ip.
-    cdef sa_family_t peer_family  # AF_INET, AF_INET6, or 0: not an IP peer
+    cdef sa_family_t peer_family  # AF_INET, AF_INET6, AF_UNIX (a PROXY header's), or 0
     cdef unsigned short peer_port # network byte order
     cdef Loop loop
     cdef OutputBuffer output  # what the peer is still owed
@@ -77,9 +80,11 @@ cdef class Connection:
     cdef ActivityList listed_in  # the loop's idle or lingering list, if in one
     cdef Connection older     # neighbours in that list, least recently active first
     cdef Connection newer
+    cdef bytes proxy_header_pending  # AWAITING_PROXY_HEADER: the header's bytes so far
 
     # The peer and the queue
     cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1
+    cdef int remember_proxied_peer(self, object header) except -1
     cdef str peer_host(self)
     cdef tuple peer_address(self)
     cdef str describe(self)
@@ -95,6 +100,7 @@ cdef class Connection:
     cdef inline int on_events(self, int events) except -1
     cdef inline int on_readable(self) except -1
     cdef inline int read_for_callback(self) except -1
+    cdef int read_proxy_header(self) except -1
     cdef int call_callback(self, bytes data) except -1
     cdef int callback_failed(self, BaseException error) except -1
     cdef int discard_coroutine(self, object coroutine) except -1

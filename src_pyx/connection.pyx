@@ -8,6 +8,8 @@
 #
 # A connection's life (ConnectionState, changed only by become(); CloseReason says why):
 #
+#   (AWAITING_PROXY_HEADER ──header read──> OPEN, with proxy_protocol; read_proxy_header)
+#
 #   OPEN ──close begins──> DRAINING ──all sent──> LINGERING ──peer's EOF / a bound──> CLOSED
 #                              │                ↑     (or CLOSED at once, see finish_close)
 #     all sent, stopping, and  │                │ the queue let go of (its late reply,
@@ -56,6 +58,19 @@ cdef class Connection:
             as_text = True
         if as_text:
             self.peer_ip = format_peer_ip(address)
+        return 0
+
+    cdef int remember_proxied_peer(self, object header) except -1:
+        """The peer a PROXY header names (simpletcp.proxyprotocol.ProxyHeader), in place
+        of the balancer's address accept() gave; none named: accept()'s stands."""
+        source = header.source
+        if source is None:
+            return 0
+        family = header.family
+        self.peer_family = (AF_INET if family == "TCP4" else
+                            AF_INET6 if family == "TCP6" else AF_UNIX)
+        self.peer_ip = source[0]
+        self.peer_port = htons(source[1])
         return 0
 
     cdef str peer_host(self):
@@ -189,6 +204,8 @@ cdef class Connection:
     cdef inline int on_readable(self) except -1:
         if self.state == OPEN:
             self.read_for_callback()
+        elif self.state == AWAITING_PROXY_HEADER:
+            self.read_proxy_header()
         elif self.input_open:
             self.discard_input()
         # The replies the callbacks put (one sendmsg() for all of them), or what is
@@ -225,6 +242,37 @@ cdef class Connection:
                 break
             elif errno != EINTR:
                 return self.on_io_error(errno, "recv")
+        return 0
+
+    cdef int read_proxy_header(self) except -1:
+        """Read the PROXY protocol header (proxy_protocol=True): the peer becomes the
+        client it names, and what follows the header goes to the callback. A malformed
+        header closes the connection (Loop.reject_proxy_header): nothing of it reaches
+        the callback. Timers.proxy_header_late bounds how long this may take."""
+        cdef Loop loop = self.loop
+        cdef ReadBuffer buffer = loop.read_buffer
+        cdef ssize_t n = recv(self.fd, buffer.memory, buffer.size, 0)
+        if n == 0:
+            self.close(PEER_CLOSED)  # gone before saying whom for: nothing is owed
+            return 0
+        if n < 0:
+            if would_block(errno) or errno == EINTR:
+                return 0
+            return self.on_io_error(errno, "recv")
+        pending = self.proxy_header_pending + buffer.take(n)
+        try:
+            header = loop.proxy_header_parser(pending)
+        except ValueError as error:
+            loop.reject_proxy_header(self, str(error))
+            return 0
+        if header is None:
+            self.proxy_header_pending = pending
+            return 0
+        self.proxy_header_pending = None
+        self.remember_proxied_peer(header)
+        self.become(OPEN)
+        if len(pending) > header.length:
+            self.call_callback(pending[header.length:])
         return 0
 
     cdef int call_callback(self, bytes data) except -1:
@@ -440,7 +488,14 @@ cdef class Connection:
     cdef int become(self, ConnectionState state) except -1:
         """The one place the state changes, with what entering each state takes."""
         self.state = state
-        if state == DRAINING:
+        if state == OPEN:
+            # From AWAITING_PROXY_HEADER: the header timeout gives way to the idle one.
+            if self.listed_in is not None:
+                self.listed_in.unlink(self)
+            if self.loop.timers.idle_timeout:
+                self.loop.timers.idle.append(self)
+            self.mark_active(self.loop.now)
+        elif state == DRAINING:
             self.paused = False  # input is read (and dropped) until the close is done
         elif state == AWAITING_WORKER:
             self.loop.await_worker(self)
@@ -455,7 +510,7 @@ cdef class Connection:
 
     cdef void begin_close(self, CloseReason reason):
         """Stop serving the peer: send what is queued, then close (see finish_close)."""
-        if self.state == OPEN:
+        if self.state == OPEN or self.state == AWAITING_PROXY_HEADER:
             self.close_reason = reason
             self.become(DRAINING)
 

@@ -62,6 +62,8 @@ cdef class Loop:
     cdef LogThrottle coroutine_log  # "read_callback returned a coroutine"
     cdef LogThrottle connection_error_log  # unexpected errors of single connections
     cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
+    cdef LogThrottle proxy_log    # "no valid PROXY header"
+    cdef object proxy_header_parser  # proxy_protocol: proxyprotocol.parse_header; else None
 
     cdef Timers timers            # every timed thing (timers.pyx)
     cdef double now               # monotonic time, read once per turn of the loop
@@ -76,6 +78,7 @@ cdef class Loop:
     # accepting
     cdef int accept_connections(self) except -1
     cdef int adopt(self, int fd, sockaddr_storage *address) except -1
+    cdef int reject_proxy_header(self, Connection connection, str why) except -1
     cdef int reserve_slot(self, int fd) except -1
     cdef void remove(self, Connection connection, int fd)
     cdef void pause_accepting(self, int error)

@@ -61,7 +61,8 @@ cdef class Loop:
 
     def __init__(self, listener, callback, bint callback_takes_ip, Py_ssize_t recv_bytes,
                  str backend, double grace_period, Py_ssize_t high_water,
-                 Py_ssize_t low_water, Py_ssize_t connection_limit, double idle_timeout):
+                 Py_ssize_t low_water, Py_ssize_t connection_limit, double idle_timeout,
+                 proxy_header_parser, double proxy_header_timeout):
         # TCPServer owns the arguments: their defaults and checks are there. What is
         # checked here is what memory safety needs (a socket to take a descriptor from,
         # a read buffer of at least one byte).
@@ -92,6 +93,9 @@ cdef class Loop:
         self.backed_off_connections = []
         self.timers = Timers.__new__(Timers)
         self.timers.idle_timeout = idle_timeout
+        self.timers.proxy_header_timeout = proxy_header_timeout
+        self.proxy_header_parser = proxy_header_parser
+        self.proxy_log = LogThrottle.__new__(LogThrottle)
         self.accept_error_log = LogThrottle.__new__(LogThrottle)
         self.limit_log = LogThrottle.__new__(LogThrottle)
         self.connection_error_log = LogThrottle.__new__(LogThrottle)
@@ -361,15 +365,32 @@ cdef class Loop:
             return 0
         connection.fd = fd
         connection.loop = self
-        connection.state = OPEN
         connection.input_open = True
         connection.interest = READABLE
         connection.last_active = self.now
-        if self.timers.idle_timeout:
-            self.timers.idle.append(connection)
+        if self.proxy_header_parser is not None:
+            # OPEN once its header is read (Connection.read_proxy_header).
+            connection.state = AWAITING_PROXY_HEADER
+            connection.proxy_header_pending = b""
+            self.timers.awaiting_proxy_header.append(connection)
+        else:
+            connection.state = OPEN
+            if self.timers.idle_timeout:
+                self.timers.idle.append(connection)
         Py_INCREF(connection)
         self.connections[fd] = <PyObject *>connection
         self.connection_count += 1
+        return 0
+
+    cdef int reject_proxy_header(self, Connection connection, str why) except -1:
+        """A connection that should start with a PROXY header did not (malformed, too
+        long, too late): reset it (nothing was owed to it) and say so, at most once per
+        10 s with a count (a scanner would otherwise flood the log)."""
+        if self.proxy_log.report_due():
+            self.log(logging.WARNING, "closing connection %s: %s%s",
+                     (connection.describe(), why,
+                      since_last(self.proxy_log.skipped, "more rejected")))
+        connection.abort(PROXY_HEADER_REJECTED)
         return 0
 
     cdef int reserve_slot(self, int fd) except -1:
@@ -494,6 +515,9 @@ cdef class Loop:
         if expired:
             self.log(logging.INFO, "closed %d connections idle for more than %g s",
                      (expired, timers.idle_timeout))
+        while timers.proxy_header_late(self.now):
+            self.reject_proxy_header(timers.awaiting_proxy_header.oldest,
+                                     f"no PROXY header within {timers.proxy_header_timeout:g} s")
         while timers.linger_quiet(self.now):
             connection = timers.lingering.oldest
             try:

@@ -27,6 +27,10 @@ cdef class Timers:
     cdef ActivityList idle        # connections under the idle timeout
     cdef ActivityList lingering   # lingering connections (LINGER_QUIET_MS)
     cdef double idle_timeout      # seconds; 0: none
+    # proxy_protocol: connections still owing their PROXY header, by accept time (a
+    # partial header does not touch them: trickling does not extend the deadline).
+    cdef ActivityList awaiting_proxy_header
+    cdef double proxy_header_timeout  # seconds
 
     cdef inline void start(self, TimerKind kind, double at) noexcept
     cdef inline void cancel(self, TimerKind kind) noexcept
@@ -34,4 +38,5 @@ cdef class Timers:
     cdef inline bint expired(self, TimerKind kind, double now) noexcept
     cdef inline bint idle_expired(self, double now) noexcept
     cdef inline bint linger_quiet(self, double now) noexcept
+    cdef inline bint proxy_header_late(self, double now) noexcept
     cdef double next_deadline(self) noexcept

@@ -53,6 +53,7 @@ cdef class Timers:
     def __cinit__(self):
         self.idle = ActivityList.__new__(ActivityList)
         self.lingering = ActivityList.__new__(ActivityList)
+        self.awaiting_proxy_header = ActivityList.__new__(ActivityList)
 
     cdef inline void start(self, TimerKind kind, double at) noexcept:
         self.deadline[<int>kind] = at
@@ -80,6 +81,13 @@ cdef class Timers:
         return (self.lingering.oldest is not None
                 and self.lingering.oldest.last_active + LINGER_QUIET_MS / 1000.0 <= now)
 
+    cdef inline bint proxy_header_late(self, double now) noexcept:
+        """Whether the connection accepted longest ago of those still owing their PROXY
+        header has had proxy_header_timeout to send it."""
+        return (self.awaiting_proxy_header.oldest is not None
+                and self.awaiting_proxy_header.oldest.last_active
+                + self.proxy_header_timeout <= now)
+
     cdef double next_deadline(self) noexcept:
         """The earliest deadline of all; 0 if none is set."""
         cdef double earliest = 0, at
@@ -94,6 +102,10 @@ cdef class Timers:
                 earliest = at
         if self.lingering.oldest is not None:
             at = self.lingering.oldest.last_active + LINGER_QUIET_MS / 1000.0
+            if earliest == 0 or at < earliest:
+                earliest = at
+        if self.awaiting_proxy_header.oldest is not None:
+            at = self.awaiting_proxy_header.oldest.last_active + self.proxy_header_timeout
             if earliest == 0 or at < earliest:
                 earliest = at
         return earliest

@@ -7,11 +7,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+
+
+import ipaddress
 import os
 import pathlib
 import re
 import resource
 import select
+
+
+import signal
 import socket
 import struct
 import subprocess
@@ -22,6 +28,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
+from simpletcp.proxyprotocol import V2_SIGNATURE
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 TIMEOUT = 10.0
@@ -336,3 +343,111 @@ def reset_mid_request(server: TCPServer, partial: bytes, times: int = 20) -> Non
         client = connect(server)
         client.sendall(partial)
         reset(client)
+
+
+class ServingCLI:
+    """``python -m simpletcp ARGS`` in a child process, its stderr (the log) collected
+    line by line as it comes: ``port``, ``log_lines()``, ``wait_for_log(text)``."""
+
+    def __init__(self, *args: str, **popen_keywords: object) -> None:
+        self.child = subprocess.Popen([sys.executable, "-m", "simpletcp", *args],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      **popen_keywords)  # type: ignore[call-overload]
+        self._lines: List[str] = []
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
+        line = self.child.stdout.readline()
+        if not line.startswith("simpletcp: listening on "):
+            self.child.kill()
+            self.child.wait()
+            self._collector.join(TIMEOUT)
+            raise AssertionError(f"no listening line: {line!r} {self.log_text()}")
+        where = line.split("listening on ", 1)[1].strip()
+        self.port = int(where.rsplit(":", 1)[1]) if not where.startswith("unix:") else 0
+
+    def _collect(self) -> None:
+        for line in self.child.stderr:
+            self._lines.append(line)
+
+    def log_lines(self) -> List[str]:
+        return list(self._lines)
+
+    def log_text(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> List[str]:
+        """The log lines containing ``text``, once there are ``count`` of them."""
+        found: List[str] = []
+
+        def enough() -> bool:
+            found[:] = [line for line in self._lines if text in line]
+            return len(found) >= count
+
+        try:
+            wait_for(enough, timeout)
+        except AssertionError:
+            raise AssertionError(f"{count} log lines with {text!r} expected; the log:\n"
+                                 f"{self.log_text()}") from None
+        return found
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal the child, wait for it; its exit status."""
+        self.child.send_signal(signum)
+        status = self.child.wait(timeout)
+        self._collector.join(TIMEOUT)
+        return status
+
+    def close(self) -> None:
+        if self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+        self._collector.join(TIMEOUT)
+
+    def __enter__(self) -> "ServingCLI":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+# ---- PROXY protocol headers, written by the tests (to feed the parser and servers) ----
+
+def proxy_v1(source=("192.0.2.7", 51000), destination=("198.51.100.1", 443),
+             protocol=None) -> bytes:
+    """A v1 header (one line of text) from ``source`` to ``destination``."""
+    protocol = protocol or ("TCP6" if ":" in source[0] else "TCP4")
+    return (f"PROXY {protocol} {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n"
+            .encode())
+
+
+def proxy_v2(source=("192.0.2.7", 51000), destination=("198.51.100.1", 443), command=1,
+             tlvs=b"", family=None, transport=1, addresses=None) -> bytes:
+    """A v2 header; ``family`` 3 for Unix paths (else from the addresses), ``command`` 0
+    for LOCAL, ``addresses`` to give the address block as raw bytes."""
+    if addresses is None:
+        if family == 3:
+            addresses = (source[0].encode().ljust(108, b"\0")
+                         + destination[0].encode().ljust(108, b"\0"))
+        else:
+            packed_source = ipaddress.ip_address(source[0]).packed
+            packed_destination = ipaddress.ip_address(destination[0]).packed
+            addresses = (packed_source + packed_destination
+                         + struct.pack("!HH", source[1], destination[1]))
+            family = 1 if len(packed_source) == 4 else 2
+    body = addresses + tlvs
+    return (V2_SIGNATURE + bytes([0x20 | command, (family << 4) | transport])
+            + struct.pack("!H", len(body)) + body)
+
+
+def proxy_tlv(kind: int, value: bytes) -> bytes:
+    """One v2 TLV (type, 16-bit length, value)."""
+    return bytes([kind]) + struct.pack("!H", len(value)) + value

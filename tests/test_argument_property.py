@@ -88,6 +88,10 @@ SERVER_DOCUMENTED = {
     "low_water": lambda v, a: v is None or (is_int(v) and 0 <= v <= high_water_of(a)),
     "connection_limit": lambda v, _: v is None or int_from(1, C_INT_MAX)(v),
     "idle_timeout": lambda v, _: v is None or (is_number(v) and 0 < v <= WEEK),
+    "workers": lambda v, _: int_from(1, 1024)(v),
+    "reuse_port": lambda v, _: isinstance(v, bool),
+    "proxy_protocol": lambda v, _: isinstance(v, bool),
+    "proxy_header_timeout": lambda v, _: is_number(v) and 0 < v <= WEEK,
 }
 # mode: a str can still fail to resolve (OSError) or be refused by IDNA (ValueError).
 GOOD_MODES = ["localhost", "public", "127.0.0.1", "::1"]
@@ -103,6 +107,10 @@ SERVER_VALID = {
     "low_water": st.just(None),
     "connection_limit": st.sampled_from([None, 1, C_INT_MAX]),
     "idle_timeout": st.sampled_from([None, 1e-300, WEEK]),
+    "workers": st.sampled_from([1, 2, 1024]),  # constructed, never run: nothing is forked
+    "reuse_port": st.booleans(),
+    "proxy_protocol": st.booleans(),
+    "proxy_header_timeout": st.sampled_from([1e-300, 5, WEEK]),
 }
 
 
@@ -221,8 +229,10 @@ FLAG_TEXT = st.one_of(
                                                      "١٢", "localhost", "poll", "debug"]),
     st.integers().map(str), st.floats().map(repr), st.text(max_size=30),
 )
+# Not --fd: an arbitrary number may name a descriptor of this very process.
 FLAGS = ["--mode", "--port", "--recv-bytes", "--backlog", "--backend", "--grace-period",
-         "--high-water", "--low-water", "--connection-limit", "--idle-timeout", "--log-level"]
+         "--high-water", "--low-water", "--connection-limit", "--idle-timeout", "--log-level",
+         "--workers", "--unix-permissions", "--proxy-header-timeout"]
 TARGETS = st.one_of(
     st.sampled_from(["simpletcp.__main__:echo", "json:loads", "json:dumps.x", ":", "a:",
                      ":b", ".:x", "..x:y", "x..y:z", "no_such_module_xyz:f", "json",

@@ -454,3 +454,17 @@ def test_resp_suite_smoke_reports_every_server(tmp_path):
             cell = results[pipeline][name]
             assert cell["status"] == "ok", cell["reason"]
             assert cell["median"]["requests_per_s"] > 0
+
+@pytest.mark.timeout(300)
+def test_the_workers_benchmark_runs_both_configurations(tmp_path):
+    """bench/workers.py --smoke: both configurations serve the counted window (every
+    echoed byte checked by the load generator) and are reported."""
+    run = subprocess.run([sys.executable, str(BENCH / "workers.py"), "--smoke",
+                          "--output", str(tmp_path)],
+                         capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (results,) = tmp_path.glob("workers-*.json")
+    runs = json.loads(results.read_text())["runs"]
+    assert sorted(runs) == ["1", "2"]
+    assert all(r["requests_per_s"] > 0 for r in runs["1"] + runs["2"])
+    assert "| 2 |" in run.stdout and "| 1 |" in run.stdout

@@ -64,3 +64,28 @@ def test_protocol_example_serves_as_its_readme_runs_it(example, request_bytes, r
     finally:
         server.kill()
         server.wait()
+
+def test_the_shared_counter_counts_across_its_two_workers(tmp_path):
+    """Each hit is counted once, in order, whichever worker takes it: the count lives in
+    the store, not in either worker."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(EXAMPLES / "shared_counter" / "server.py"),
+                               str(port), str(tmp_path / "store.sqlite3")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening on 127.0.0.1:%d with 2 workers" % port in server.stdout.readline()
+        replies = []
+        for _ in range(3):
+            result = subprocess.run(
+                [sys.executable, str(EXAMPLES / "shared_counter" / "client.py"), str(port)],
+                capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stderr
+            replies += result.stdout.splitlines()
+        hits = [int(line.split()[1].rstrip(",")) for line in replies]
+        assert hits == list(range(1, 13))
+        workers = {line.rsplit(" ", 1)[1] for line in replies}
+        assert server.pid not in {int(pid) for pid in workers}
+        assert len(workers) <= 2
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0

@@ -163,7 +163,7 @@ listener.bind(("127.0.0.1", 0))
 listener.listen()
 # backend, grace_period, high_water, low_water, connection_limit, idle_timeout: TCPServer
 # owns their defaults and checks; the internal Loop takes them all.
-OPTIONS = ("auto", 1.0, 1 << 20, 1 << 18, 0, 0.0)
+OPTIONS = ("auto", 1.0, 1 << 20, 1 << 18, 0, 0.0, None, 5.0)
 attempt("Loop()", lambda: m.Loop(), "TypeError")
 attempt("Loop(None, ...)", lambda: m.Loop(None, echo, False, 10, *OPTIONS), "TypeError")
 attempt("Loop(recv_bytes=0)", lambda: m.Loop(listener, echo, False, 0, *OPTIONS), "ValueError")
@@ -174,7 +174,7 @@ attempt("Loop(backend=1)", lambda: m.Loop(listener, echo, False, 10, 1, *OPTIONS
 attempt("Loop(backend='kqueue')",
         lambda: m.Loop(listener, echo, False, 10, "kqueue", *OPTIONS[1:]), "ValueError")
 attempt("Loop(low_water > high_water)",
-        lambda: m.Loop(listener, echo, False, 10, "auto", 1.0, 10, 20, 0, 0.0), "ok")
+        lambda: m.Loop(listener, echo, False, 10, "auto", 1.0, 10, 20, 0, 0.0, None, 5.0), "ok")
 
 bare = m.Loop.__new__(m.Loop)
 attempt("bare loop: run", lambda: bare.run(), "RuntimeError")
@@ -248,6 +248,102 @@ poke_everything("closed client", client)
 finish()
 ''',
 }
+PROGRAMS["proxy header parser in the loop"] = '''
+# The loop calls the parser it was given with each connection's first bytes: a parser
+# that returns or raises anything must cost that connection (or stop the loop), never
+# the interpreter.
+class Junk:
+    def __init__(self, length, source, family="TCP4"):
+        self.length, self.source, self.family = length, source, family
+
+def raising(kind):
+    def parser(data):
+        raise kind("parser")
+    return parser
+
+parsers = {
+    "returns 42": lambda data: 42,
+    "negative length": lambda data: Junk(-5, None),
+    "huge length": lambda data: Junk(10**30, None),
+    "length past the data": lambda data: Junk(len(data) + 100, None),
+    "port too large": lambda data: Junk(len(data), ("1.2.3.4", 10**9)),
+    "host not a str": lambda data: Junk(len(data), (None, 1)),
+    "source not a tuple": lambda data: Junk(len(data), 7),
+    "family not a str": lambda data: Junk(0, ("h", 1), family=None),
+    "raises ValueError": raising(ValueError),
+    "raises TypeError": raising(TypeError),
+    "raises MemoryError": raising(MemoryError),
+    "raises SystemExit": raising(SystemExit),
+    "not callable": 1,  # TCPServer owns the checks; the loop must survive what it is given
+}
+echo = lambda ip, queue, data: queue.put(data)
+for label, parser in parsers.items():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    loop = m.Loop(listener, echo, True, 64, "auto", 0.5, 1 << 20, 1 << 18, 0, 0.0, parser, 1.0)
+    failures = []
+    def serve():
+        try:
+            loop.run()
+        except BaseException as exc:
+            failures.append(exc)
+    thread = threading.Thread(target=serve)
+    thread.start()
+    while not loop.running and thread.is_alive():
+        time.sleep(0.01)
+    print("trying", label, flush=True)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\\r\\nhello")
+            client.recv(100)
+    except OSError:
+        pass
+    loop.request_stop()
+    thread.join(10)
+    assert not thread.is_alive(), label
+finish()
+'''
+PROGRAMS["parse_header"] = '''
+from simpletcp.proxyprotocol import ProxyHeader, parse_header
+for junk in (None, 1, -1, "PROXY UNKNOWN\\r\\n", object(), [1, 2], bytearray(b"PROXY "),
+             memoryview(b"\\r\\n\\r\\n\\x00\\r\\nQUIT\\n!"), b"\\xff" * 100000):
+    attempt(f"parse_header({junk!r:.40})", lambda: parse_header(junk),
+            ("ok", "TypeError", "ProxyHeaderError"))
+attempt("ProxyHeader()", lambda: ProxyHeader(), "TypeError")
+poke_everything("a ProxyHeader", ProxyHeader(1, "PROXY", "UNKNOWN", None, None, 15))
+finish()
+'''
+PROGRAMS["Supervisor"] = '''
+from simpletcp.supervisor import Supervisor
+attempt("Supervisor()", lambda: Supervisor(), "TypeError")
+bare = Supervisor.__new__(Supervisor)
+# Not the methods that fork: a child of this harness would go on poking.
+FORKING = ("run", "_start", "_become_worker")
+poke_everything("bare supervisor", bare, skip=FORKING)
+attempt("bare supervisor: run", lambda: bare.run(), "AttributeError")
+
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+def failing_worker():
+    raise RuntimeError("this worker cannot serve")
+supervisor = Supervisor(listener, 2, failing_worker, 0.5)
+in_a_thread = []
+thread = threading.Thread(target=lambda: in_a_thread.append(
+    attempt("run from a thread", supervisor.run, "RuntimeError")))
+thread.start()
+thread.join(10)
+# Workers that die at once are restarted with a back-off until stop(): run() returns.
+threading.Timer(1.0, supervisor.stop).start()
+attempt("run with failing workers, then stop", supervisor.run, "ok")
+attempt("stop after run", supervisor.stop, "ok")
+attempt("run again", supervisor.run, ("OSError", "ValueError"))
+poke_everything("finished supervisor", supervisor, skip=FORKING)
+finish()
+'''
+
 # A Loop given a blocking listener (or a socket subclass whose fileno()/setblocking()
 # lie) serves it without blocking in accept(): that wait held the GIL and froze every
 # thread of the process (faulthandler ends a frozen child).
@@ -266,7 +362,7 @@ class Lying(socket.socket):
 for listener in (socket.socket(), Lying()):
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    loop = m.Loop(listener, echo, False, 10, "auto", 1.0, 1 << 20, 1 << 18, 0, 0.0)
+    loop = m.Loop(listener, echo, False, 10, "auto", 1.0, 1 << 20, 1 << 18, 0, 0.0, None, 5.0)
     thread = threading.Thread(target=loop.run)
     thread.start()
     for _ in range(2):
@@ -349,7 +445,7 @@ def run_child(program):
 def test_every_class_of_the_compiled_module_is_abused_here():
     compiled = {name for name, value in vars(loop_module).items()
                 if inspect.isclass(value) and value.__module__ == loop_module.__name__}
-    public = {"TCPServer", "ClientSocket"}
+    public = {"TCPServer", "ClientSocket", "Supervisor", "parse_header"}
     assert compiled | public <= set(PROGRAMS), "add the new class to PROGRAMS"
     functions = {name for name, value in vars(loop_module).items()
                  if callable(value) and not inspect.isclass(value) and not name.startswith("_")

@@ -13,6 +13,7 @@ cdef extern from "<sys/socket.h>" nogil:
     enum:
         AF_INET
         AF_INET6
+        AF_UNIX
         SOCK_NONBLOCK
         SOCK_CLOEXEC
         MSG_NOSIGNAL
@@ -76,6 +77,7 @@ cdef extern from "<arpa/inet.h>" nogil:
         INET6_ADDRSTRLEN
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
     unsigned short ntohs(unsigned short netshort)
+    unsigned short htons(unsigned short hostshort)
 
 cdef extern from "<errno.h>" nogil:
     # Cython's libc.errno leaves it out; on Linux it equals EAGAIN, elsewhere it may not.

@@ -1,0 +1,298 @@
+"""Supervisor: N worker processes serving one listening socket (TCPServer(workers=N)).
+
+The supervisor binds nothing and serves nothing itself: it holds the listening socket
+it was given, forks the workers (each a TCPServer serving that socket in its own
+process, with its own loop and callback state), replaces a worker that dies, and stops
+them all gracefully on Ctrl-C, SIGTERM or stop().
+
+Why one socket shared before fork rather than SO_REUSEPORT: every worker accepts from
+the one accept queue, so a worker that stops (a graceful stop, a crash) leaves the
+connections waiting in it to the others; with SO_REUSEPORT each worker has its own
+queue, the kernel hashes each new connection to one of them, and those hashed to a
+worker that closes its socket are reset. The supervisor keeps the socket open for its
+whole life, so while a worker is replaced nothing is refused. README's "Deploying"
+section and BENCHMARKS.md say what it costs (balance).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+
+logger = logging.getLogger("simpletcp")
+
+#: What _watch_signals replaced (SIGINT, SIGTERM, SIGCHLD handlers, wake-up fd), to restore.
+SavedSignals = Tuple[Any, Any, Any, int]
+
+#: A worker that died this soon after it started is restarted after a back-off that
+#: doubles at each such death, from RESTART_DELAY_FIRST up to RESTART_DELAY_MAX; one
+#: that lived longer is restarted after RESTART_DELAY_FIRST (a crash now and then is
+#: not a crash loop).
+RESTART_DELAY_FIRST = 0.1
+RESTART_DELAY_MAX = 10.0
+STABLE_SECONDS = 10.0
+#: After the grace period, how long the supervisor still waits for workers that were
+#: asked to stop before it kills them (their own loop ends at its grace period).
+STOP_MARGIN_SECONDS = 5.0
+#: The signals that stop the supervisor, and that it sends its workers to stop them.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+#: prctl(PR_SET_PDEATHSIG): a worker is sent SIGTERM when its supervisor dies.
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerSlot:
+    """One of the N places a worker process fills: its process, and its restart back-off."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.pid: Optional[int] = None
+        self.started_at = 0.0
+        self.restart_delay = RESTART_DELAY_FIRST
+        self.restart_at: Optional[float] = None  # when to start it again, if it died
+
+
+class Supervisor:
+    """Serve ``listener`` with ``worker_count`` processes, each running ``serve_worker()``.
+
+    ``serve_worker`` runs in the forked child and serves until the child is asked to
+    stop (SIGTERM); it is a TCPServer(sock=listener, ...).run(). ``run()`` must be
+    called from the main thread of a process that has no other threads yet (fork copies
+    only the calling thread: a lock another thread holds would stay held in the child).
+    """
+
+    def __init__(self, listener: socket.socket, worker_count: int,
+                 serve_worker: Callable[[], None], grace_period: float) -> None:
+        self.listener = listener
+        self.serve_worker = serve_worker
+        self.grace_period = grace_period
+        self.slots = [WorkerSlot(number) for number in range(1, worker_count + 1)]
+        self._stop_requested = False
+        self._stops_asked = 0  # how many times stop was asked: the second one hurries
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._supervisor_pid = os.getpid()
+
+    @property
+    def worker_pids(self) -> List[int]:
+        """The process ids of the workers alive now."""
+        return [slot.pid for slot in self.slots if slot.pid is not None]
+
+    # ---- the supervisor's loop ----------------------------------------------------
+
+    def run(self) -> None:
+        """Start the workers and keep them running until stop(), Ctrl-C or SIGTERM; then
+        stop them gracefully and wait for them. The listener is closed on return."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("a server with workers must run() in the main thread "
+                               "(it handles SIGCHLD, SIGINT and SIGTERM)")
+        previous = self._watch_signals()
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while not self._stop_requested:
+                self._wait(self._next_restart_in())
+                self._reap()
+                self._restart_due()
+            self._stop_workers()
+        finally:
+            self._kill_workers()  # only if anything above failed half-way
+            self._unwatch_signals(previous)
+            self.listener.close()
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+
+    def stop(self) -> None:
+        """Ask the supervisor to stop its workers (from any thread or a signal handler).
+        A second call hurries the workers (they close without waiting)."""
+        self._stop_requested = True
+        self._stops_asked += 1
+        if self._stops_asked > 1:
+            self._signal_workers(signal.SIGTERM)  # a second one: no more waiting
+        try:
+            os.write(self._wake_write, b"s")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or run() has finished
+
+    def _watch_signals(self) -> SavedSignals:
+        def on_stop_signal(signum: int, frame: object) -> None:
+            logger.info("%s: stopping %d workers", signal.Signals(signum).name,
+                        len(self.worker_pids))
+            self.stop()
+
+        def on_child(signum: int, frame: object) -> None:
+            pass  # set_wakeup_fd already woke the loop
+
+        previous = (signal.signal(signal.SIGINT, on_stop_signal),
+                    signal.signal(signal.SIGTERM, on_stop_signal),
+                    signal.signal(signal.SIGCHLD, on_child),
+                    signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False))
+        return previous
+
+    def _unwatch_signals(self, previous: SavedSignals) -> None:
+        sigint, sigterm, sigchld, wakeup_fd = previous
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, sigterm)
+        signal.signal(signal.SIGCHLD, sigchld)
+        signal.set_wakeup_fd(wakeup_fd)
+
+    def _wait(self, timeout: Optional[float]) -> None:
+        """Until a signal (a worker died, stop) or ``timeout`` seconds (a restart due)."""
+        ready, _, _ = select.select([self._wake_read], [], [], timeout)
+        if ready:
+            try:
+                while os.read(self._wake_read, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _next_restart_in(self) -> Optional[float]:
+        due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+        if not due:
+            return None
+        return max(0.0, min(due) - time.monotonic())
+
+    def _reap(self) -> None:
+        """Collect workers that exited; schedule their restart unless stopping. Only the
+        workers: a child process of the application's own stays the application's to
+        wait for."""
+        for slot in self.slots:
+            if slot.pid is None:
+                continue
+            try:
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = slot.pid, 0  # reaped by someone else: gone all the same
+            if pid == 0:
+                continue  # still running
+            slot.pid = None
+            if self._stop_requested:
+                continue
+            lived = time.monotonic() - slot.started_at
+            if lived >= STABLE_SECONDS:
+                slot.restart_delay = RESTART_DELAY_FIRST
+            delay = slot.restart_delay
+            slot.restart_delay = min(delay * 2, RESTART_DELAY_MAX)
+            slot.restart_at = time.monotonic() + delay
+            logger.warning("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s",
+                           slot.number, pid, describe_status(status), lived, delay)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.restart_at is not None and slot.restart_at <= now and not self._stop_requested:
+                slot.restart_at = None
+                self._start(slot)
+
+    # ---- workers ------------------------------------------------------------------
+
+    def _start(self, slot: WorkerSlot) -> None:
+        # The stop signals wait while the child still has the supervisor's handlers: one
+        # landing there would run the supervisor's handler in the worker, and the worker
+        # would serve on, deaf to the stop. The child unblocks them once its own are set.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker()  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        slot.pid = pid
+        slot.started_at = time.monotonic()
+        logger.info("worker %d started (pid %d)", slot.number, pid)
+
+    def _become_worker(self) -> None:
+        """In the forked child: serve, then exit (never return into the parent's code)."""
+        status = 1
+        try:
+            # The supervisor's handlers and wake-up pipe are not the worker's: its loop
+            # installs its own graceful-stop handlers where Python's defaults are.
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # see _start
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            # Ctrl-C at a terminal signals the whole foreground process group: the
+            # supervisor alone must get it, and stop each worker once (a second signal
+            # would make a worker close without waiting).
+            os.setpgid(0, 0)
+            die_with_parent(self._supervisor_pid)
+            self.serve_worker()
+            status = 0
+        except BaseException:
+            logger.exception("worker failed")
+        finally:
+            # os._exit skips the interpreter's exit, which would flush these.
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+            os._exit(status)
+
+    def _signal_workers(self, signum: int) -> None:
+        for pid in self.worker_pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _stop_workers(self) -> None:
+        """SIGTERM every worker (each stops gracefully: stops accepting, sends what it
+        queued, closes) and wait for them all, up to the grace period and a margin."""
+        for slot in self.slots:
+            slot.restart_at = None
+        self._signal_workers(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_period + STOP_MARGIN_SECONDS
+        while self.worker_pids and time.monotonic() < deadline:
+            self._wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._reap()
+        if self.worker_pids:
+            logger.warning("workers %s did not stop within the grace period; killing them",
+                           self.worker_pids)
+        logger.info("all workers stopped")
+
+    def _kill_workers(self) -> None:
+        if not self.worker_pids:
+            return
+        self._signal_workers(signal.SIGKILL)
+        for slot in self.slots:
+            if slot.pid is not None:
+                try:
+                    os.waitpid(slot.pid, 0)
+                except ChildProcessError:
+                    pass
+                slot.pid = None
+
+
+def describe_status(status: int) -> str:
+    """What os.waitpid's ``status`` says about how a process ended."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = str(number)
+        return f"was killed by {name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (a supervisor
+    killed with SIGKILL must not leave workers serving unsupervised)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before prctl took effect

@@ -1,0 +1,258 @@
+"""workers=N: N processes serving one port under a supervisor (simpletcp.supervisor).
+
+Each test runs the server in a child process (``python -m simpletcp --workers N``):
+workers are forked, which the test process itself must not be.
+"""
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from simpletcp.tcpserver import TCPServer
+from support import TIMEOUT, ServingCLI, process_gone, recv_exactly, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+# The application the workers serve: "pid" is answered with the worker's pid; "hold"
+# blocks that worker's loop until the file "release" exists (it says it holds by making
+# "held"); "slow" is answered by a thread 0.5 s later (a reply queued when a stop comes).
+APP = '''
+import os, threading, time
+
+def reply(queue, data):
+    if data == b"hold":
+        open("held", "w").close()
+        while not os.path.exists("release"):
+            time.sleep(0.01)
+    if data == b"slow":
+        def later():
+            time.sleep(0.5)
+            queue.put(b"slow reply from %d" % os.getpid())
+        threading.Thread(target=later).start()
+        return
+    queue.put(str(os.getpid()).encode())
+'''
+
+
+@pytest.fixture
+def app(tmp_path):
+    (tmp_path / "workers_app.py").write_text(APP)  # the working directory: importable
+    return "workers_app:reply"
+
+
+def ask(port: int, request: bytes = b"pid", timeout: float = TIMEOUT) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+        client.sendall(request)
+        return client.recv(100)
+
+
+def worker_pids(server: ServingCLI, count: int) -> list:
+    lines = server.wait_for_log("started (pid", count)
+    return [int(line.rsplit("(pid ", 1)[1].split(")")[0]) for line in lines]
+
+
+def test_two_workers_serve_the_port_at_once(app, tmp_path):
+    with ServingCLI(app, "--port", "0", "--workers", "2") as server:
+        pids = worker_pids(server, 2)
+        assert server.child.pid not in pids
+        held = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        held.sendall(b"hold")
+        wait_for(lambda: (tmp_path / "held").exists())
+        # One worker is stuck in a callback; the other one answers meanwhile.
+        other = int(ask(server.port))
+        (tmp_path / "release").touch()
+        holder = int(held.recv(100))
+        held.close()
+        assert {other, holder} == set(pids)
+        assert server.stop() == 0
+    assert all(process_gone(pid) for pid in pids)
+
+
+def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(app):
+    with ServingCLI(app, "--port", "0", "--workers", "2") as server:
+        first, second = worker_pids(server, 2)
+        answered = []
+        failures = []
+        done = threading.Event()
+
+        def keep_asking():
+            while not done.is_set():
+                try:
+                    reply = ask(server.port)
+                except OSError as exc:
+                    failures.append(exc)  # reset by the dying worker
+                    continue
+                if reply:
+                    answered.append(int(reply))
+                else:
+                    failures.append("closed")  # accepted, unread, when the worker died
+
+        asker = threading.Thread(target=keep_asking)
+        asker.start()
+        try:
+            wait_for(lambda: len(answered) > 10)
+            os.kill(first, signal.SIGKILL)
+            restarted = server.wait_for_log("restarting it in")[0]
+            assert f"worker 1 (pid {first}) was killed by SIGKILL" in restarted
+            replacement = worker_pids(server, 3)[2]
+            count = len(answered)
+            wait_for(lambda: len(answered) > count + 10)
+        finally:
+            done.set()
+            asker.join(TIMEOUT)
+        # A connection the dead worker had accepted dies with it (the client asks one at
+        # a time: at most one); those in the shared accept queue do not: the other
+        # worker takes them.
+        assert len(failures) <= 1, failures
+        assert set(answered[-10:]) <= {second, replacement}
+        # The replacement serves: with the other worker frozen, it alone can answer.
+        os.kill(second, signal.SIGSTOP)
+        try:
+            assert int(ask(server.port)) == replacement
+        finally:
+            os.kill(second, signal.SIGCONT)
+        assert server.stop() == 0
+
+
+def test_a_worker_that_keeps_dying_is_restarted_with_a_growing_back_off(app):
+    with ServingCLI(app, "--port", "0", "--workers", "2") as server:
+        victim = worker_pids(server, 2)[0]
+        for deaths in range(1, 4):
+            os.kill(victim, signal.SIGKILL)
+            server.wait_for_log("restarting it in", deaths)
+            victim = worker_pids(server, 2 + deaths)[-1]
+        delays = [line.rsplit("restarting it in ", 1)[1].strip()
+                  for line in server.wait_for_log("restarting it in", 3)]
+        assert delays == ["0.1 s", "0.2 s", "0.4 s"]
+        assert int(ask(server.port))  # and it serves
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_every_worker_gracefully_with_replies_sent(app, signum):
+    # SIGINT goes to the whole process group, as Ctrl-C at a terminal does: the workers
+    # (in a group of their own) are stopped once, by the supervisor, and still flush.
+    with ServingCLI(app, "--port", "0", "--workers", "2", start_new_session=True) as server:
+        pids = worker_pids(server, 2)
+        waiting = []
+        for _ in range(4):
+            client = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+            client.sendall(b"slow")
+            waiting.append(client)
+        time.sleep(0.1)  # the requests reach their workers' callbacks
+        os.killpg(server.child.pid, signum)
+        for client in waiting:
+            assert client.recv(100).startswith(b"slow reply from ")
+            assert client.recv(100) == b""  # then the connection is closed
+            client.close()
+        assert server.child.wait(TIMEOUT) == 0
+        assert "all workers stopped" in server.log_text()
+    assert all(process_gone(pid) for pid in pids)
+    # The port is released: a new server can bind it at once.
+    TCPServer("localhost", server.port, lambda q, d: None).stop()
+
+
+def test_workers_stop_when_the_supervisor_is_killed(app):
+    with ServingCLI(app, "--port", "0", "--workers", "2") as server:
+        pids = worker_pids(server, 2)
+        server.child.kill()
+        server.child.wait()
+        wait_for(lambda: all(process_gone(pid) for pid in pids))
+
+
+def test_one_worker_is_the_in_process_server():
+    server = TCPServer("localhost", 0, lambda queue, data: queue.put(data), workers=1)
+    with server.start():
+        assert server.worker_pids == []
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+            client.sendall(b"x")
+            assert recv_exactly(client, 1) == b"x"
+        assert server.connection_count in (0, 1)
+
+
+def test_a_server_with_workers_cannot_start_in_a_thread_or_count_connections():
+    server = TCPServer("localhost", 0, lambda queue, data: None, workers=2)
+    try:
+        with pytest.raises(RuntimeError, match="run\\(\\) in the main thread"):
+            server.start()
+        with pytest.raises(RuntimeError, match="per worker process"):
+            server.connection_count
+        failures = []
+        thread = threading.Thread(target=lambda: _record_failure(server.run, failures))
+        thread.start()
+        thread.join(TIMEOUT)
+        assert failures and "main thread" in str(failures[0])
+        assert server.workers == 2 and server.worker_pids == []
+    finally:
+        assert server.stop(timeout=TIMEOUT)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+
+
+def _record_failure(action, failures):
+    try:
+        action()
+    except Exception as exc:
+        failures.append(exc)
+
+
+@pytest.mark.parametrize("workers, error", [
+    (0, ValueError), (-1, ValueError), (1025, ValueError), ("2", TypeError),
+    (2.0, TypeError), (True, TypeError), (None, TypeError),
+])
+def test_bad_workers_are_named(workers, error):
+    with pytest.raises(error, match="workers"):
+        TCPServer("localhost", 0, lambda queue, data: None, workers=workers)
+
+
+def test_bad_workers_on_the_command_line_is_a_usage_error():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "simpletcp", "--workers", "0"],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert "argument --workers: workers must be from 1 to 1024, got 0" in result.stderr
+
+
+def test_workers_on_a_unix_socket_leave_no_file_behind(app, tmp_path):
+    path = str(tmp_path / "workers.sock")
+    with ServingCLI(app, "--mode", "unix:" + path, "--workers", "2") as server:
+        worker_pids(server, 2)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(path)
+            client.sendall(b"pid")
+            assert int(client.recv(100)) in worker_pids(server, 2)
+        assert server.stop() == 0
+    # The supervisor bound it and removes it; the workers, which were given the socket,
+    # do not (one stopping early would pull the path from under the others).
+    assert not os.path.exists(path)
+
+
+def test_a_worker_stopping_by_itself_does_not_remove_the_unix_socket(tmp_path):
+    """A worker whose callback calls stop() exits and is replaced; the socket file,
+    the supervisor's, stays for the others and the replacement."""
+    (tmp_path / "stopping_app.py").write_text(
+        "import os\n"
+        "def reply(queue, data):\n"
+        "    queue.put(str(os.getpid()).encode())\n")
+    path = str(tmp_path / "workers.sock")
+    def ask_over_unix():
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(path)
+            client.sendall(b"pid")
+            return int(client.recv(100))
+
+    with ServingCLI("stopping_app:reply", "--mode", "unix:" + path, "--workers", "2") as server:
+        worker_pids(server, 2)
+        victim = ask_over_unix()  # it serves: its loop handles SIGTERM by now
+        os.kill(victim, signal.SIGTERM)  # a graceful stop of one worker alone
+        server.wait_for_log(f"(pid {victim}) exited with status 0")
+        worker_pids(server, 3)
+        assert os.path.exists(path)
+        assert ask_over_unix() != victim
+        assert server.stop() == 0
