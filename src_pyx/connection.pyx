@@ -503,13 +503,13 @@ cdef class Connection:
         return queued
 
     cdef void close(self, CloseReason reason):
-        """Close now; `reason` is kept unless a close had already begun for another."""
+        """Close now, for `reason`: the close's own (a graceful end passes the reason
+        its close began for; a reset, a hang-up, the grace period's end say theirs)."""
         cdef int fd = self.fd
         if fd < 0:
             return
         self.fd = -1
-        if self.close_reason == NOT_CLOSING:
-            self.close_reason = reason
+        self.close_reason = reason
         self.become(CLOSED)
         outbuf_clear(&self.output)
         if self.listed_in is not None:
@@ -653,4 +653,21 @@ class ConnectionQueue(_queue.Queue):
             connection = connection_of(self)
         except TypeError:
             return "<ConnectionQueue not bound to a connection>"
-        return f"<ConnectionQueue {connection.describe()} pending={connection.output.pending}>"
+        return (f"<ConnectionQueue {connection.describe()} {life_of(connection)} "
+                f"pending={connection.output.pending}>")
+
+
+cdef str life_of(Connection connection):
+    """The connection's state, and why it is closing or closed, as words (queue repr)."""
+    cdef str state = STATE_NAMES[<int>connection.state]
+    if connection.close_reason == NOT_CLOSING:
+        return state
+    return f"{state}: {CLOSE_REASON_NAMES[<int>connection.close_reason]}"
+
+
+# Indexed by ConnectionState and CloseReason (connection.pxd), in their order.
+cdef tuple STATE_NAMES = ("open", "draining", "awaiting worker", "lingering", "closed")
+cdef tuple CLOSE_REASON_NAMES = (
+    "", "peer closed", "queue shutdown", "callback failed", "server stopping",
+    "idle timeout", "reply cut", "peer reset", "I/O error", "hung up", "loop error",
+    "grace period over", "server aborted")

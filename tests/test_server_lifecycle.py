@@ -11,7 +11,7 @@ import pytest
 
 from simpletcp.tcpserver import TCPServer
 from support import (SIGNALLED_SERVER, child_server, closing_all, connect, descriptor_limit, echo,
-                     loop_cpu_share, recv_exactly, recv_until_eof, refused, wait_for)
+                     loop_cpu_share, recv_exactly, recv_until_eof, refused, reset, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -377,3 +377,35 @@ def test_gil_is_released_while_the_loop_waits(backend):
         if ratios[-1] > 0.7:
             break
     assert max(ratios) > 0.7, ratios
+
+
+# Why a connection closed is kept on it (Connection.close_reason) and shown by its
+# queue's repr: the cause of the close itself, not only what began it.
+
+def test_a_held_queue_says_it_was_open_and_then_why_it_closed(serve):
+    registry = []
+    server = serve(lambda queue, data: registry.append(queue), grace_period=0.2)
+    with connect(server) as client:
+        client.sendall(b"join")
+        wait_for(lambda: registry)
+        assert " open pending=0>" in repr(registry[0])
+        server.stop(timeout=10)
+    # Stopping began the close; the queue still held when the grace period ended it.
+    assert " closed: grace period over pending=0>" in repr(registry[0])
+
+
+def test_a_reply_reset_by_its_peer_says_peer_reset_not_queue_shutdown(serve):
+    registry = []
+
+    def reply_too_big_to_read_then_close(queue, data):
+        registry.append(queue)
+        queue.put(b"x" * (8 * 1024 * 1024))
+        queue.shutdown()
+
+    server = serve(reply_too_big_to_read_then_close)
+    client = connect(server)
+    client.sendall(b"go")
+    wait_for(lambda: registry and " draining: queue shutdown " in repr(registry[0]))
+    reset(client)
+    wait_for(lambda: server.connection_count == 0)
+    assert " closed: peer reset " in repr(registry[0])
