@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import echo
+from support import SIGNAL_AT_LINE, echo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,11 +101,9 @@ def test_a_server_started_in_a_thread_changes_no_signal_handling(backend):
 # wherever the main thread is: here at each line of simpletcp/_signals.py in turn (a
 # tracer sends the signal there) while run() takes and gives back the signal handling.
 # Wherever it lands, run() must give everything back: Ctrl-C left to the handler of a
-# finished loop would only log, and the pipe would leak. (Not at a bare "try:" or
-# "finally:": the tracer would raise it before the statement, where CPython never
-# runs a handler: they compile to no instruction that checks for signals.)
+# finished loop would only log, and the pipe would leak.
 RAISING_HANDLER_AT_EACH_LINE = """
-import faulthandler, linecache, os, signal, sys, threading
+import faulthandler, os, signal, sys, threading
 faulthandler.dump_traceback_later(100, exit=True)
 import simpletcp._signals
 from simpletcp.tcpserver import TCPServer
@@ -116,22 +114,6 @@ class Stop(Exception):
 def stop(signum, frame):
     raise Stop()
 
-def signal_at_line(number):
-    seen = [0]
-    def trace(frame, event, arg):
-        if frame.f_code.co_filename != simpletcp._signals.__file__:
-            return None
-        def each_line(frame, event, arg):
-            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
-            if event == "line" and line not in ("try:", "finally:"):
-                seen[0] += 1
-                if seen[0] == number:
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-            return each_line
-        return each_line
-    sys.settrace(trace)
-    return seen
-
 def descriptors():
     return sorted(os.listdir("/proc/self/fd"))
 
@@ -141,7 +123,7 @@ number = 1
 while True:
     before = descriptors()
     server = TCPServer("localhost", 0, lambda queue, data: None, backend=sys.argv[1])
-    seen = signal_at_line(number)
+    seen = signal_at_line(simpletcp._signals.__file__, number)
     stopper = threading.Timer(0.2, server.stop)  # where the signal did not stop it
     stopper.start()
     try:
@@ -165,7 +147,8 @@ print("lines tried:", number)
 
 @pytest.mark.timeout(120)
 def test_run_gives_signal_handling_back_whatever_line_a_raising_handler_lands_on(backend):
-    result = subprocess.run([sys.executable, "-c", RAISING_HANDLER_AT_EACH_LINE, backend],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AT_LINE + RAISING_HANDLER_AT_EACH_LINE, backend],
+        capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert int(result.stdout.split()[-1]) > 20  # install and uninstall were both covered
