@@ -42,30 +42,49 @@ class StopSignals:
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd,
                                                         warn_on_full_buffer=False)
+        # What to put back is noted before ours is set: an application's handler that
+        # raises in between (see uninstall) must not leave ours with nothing noted.
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_stop_signal)
+            self._previous_sigterm = signal.SIG_DFL
+            signal.signal(signal.SIGTERM, self._on_stop_signal)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_stop_signal)
+            self._previous_sigint = signal.default_int_handler
+            signal.signal(signal.SIGINT, self._on_stop_signal)
         return self._read_fd
 
     def uninstall(self) -> None:
-        """Put back what install() replaced, and close the pipe."""
+        """Put back what install() replaced, and close the pipe. Each step can be done
+        again: if an application's signal handler raises in the middle (Python runs it
+        wherever this thread is), calling uninstall() again finishes the job."""
+        self._restore_wakeup_fd()
+        self._restore_handlers()
+        self._close_pipe()
+
+    def _restore_wakeup_fd(self) -> None:
         if self._previous_wakeup_fd is not None:
             signal.set_wakeup_fd(self._previous_wakeup_fd)
             self._previous_wakeup_fd = None
+
+    def _restore_handlers(self) -> None:
         # Only where this handler is still in place: one the application installed
         # while the loop served is the application's to keep.
-        if (self._previous_sigterm is not None
-                and signal.getsignal(signal.SIGTERM) == self._on_stop_signal):
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-        if (self._previous_sigint is not None
-                and signal.getsignal(signal.SIGINT) == self._on_stop_signal):
-            signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigterm = self._previous_sigint = None
-        for fd in (self._read_fd, self._write_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._read_fd = self._write_fd = -1
+        if self._previous_sigterm is not None:
+            if signal.getsignal(signal.SIGTERM) == self._on_stop_signal:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        if self._previous_sigint is not None:
+            if signal.getsignal(signal.SIGINT) == self._on_stop_signal:
+                signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _close_pipe(self) -> None:
+        # Each descriptor is forgotten and closed on one line, so that no handler runs
+        # between the two: none is closed twice (a number another thread may have
+        # reused) or left open.
+        if self._read_fd >= 0:
+            fd, self._read_fd = self._read_fd, -1; os.close(fd)  # noqa: E702
+        if self._write_fd >= 0:
+            fd, self._write_fd = self._write_fd, -1; os.close(fd)  # noqa: E702
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         loop = self._loop
@@ -90,4 +109,17 @@ def watched(loop: Loop) -> Iterator[int]:
     try:
         yield signals.install()
     finally:
-        signals.uninstall()
+        try:
+            signals.uninstall()
+        except BaseException:
+            # An application's signal handler raised on the way (its way to stop a
+            # server; Python runs it wherever this thread is). A step left undone would
+            # leave Ctrl-C to the handler of a finished loop, which only logs, or leak
+            # the pipe: finish, then let the handler's exception out.
+            while True:
+                try:
+                    signals.uninstall()
+                    break
+                except BaseException:
+                    pass
+            raise

@@ -65,7 +65,7 @@ cdef class Connection:
                               # callback takes ip or the host is IPv6; see peer_host()
     cdef int interest         # READABLE/WRITABLE as registered with the poller now
     cdef ConnectionState state     # changed only by become()
-    cdef CloseReason close_reason  # why it closes or closed (the first reason wins, but REPLY_CUT)
+    cdef CloseReason close_reason  # why the close began, then why it closed (close())
     cdef bint input_open      # input is still read (for the callback, or to be dropped)
     cdef bint paused          # OPEN, output above the high-water mark: not reading for now
     cdef bint in_callback     # its callback is running: its replies are sent when it returns

@@ -558,13 +558,13 @@ cdef class Connection:
         return queued
 
     cdef void close(self, CloseReason reason):
-        """Close now; `reason` is kept unless a close had already begun for another."""
+        """Close now, for `reason`: the close's own (a graceful end passes the reason
+        its close began for; a reset, a hang-up, the grace period's end say theirs)."""
         cdef int fd = self.fd
         if fd < 0:
             return
         self.fd = -1
-        if self.close_reason == NOT_CLOSING:
-            self.close_reason = reason
+        self.close_reason = reason
         self.become(CLOSED)
         outbuf_clear(&self.output)
         if self.listed_in is not None:
@@ -708,4 +708,61 @@ class ConnectionQueue(_queue.Queue):
             connection = connection_of(self)
         except TypeError:
             return "<ConnectionQueue not bound to a connection>"
-        return f"<ConnectionQueue {connection.describe()} pending={connection.output.pending}>"
+        return (f"<ConnectionQueue {connection.describe()} {life_of(connection)} "
+                f"pending={connection.output.pending}>")
+
+
+cdef str life_of(Connection connection):
+    """The connection's state, and why it is closing or closed, as words (queue repr)."""
+    cdef str state = state_name(connection.state)
+    if connection.close_reason == NOT_CLOSING:
+        return state
+    return f"{state}: {close_reason_name(connection.close_reason)}"
+
+
+# By name, not by position in a table: a state or reason added to the enums
+# (connection.pxd) cannot shift the others' names or index past the end.
+cdef str state_name(ConnectionState state):
+    if state == AWAITING_PROXY_HEADER:
+        return "awaiting PROXY header"
+    if state == OPEN:
+        return "open"
+    if state == DRAINING:
+        return "draining"
+    if state == AWAITING_WORKER:
+        return "awaiting worker"
+    if state == LINGERING:
+        return "lingering"
+    if state == CLOSED:
+        return "closed"
+    return f"state {<int>state}"
+
+
+cdef str close_reason_name(CloseReason reason):
+    if reason == PEER_CLOSED:
+        return "peer closed"
+    if reason == QUEUE_SHUTDOWN:
+        return "queue shutdown"
+    if reason == CALLBACK_FAILED:
+        return "callback failed"
+    if reason == SERVER_STOPPING:
+        return "server stopping"
+    if reason == IDLE_TIMEOUT:
+        return "idle timeout"
+    if reason == REPLY_CUT:
+        return "reply cut"
+    if reason == PEER_RESET:
+        return "peer reset"
+    if reason == IO_ERROR:
+        return "I/O error"
+    if reason == HUNG_UP:
+        return "hung up"
+    if reason == LOOP_ERROR:
+        return "loop error"
+    if reason == GRACE_EXPIRED:
+        return "grace period over"
+    if reason == SERVER_ABORTED:
+        return "server aborted"
+    if reason == PROXY_HEADER_REJECTED:
+        return "PROXY header rejected"
+    return f"reason {<int>reason}"

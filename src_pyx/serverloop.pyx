@@ -510,7 +510,10 @@ cdef class Loop:
         if timers.expired(IO_RETRY, self.now):
             self.retry_backed_off()
         while timers.idle_expired(self.now):
-            timers.idle.oldest.on_idle_timeout()
+            # A reference of our own for the call: closing it takes it out of the list
+            # and the slot table, which would free it while its method runs.
+            connection = timers.idle.oldest
+            connection.on_idle_timeout()
             expired += 1
         if expired:
             self.log(logging.INFO, "closed %d connections idle for more than %g s",

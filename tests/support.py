@@ -132,6 +132,31 @@ def closing_all(*socks: socket.socket) -> Iterator[None]:
 # An application that serves from the main thread of its process, so that signals reach
 # run(); run with child_server(SIGNALLED_SERVER, BACKEND, HANDLING[, BIG_MIB]). It echoes,
 # but b"busy" runs Python code in the callback for 1 s (announcing "busy" on stdout) and
+# For child programs: signal_at_line(path, number) has SIGUSR1 sent to the main thread
+# at the `number`th line run in the file `path` (a tracer's line events; a bare "try:"
+# or "finally:" is not counted: the tracer would raise before the statement, where
+# CPython never runs a handler). Returns [lines seen so far].
+SIGNAL_AT_LINE = """
+import linecache, signal, sys, threading
+
+def signal_at_line(path, number):
+    seen = [0]
+    def trace(frame, event, arg):
+        if frame.f_code.co_filename != path:
+            return None
+        def each_line(frame, event, arg):
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            if event == "line" and line not in ("try:", "finally:"):
+                seen[0] += 1
+                if seen[0] == number:
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+            return each_line
+        return each_line
+    sys.settrace(trace)
+    return seen
+"""
+
+
 # b"big" queues a BIG_MIB (default 4) MiB reply. HANDLING: "default" (Python's own
 # signal handling), "raising-handler" (the application's SIGUSR1 handler raises
 # SystemExit(7)), "sigpipe-default" (SIGPIPE not ignored, as in an embedding application:

@@ -2,6 +2,8 @@
 closed, and the loop does not spin meanwhile (errors and hang-ups are reported by the
 poller even for a descriptor registered for no events)."""
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -93,3 +95,47 @@ def test_a_client_that_half_closes_while_stopping_still_gets_the_late_reply(serv
         assert recv_exactly(client, 10) == b"late reply"
         stopper.join(10)
         assert not stopper.is_alive()
+
+
+# The idle timeout of a peer that reset while the loop was busy: its connection is
+# closed from inside its own timer (the write side's shutdown finds the peer gone), and
+# the loop once went on using the connection it had just freed (a segfault). In a
+# child, so that a crash fails this test and not the whole run.
+RESET_THEN_IDLE = """
+import socket, struct, sys, threading
+from simpletcp.tcpserver import TCPServer
+
+busy, release = threading.Event(), threading.Event()
+
+def callback(queue, data):
+    if data == b"block":
+        busy.set()
+        release.wait(10)  # the loop is busy: the victim's reset waits unseen
+    queue.put(data)
+
+server = TCPServer("localhost", 0, callback, backend=sys.argv[1], idle_timeout=2.0)
+server.start()
+victim = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+victim.sendall(b"hi")
+assert victim.recv(2) == b"hi"
+blocker = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+blocker.sendall(b"block")
+assert busy.wait(10)
+victim.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+victim.close()
+threading.Event().wait(2.5)  # the victim is past its idle timeout
+release.set()
+assert blocker.recv(5) == b"block"
+with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+    client.sendall(b"still serving")
+    assert client.recv(13) == b"still serving"
+assert server.stop(timeout=10)
+print("ok")
+"""
+
+
+def test_the_idle_timeout_of_a_peer_that_reset_unseen_does_not_crash(backend):
+    result = subprocess.run([sys.executable, "-c", RESET_THEN_IDLE, backend],
+                            capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        result.returncode, result.stdout[-1000:], result.stderr[-3000:])

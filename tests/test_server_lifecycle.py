@@ -10,8 +10,9 @@ import time
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import (SIGNALLED_SERVER, child_server, closing_all, connect, descriptor_limit, echo,
-                     loop_cpu_share, recv_exactly, recv_until_eof, refused, wait_for)
+from support import (SIGNAL_AT_LINE, SIGNALLED_SERVER, child_server, closing_all, connect,
+                     descriptor_limit, echo, loop_cpu_share, recv_exactly, recv_until_eof,
+                     refused, reset, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,28 +84,13 @@ from simpletcp.tcpserver import TCPServer
 def echo(queue, data):
     queue.put(data)
 
-def signal_at_line(number):
-    seen = [0]
-    def trace(frame, event, arg):
-        if frame.f_code.co_filename != simpletcp.tcpserver.__file__:
-            return None
-        def each_line(frame, event, arg):
-            if event == "line":
-                seen[0] += 1
-                if seen[0] == number:
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-            return each_line
-        return each_line
-    sys.settrace(trace)
-    return seen
-
 for how in ("run", "start"):
     number = 1
     while True:
         server = TCPServer("localhost", 0, echo)
         stopped = []
         signal.signal(signal.SIGUSR1, lambda signum, frame: stopped.append(server.stop()))
-        seen = signal_at_line(number)
+        seen = signal_at_line(simpletcp.tcpserver.__file__, number)
         # Past the last line before serving, nothing would send it: run() would serve on.
         too_late = []
         def fallback_signal():
@@ -131,7 +117,7 @@ print("lines tried:", number)
 
 @pytest.mark.timeout(120)
 def test_a_signal_handlers_stop_at_any_point_of_run_or_start_never_hangs():
-    result = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_STARTING],
+    result = subprocess.run([sys.executable, "-c", SIGNAL_AT_LINE + SIGNAL_WHILE_STARTING],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
@@ -316,8 +302,12 @@ def test_grace_period_bounds_stop_when_a_queue_is_never_let_go(serve):
     with connect(server) as client:
         client.sendall(b"join")
         wait_for(lambda: registry)
+        assert " open pending=0>" in repr(registry[0])
         assert 0.4 < seconds_to_stop(server) < 5
         assert recv_until_eof(client) == b""
+    # Stopping began the close; the grace period ended it (Connection.close_reason,
+    # shown by the queue's repr).
+    assert " closed: grace period over pending=0>" in repr(registry[0])
 
 
 def test_a_held_queue_does_not_keep_a_closed_client_open(serve):
@@ -377,3 +367,22 @@ def test_gil_is_released_while_the_loop_waits(backend):
         if ratios[-1] > 0.7:
             break
     assert max(ratios) > 0.7, ratios
+
+
+# Why a connection closed is kept on it (Connection.close_reason) and shown by its
+# queue's repr: the cause of the close itself, not only what began it.
+def test_a_reply_reset_by_its_peer_says_peer_reset_not_queue_shutdown(serve):
+    registry = []
+
+    def reply_too_big_to_read_then_close(queue, data):
+        registry.append(queue)
+        queue.put(b"x" * (8 * 1024 * 1024))
+        queue.shutdown()
+
+    server = serve(reply_too_big_to_read_then_close)
+    client = connect(server)
+    client.sendall(b"go")
+    wait_for(lambda: registry and " draining: queue shutdown " in repr(registry[0]))
+    reset(client)
+    wait_for(lambda: server.connection_count == 0)
+    assert " closed: peer reset " in repr(registry[0])

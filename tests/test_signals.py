@@ -1,12 +1,14 @@
 """What serving does to the process's signal handling, and undoes (simpletcp._signals)."""
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import echo
+from support import SIGNAL_AT_LINE, echo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,3 +95,60 @@ def test_a_server_started_in_a_thread_changes_no_signal_handling(backend):
         assert echo_once(server) == b"ping"
         assert (handlers(), wakeup_fd()) == before
     assert (handlers(), wakeup_fd()) == before
+
+
+# An application's own signal handler that raises (its way to stop the server) runs
+# wherever the main thread is: here at each line of simpletcp/_signals.py in turn (a
+# tracer sends the signal there) while run() takes and gives back the signal handling.
+# Wherever it lands, run() must give everything back: Ctrl-C left to the handler of a
+# finished loop would only log, and the pipe would leak.
+RAISING_HANDLER_AT_EACH_LINE = """
+import faulthandler, os, signal, sys, threading
+faulthandler.dump_traceback_later(100, exit=True)
+import simpletcp._signals
+from simpletcp.tcpserver import TCPServer
+
+class Stop(Exception):
+    pass
+
+def stop(signum, frame):
+    raise Stop()
+
+def descriptors():
+    return sorted(os.listdir("/proc/self/fd"))
+
+signal.signal(signal.SIGUSR1, stop)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+number = 1
+while True:
+    before = descriptors()
+    server = TCPServer("localhost", 0, lambda queue, data: None, backend=sys.argv[1])
+    seen = signal_at_line(simpletcp._signals.__file__, number)
+    stopper = threading.Timer(0.2, server.stop)  # where the signal did not stop it
+    stopper.start()
+    try:
+        server.run()
+    except Stop:
+        pass
+    sys.settrace(None)
+    stopper.cancel()
+    stopper.join()
+    assert server.stop(timeout=10), number
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, number
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, number
+    assert signal.set_wakeup_fd(-1) == -1, number
+    assert descriptors() == before, (number, before, descriptors())
+    if seen[0] < number:
+        break  # every line of _signals.py that run() goes through has had its signal
+    number += 1
+print("lines tried:", number)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_run_gives_signal_handling_back_whatever_line_a_raising_handler_lands_on(backend):
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AT_LINE + RAISING_HANDLER_AT_EACH_LINE, backend],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert int(result.stdout.split()[-1]) > 20  # install and uninstall were both covered
