@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional
 from simpletcp import __version__
 from simpletcp import _listener
 from simpletcp.tcpserver import (BACKENDS, DEFAULT_GRACE_PERIOD, DEFAULT_HIGH_WATER,
-                                 DEFAULT_PROXY_HEADER_TIMEOUT, TCPServer)
+                                 DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RECV_BYTES, TCPServer)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_PROXY_HEADER_TIMEOUT,
                         help="seconds a connection has to send its PROXY header "
                              f"(default: {DEFAULT_PROXY_HEADER_TIMEOUT:g})")
-    parser.add_argument("--recv-bytes", type=int, default=2048,
-                        help="most bytes handed to one callback (default: 2048)")
+    parser.add_argument("--recv-bytes", type=int, default=DEFAULT_RECV_BYTES,
+                        help=f"most bytes handed to one callback (default: {DEFAULT_RECV_BYTES})")
     parser.add_argument("--backlog", type=int, default=None,
                         help="listen backlog, the original maximum_connections "
                              "(default: socket.SOMAXCONN)")

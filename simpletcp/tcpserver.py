@@ -19,6 +19,8 @@ from simpletcp.supervisor import Supervisor
 __all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
 
 #: How long stop() waits for queued replies to go out before closing connections.
+#: The most bytes one callback receives: the original simpleTCP's default.
+DEFAULT_RECV_BYTES = 2048
 DEFAULT_GRACE_PERIOD = 5.0
 #: Unsent output per connection above which the server stops reading from it.
 DEFAULT_HIGH_WATER = 1024 * 1024
@@ -61,7 +63,7 @@ class TCPServer:
         port: Optional[int] = None,
         read_callback: Optional[Callable[..., Any]] = None,
         maximum_connections: Optional[int] = None,
-        recv_bytes: int = 2048,
+        recv_bytes: int = DEFAULT_RECV_BYTES,
         *,
         backend: str = "auto",
         grace_period: float = DEFAULT_GRACE_PERIOD,
