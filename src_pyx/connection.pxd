@@ -84,6 +84,7 @@ cdef class Connection:
 
     # The peer and the queue
     cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1
+    cdef int begin_life(self, Loop loop, int fd) except -1
     cdef int remember_proxied_peer(self, object header) except -1
     cdef str peer_host(self)
     cdef tuple peer_address(self)

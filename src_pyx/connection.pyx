@@ -47,6 +47,25 @@ cdef class Connection:
 
     # ---- the peer and the queue -------------------------------------------------
 
+    cdef int begin_life(self, Loop loop, int fd) except -1:
+        """Its first state, set once, when the loop has registered `fd`: OPEN, or
+        AWAITING_PROXY_HEADER with proxy_protocol. From here on only become() changes it."""
+        self.fd = fd
+        self.loop = loop
+        self.input_open = True
+        self.interest = READABLE
+        self.last_active = loop.now
+        if loop.proxy_header_parser is not None:
+            # OPEN once its header is read (read_proxy_header).
+            self.state = AWAITING_PROXY_HEADER
+            self.proxy_header_pending = b""
+            loop.timers.awaiting_proxy_header.append(self)
+        else:
+            self.state = OPEN
+            if loop.timers.idle_timeout:
+                loop.timers.idle.append(self)
+        return 0
+
     cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1:
         """Keep accept()'s `address`; as text too if `as_text` (the callback takes ip)."""
         self.peer_family = address.ss_family

@@ -363,20 +363,7 @@ cdef class Loop:
             if self.connection_error_log.report_due():
                 self.log(logging.WARNING, "could not take a new connection: %r", (failure,))
             return 0
-        connection.fd = fd
-        connection.loop = self
-        connection.input_open = True
-        connection.interest = READABLE
-        connection.last_active = self.now
-        if self.proxy_header_parser is not None:
-            # OPEN once its header is read (Connection.read_proxy_header).
-            connection.state = AWAITING_PROXY_HEADER
-            connection.proxy_header_pending = b""
-            self.timers.awaiting_proxy_header.append(connection)
-        else:
-            connection.state = OPEN
-            if self.timers.idle_timeout:
-                self.timers.idle.append(connection)
+        connection.begin_life(self, fd)
         Py_INCREF(connection)
         self.connections[fd] = <PyObject *>connection
         self.connection_count += 1
