@@ -2,7 +2,8 @@
 # (connection.pyx, which also holds ConnectionQueue).
 
 cdef enum:
-    # Reads from one connection per readiness event, at most (see read_for_callback).
+    # Reads that drop a closing connection's input per readiness event, at most
+    # (discard_input; read_for_callback reads once per event, see there).
     READS_PER_EVENT = 16
     # The most bytes one recv() drops (MSG_TRUNC: the kernel discards them, no copy).
     DISCARD_CHUNK = 262144
