@@ -1,10 +1,12 @@
-"""Shared test configuration and fixtures."""
+"""Shared test configuration and fixtures: ``backend`` and ``serve`` (every test that takes
+one runs once on each poller backend), the benchmark suite's C programs."""
 import pathlib
 import shutil
 import subprocess
 
 import pytest
 
+from simpletcp.tcpserver import BACKENDS, DEFAULT_GRACE_PERIOD
 from support import BENCH
 
 ROOT = BENCH.parent
@@ -16,6 +18,25 @@ def _run_in_a_scratch_directory(tmp_path, monkeypatch):
     # sys.path. From the repository root that would import the source tree (with the
     # loop pip left there, or none) instead of the installed package the tests check.
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each poller backend the compiled loop has (epoll, poll), in turn."""
+    return request.param
+
+
+@pytest.fixture
+def serve(tcp_server_factory, backend):
+    """serve(callback, mode="localhost", **keywords) -> a started TCPServer on a free port,
+    on ``backend``, stopped after the test: simpletcp.testing's ``tcp_server_factory``,
+    with TCPServer's own grace period (the tests of stop() measure against it)."""
+    def start(callback, mode="localhost", **keywords):
+        keywords.setdefault("backend", backend)
+        keywords.setdefault("grace_period", DEFAULT_GRACE_PERIOD)
+        return tcp_server_factory(callback, mode, **keywords)
+
+    return start
 
 
 def compile_c(tmp_path_factory, source: pathlib.Path, *flags: str) -> pathlib.Path:

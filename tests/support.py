@@ -1,13 +1,14 @@
-"""Helpers for the server tests: a server per backend on a free port, and a client.
+"""Helpers for the server tests: clients, waits, child-server processes, /proc readings.
 
-Test modules take the ``serve`` fixture (imported from here): every test that uses it
-runs once on each poller backend.
+The fixtures (``backend``, ``serve``) are in conftest.py.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
+import re
 import resource
 import socket
 import struct
@@ -19,35 +20,17 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from simpletcp.tcpserver import TCPServer
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
-BACKENDS = ["epoll", "poll"]
 TIMEOUT = 10.0
 # The benchmark suite of the source tree (its C programs are also test tools).
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
 
-
-@pytest.fixture
-def serve(backend: str) -> Iterator[Callable[..., TCPServer]]:
-    """serve(callback, mode="localhost", **keywords) -> a started TCPServer on a free port,
-    stopped after the test."""
-    servers: List[TCPServer] = []
-
-    def start(callback: Callable[..., object], mode: str = "localhost",
-              **keywords: object) -> TCPServer:
-        keywords.setdefault("backend", backend)
-        server = TCPServer(mode, 0, callback, **keywords)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        assert server.stop(timeout=TIMEOUT), "server did not stop"
+def echo(queue: ConnectionQueue, data: bytes) -> None:
+    """The README's callback: send every byte back."""
+    queue.put(data)
 
 
 class HandOff:
@@ -137,21 +120,85 @@ def closing_all(*socks: socket.socket) -> Iterator[None]:
             sock.close()
 
 
+# An application that serves from the main thread of its process, so that signals reach
+# run(); run with child_server(SIGNALLED_SERVER, BACKEND, HANDLING[, BIG_MIB]). It echoes,
+# but b"busy" runs Python code in the callback for 1 s (announcing "busy" on stdout) and
+# b"big" queues a BIG_MIB (default 4) MiB reply. HANDLING: "default" (Python's own
+# signal handling), "raising-handler" (the application's SIGUSR1 handler raises
+# SystemExit(7)), "sigpipe-default" (SIGPIPE not ignored, as in an embedding application:
+# a send() to a reset peer without MSG_NOSIGNAL would kill the process).
+SIGNALLED_SERVER = """
+import signal, sys, time
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
+
+backend, handling = sys.argv[1:3]
+BIG = bytes(range(256)) * (4 * 1024 * int(sys.argv[3] if len(sys.argv) > 3 else 4))
+
+def callback(queue, data):
+    if data == b"busy":
+        print("busy", flush=True)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # the signal lands in here
+            pass
+        queue.put(b"done after the signal")
+    elif data == b"big":
+        queue.put(BIG)
+    else:
+        queue.put(data)
+
+if handling == "raising-handler":
+    def handler(signum, frame):
+        raise SystemExit(7)
+    signal.signal(signal.SIGUSR1, handler)
+elif handling == "sigpipe-default":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+server = TCPServer("localhost", 0, callback, backend=backend)
+print(server.port, flush=True)
+server.run()
+print("run returned", flush=True)
+"""
+
+
+# The first line a child server prints: its port, or python -m simpletcp's banner.
+PORT_LINE = re.compile(r"(?:simpletcp: listening on \S+:)?(\d+)")
+
+
 @contextlib.contextmanager
-def child_server(script: str, *args: str) -> Iterator[Tuple[subprocess.Popen, int]]:
-    """Run ``script`` (Python source that prints its server's port first) in a child
-    process: (child, port); killed on the way out whatever happens."""
-    child = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = child.stdout.readline()
-        if not line.strip().isdigit():
+def child_server(script: Optional[str], *args: str, descriptors: "int | str | None" = None
+                 ) -> Iterator[Tuple[subprocess.Popen, int]]:
+    """A server in a child process, so that signals reach its main thread, its limits are
+    its own and it can die alone: (child, port); killed on the way out whatever happens.
+
+    ``script`` is Python source that prints its server's port first, run with ``args``
+    as sys.argv[1:]; None is simpletcp's own echo server, ``python -m simpletcp --port 0
+    ARGS``. ``descriptors`` is the child's RLIMIT_NOFILE from its start (soft and hard),
+    or "hard" for the soft limit raised to the hard one (10,000 connections and more).
+    stdin, stdout and stderr are pipes (text)."""
+    command = ([sys.executable, "-m", "simpletcp", "--port", "0"] if script is None
+               else [sys.executable, "-c", script])
+    limit = None if descriptors is None else functools.partial(_limit_descriptors, descriptors)
+    # As a context manager, Popen closes the pipes and reaps the child on the way out.
+    with subprocess.Popen([*command, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, preexec_fn=limit) as child:
+        try:
+            line = child.stdout.readline()
+            port = PORT_LINE.fullmatch(line.strip())
+            if port is None:
+                child.kill()
+                raise AssertionError(f"no port from the child: {line!r} {child.stderr.read()}")
+            yield child, int(port.group(1))
+        finally:
             child.kill()
-            raise AssertionError(f"no port from the child: {line!r} {child.stderr.read()}")
-        yield child, int(line)
-    finally:
-        child.kill()
-        child.wait()
+
+
+def _limit_descriptors(descriptors: "int | str") -> None:
+    # Runs in the child between fork and exec: only the system call, nothing that locks.
+    if descriptors == "hard":
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    else:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(descriptors), int(descriptors)))
 
 
 def cpu_seconds(pid: int, thread: Optional[int] = None) -> float:

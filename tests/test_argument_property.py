@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from simpletcp.__main__ import main
 from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
+from support import echo
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,10 +35,6 @@ C_INT_MAX = 2**31 - 1
 
 class Priority(enum.IntEnum):
     HIGH = 2
-
-
-def echo(queue, data):
-    queue.put(data)
 
 
 async def async_echo(queue, data):

@@ -193,6 +193,7 @@ def ptrace_allowed():
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_counted_mode_counts_the_c_floor_and_repeats_itself(tmp_path):
     missing = [tool for tool in ("valgrind", "callgrind_control", "strace") if not shutil.which(tool)]

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from support import (backend, child_server, connect, recv_exactly, recv_until_eof,  # noqa: F401
-                     refused, reset, reset_at_once, serve, wait_for)
+from support import (SIGNALLED_SERVER, child_server, connect, recv_exactly, recv_until_eof, refused,
+                     reset, reset_at_once, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,41 +57,6 @@ def test_a_callback_raising_anything_closes_only_its_connection(serve, caplog, r
     assert failures[0].exc_info is not None
     expected = raised if isinstance(raised, type) else type(raised)
     assert isinstance(failures[0].exc_info[1], expected)
-
-
-# A server in the main thread of a child process (so that signals reach run()): "busy"
-# makes the callback run Python code for a while, announcing on stdout when it started;
-# "big" queues a 4 MiB reply.
-SIGNALLED_SERVER = textwrap.dedent(
-    """
-    import signal, sys, time
-    from simpletcp.tcpserver import TCPServer
-
-    BIG = bytes(range(256)) * (16 * 1024)
-
-    def callback(queue, data):
-        if data == b"busy":
-            print("busy", flush=True)
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:  # the signal lands in here
-                pass
-            queue.put(b"done after the signal")
-        elif data == b"big":
-            queue.put(BIG)
-        else:
-            queue.put(data)
-
-    if sys.argv[2] == "raising-handler":
-        def handler(signum, frame):
-            raise SystemExit(7)
-        signal.signal(signal.SIGUSR1, handler)
-
-    server = TCPServer("localhost", 0, callback, backend=sys.argv[1])
-    print(server.port, flush=True)
-    server.run()
-    print("run returned", flush=True)
-    """
-)
 
 
 def _busy_callback_then(child, port, signum):

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from support import wait_for
+from support import echo, wait_for
 
 from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
@@ -67,7 +67,7 @@ def test_recv_bytes_bounds_the_reply(server):
 
 
 def test_public_mode_reaches_this_host(server):
-    public = TCPServer("public", 0, lambda queue, data: queue.put(data))
+    public = TCPServer("public", 0, echo)
     public.start()
     try:
         assert ClientSocket("public", public.port).send("pub") == b"pub"

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from support import (HandOff, backend, connect, loop_cpu_share, recv_exactly,  # noqa: F401
-                     refused, reset, serve, wait_for)
+from support import HandOff, connect, loop_cpu_share, recv_exactly, refused, reset, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,6 +31,7 @@ def test_a_reset_while_stopping_with_a_held_queue_ends_the_wait(serve):
     assert took < 3, f"stop() took {took:.1f} s after the peer reset (grace period 6 s)"
 
 
+@pytest.mark.slow
 def test_a_reset_while_lingering_after_shutdown_is_noticed_without_spinning(serve):
     def reply_and_close(queue, data):
         queue.put(b"bye")

@@ -5,16 +5,11 @@ import threading
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import BACKENDS, connect, open_descriptors, recv_exactly
+from support import connect, echo, open_descriptors, recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def echo(queue, data):
-    queue.put(data)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("life", ["never started", "started", "served a client"])
 def test_stopped_servers_still_referenced_hold_no_descriptor(backend, life):
     before = open_descriptors()
@@ -33,7 +28,6 @@ def test_stopped_servers_still_referenced_hold_no_descriptor(backend, life):
     assert open_descriptors() == before
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_start_racing_stop_has_one_outcome_and_prints_nothing(backend, capfd):
     # stop() is final and wins any race: start() returns without error whether it ran
     # before, during or after the stop; the server ends stopped, holding no descriptor.

@@ -1,13 +1,11 @@
 """Every backend is fair: a connection that becomes ready is served in the next turn
 of the loop, however many others are busy."""
-import socket
 import threading
 import time
 
 import pytest
 
-from support import (TIMEOUT, backend, connect, descriptor_limit, recv_exactly,  # noqa: F401
-                     serve, wait_for)
+from support import TIMEOUT, connect, descriptor_limit, recv_exactly, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,7 +24,7 @@ import time
 import pytest
 
 from conftest import ROOT, compile_c
-from support import BACKENDS, child_server
+from support import child_server, rss_kib
 
 SHIM_SOURCE = ROOT / "tests" / "faultinject.c"
 
@@ -42,16 +42,14 @@ FAULTS = ";".join([
 # The child answers the test's commands on stdin with one JSON line each.
 SERVER = textwrap.dedent(
     """
-    import ctypes, json, logging, os, resource, sys, time
+    import ctypes, json, logging, os, sys, time
     from simpletcp.tcpserver import TCPServer
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     shim = ctypes.CDLL(None)  # the preloaded shim's functions
     shim.simpletcp_fault_counts.restype = ctypes.c_char_p
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    def echo(queue, data):
+    def echo_by_send_or_sendmsg(queue, data):
         if data[0] % 2:
             queue.put(data)  # one chunk: send()
         else:
@@ -59,16 +57,14 @@ SERVER = textwrap.dedent(
             queue.put(data[100:])
 
     def state():
-        with open("/proc/self/status") as status:
-            rss = next(int(l.split()[1]) for l in status if l.startswith("VmRSS:"))
         times = os.times()
-        return {"fds": len(os.listdir("/proc/self/fd")), "rss_kib": rss,
+        return {"fds": len(os.listdir("/proc/self/fd")),
                 "cpu_s": times.user + times.system,
                 "connections": server.connection_count,
                 "faults": shim.simpletcp_fault_counts().decode()}
 
     fds_before_the_server = len(os.listdir("/proc/self/fd"))
-    server = TCPServer("localhost", 0, echo, backend=sys.argv[1])
+    server = TCPServer("localhost", 0, echo_by_send_or_sendmsg, backend=sys.argv[1])
     server.start()
     shim.simpletcp_fault_arm(1)
     print(server.port, flush=True)
@@ -95,6 +91,11 @@ def ask(child, command):
     return json.loads(child.stdout.readline())
 
 
+def state(child):
+    """What the child reports of itself, and its resident memory."""
+    return {**ask(child, "state"), "rss_kib": rss_kib(child.pid)}
+
+
 def load(loadgen, port, connections, requests):
     result = subprocess.run(
         [str(loadgen), "--port", str(port), "--connections", str(connections),
@@ -111,15 +112,15 @@ def fault_soak(shim, loadgen, backend, requests, connections=50, seed=1):
     os.environ["SIMPLETCP_FAULTS"] = FAULTS
     os.environ["SIMPLETCP_FAULT_SEED"] = str(seed)
     try:
-        server = child_server(SERVER, backend)
+        server = child_server(SERVER, backend, descriptors="hard")
         child, port = server.__enter__()
     finally:
         for name in ("LD_PRELOAD", "SIMPLETCP_FAULTS", "SIMPLETCP_FAULT_SEED"):
             del os.environ[name]
     try:
-        idle = ask(child, "state")
+        idle = state(child)
         load(loadgen, port, connections, max(requests // 10, connections))  # warm-up
-        warm = ask(child, "state")
+        warm = state(child)
         report = load(loadgen, port, connections, requests)
         # Healthy connections: every byte back exactly once, in order.
         assert report["errors"]["mismatch"] == 0, report
@@ -130,7 +131,7 @@ def fault_soak(shim, loadgen, backend, requests, connections=50, seed=1):
         # Nothing leaks: once the load generator has gone, so have its connections.
         deadline = time.monotonic() + 15
         while True:
-            after = ask(child, "state")
+            after = state(child)
             if after["fds"] == idle["fds"] or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
@@ -139,7 +140,7 @@ def fault_soak(shim, loadgen, backend, requests, connections=50, seed=1):
         assert after["rss_kib"] - warm["rss_kib"] < 4096, (warm, after)
         # Nothing spins: idle, the server uses next to no CPU.
         time.sleep(1.0)
-        idle_cpu = ask(child, "state")["cpu_s"] - after["cpu_s"]
+        idle_cpu = state(child)["cpu_s"] - after["cpu_s"]
         assert idle_cpu < 0.1, f"{idle_cpu:.2f} CPU-s in 1 s idle after the faults"
         faults = dict(item.split("=") for item in after["faults"].split())
         waits = ("epoll_ctl", "epoll_wait") if backend == "epoll" else ("poll",)
@@ -165,15 +166,14 @@ def fault_soak(shim, loadgen, backend, requests, connections=50, seed=1):
         server.__exit__(None, None, None)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_injected_faults_lose_nothing_on_healthy_connections(shim, loadgen, backend):
     fault_soak(shim, loadgen, backend, requests=20_000)
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_fault_soak(shim, loadgen, backend):
     requests = int(os.environ.get("SIMPLETCP_FAULT_SOAK_REQUESTS", 300_000))
     fault_soak(shim, loadgen, backend, requests=requests, connections=200, seed=2)
@@ -213,7 +213,6 @@ NOMEM_SERVER = textwrap.dedent(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_allocation_failures_close_connections_not_the_server(loadgen, backend):
     # Found with this test: a MemoryError while reporting a MemoryError left connections
     # open with their input consumed (a silent stall), and a return inside an except

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from support import (TIMEOUT, backend, connect, recv_exactly, recv_until_eof,  # noqa: F401
-                     serve)
+from support import TIMEOUT, connect, recv_exactly, recv_until_eof
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from support import (backend, connect, recv_exactly, recv_until_eof, reset_at_once,  # noqa: F401
-                     serve, wait_for)
+from support import connect, echo, recv_exactly, recv_until_eof, reset_at_once, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,6 +86,7 @@ def test_a_client_that_keeps_sending_while_the_reply_drains_gets_it_whole(serve)
         assert recv_until_eof(client) == payload
 
 
+@pytest.mark.slow
 def test_idle_timeout_closes_gracefully_with_the_reply_still_in_flight(serve):
     # The whole reply has left the server's queue, part of it is still in the kernel:
     # the client is slow. The idle timeout fires; the client then sends something and
@@ -108,7 +108,7 @@ def test_idle_timeout_closes_gracefully_with_the_reply_still_in_flight(serve):
 def test_connections_refused_at_the_limit_are_reset_whether_or_not_they_sent(serve):
     # Refused connections get no reply, so there is nothing to protect; they are reset
     # at once (one clear signal, no descriptor kept for them).
-    server = serve(lambda queue, data: queue.put(data), connection_limit=1)
+    server = serve(echo, connection_limit=1)
     with connect(server) as member:
         member.sendall(b"in")
         assert recv_exactly(member, 2) == b"in"
@@ -161,6 +161,7 @@ def test_shutdown_immediate_in_the_middle_of_a_reply_resets(serve, caller):
             recv_until_eof(client)
 
 
+@pytest.mark.slow
 def test_a_peer_that_keeps_the_connection_after_eof_is_let_go_once_quiet(serve):
     # Lingering ends LINGER_QUIET_SECONDS (2 s) after the peer's last byte, once it has
     # acknowledged everything: a client that never closes does not hold a descriptor.
@@ -173,6 +174,7 @@ def test_a_peer_that_keeps_the_connection_after_eof_is_let_go_once_quiet(serve):
         assert 1.5 < time.monotonic() - started < 8
 
 
+@pytest.mark.slow
 def test_a_peer_that_streams_after_the_close_is_cut_off_by_the_byte_bound(serve):
     # Every byte resets the quiet timer; only LINGER_MAX_BYTES (16 MiB) ends it.
     server = serve_reply_then_close(serve, "shutdown", b"bye")
@@ -229,6 +231,7 @@ def recv_until_closed(sock, pause=0.0):
     return bytes(received)
 
 
+@pytest.mark.slow
 def test_a_client_that_uploads_past_the_byte_bound_while_the_reply_drains_gets_it_whole(serve):
     # An upload that goes on after the server decided to close (a 413-style answer to a
     # large request) is read and dropped up to LINGER_MAX_BYTES while the reply still
@@ -246,6 +249,7 @@ def test_a_client_that_uploads_past_the_byte_bound_while_the_reply_drains_gets_i
     assert len(received) == len(payload) and received == payload
 
 
+@pytest.mark.slow
 def test_a_client_that_uploads_past_the_byte_bound_before_reading_gets_the_reply_whole(serve):
     # The same with the whole reply already in the kernel (lingering) and the client
     # reading only once its upload is stuck: the server stopped reading at the bound and
@@ -289,10 +293,11 @@ def test_a_peer_that_trickles_input_is_cut_off_by_the_time_bound(serve):
         assert 29 < time.monotonic() - started < 40
 
 
+@pytest.mark.slow
 def test_stop_closes_idle_connections_at_once(serve):
     # A connection quiet for LINGER_QUIET_SECONDS that has acknowledged all it was sent
     # is owed nothing: stop() closes it without lingering.
-    server = serve(lambda queue, data: queue.put(data))
+    server = serve(echo)
     with connect(server) as client:
         client.sendall(b"hello")
         assert recv_exactly(client, 5) == b"hello"
@@ -303,10 +308,11 @@ def test_stop_closes_idle_connections_at_once(serve):
         assert recv_until_eof(client) == b""
 
 
+@pytest.mark.slow
 def test_stop_lingers_for_a_client_that_just_talked_then_lets_it_go(serve):
     # The client may still be sending (pipelining): the server shuts its side, waits
     # for the client to close or be quiet 2 s, and does not exceed the grace period.
-    server = serve(lambda queue, data: queue.put(data), grace_period=10)
+    server = serve(echo, grace_period=10)
     with connect(server) as client:
         client.sendall(b"hello")
         assert recv_exactly(client, 5) == b"hello"

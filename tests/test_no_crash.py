@@ -161,7 +161,6 @@ finish()
 listener = socket.socket()
 listener.bind(("127.0.0.1", 0))
 listener.listen()
-echo = lambda queue, data: queue.put(data)
 # backend, grace_period, high_water, low_water, connection_limit, idle_timeout: TCPServer
 # owns their defaults and checks; the internal Loop takes them all.
 OPTIONS = ("auto", 1.0, 1 << 20, 1 << 18, 0, 0.0)
@@ -211,7 +210,6 @@ poke_everything("loop after stop", loop)
 finish()
 ''',
     "TCPServer": '''
-echo = lambda queue, data: queue.put(data)
 attempt("TCPServer()", lambda: TCPServer(), "TypeError")
 attempt("TCPServer(None, None, None)", lambda: TCPServer(None, None, None), "TypeError")
 attempt("async callback", lambda: TCPServer("localhost", 0, _async_echo), "TypeError")
@@ -332,7 +330,10 @@ for junk in (None, 0, object(), ValueError("no traceback"), KeyboardInterrupt())
 finish()
 '''
 
-ASYNC_ECHO = '''
+ECHOES = '''
+def echo(queue, data):
+    queue.put(data)
+
 async def _async_echo(queue, data):
     queue.put(data)
 '''
@@ -340,7 +341,7 @@ async def _async_echo(queue, data):
 
 def run_child(program):
     return subprocess.run(
-        [sys.executable, "-c", HARNESS + ASYNC_ECHO + textwrap.dedent(program)],
+        [sys.executable, "-c", HARNESS + ECHOES + textwrap.dedent(program)],
         capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
     )
 

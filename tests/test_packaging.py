@@ -52,6 +52,7 @@ def built_module(source):
     return module
 
 
+@pytest.mark.slow
 def test_wheel_is_a_platform_wheel_holding_the_compiled_loop(built):
     source, wheel = built
     assert not wheel.name.endswith("-none-any.whl"), wheel.name
@@ -61,6 +62,7 @@ def test_wheel_is_a_platform_wheel_holding_the_compiled_loop(built):
     assert not any(n.startswith("src_pyx/") for n in names)
 
 
+@pytest.mark.slow
 def test_a_build_also_leaves_the_compiled_loop_in_the_source_tree(built):
     # So that python -m simpletcp, or a prompt, at a checkout's root (where the tree's
     # simpletcp/ shadows the installed one) imports the tree whole.
@@ -72,6 +74,7 @@ def test_a_build_also_leaves_the_compiled_loop_in_the_source_tree(built):
     assert imported.stdout.strip() == str(built_module(source))
 
 
+@pytest.mark.slow
 def test_a_server_running_from_the_tree_survives_a_rebuild(built):
     # The build replaces the tree's module with a new file: rewriting the one a running
     # server has mapped would crash it (pip install . again, from a second terminal).
@@ -113,6 +116,7 @@ def test_a_source_tree_without_its_build_says_what_to_run(tmp_path, command):
     assert "run Python from another directory" in message
 
 
+@pytest.mark.slow
 def test_sdist_holds_the_cython_sources(tmp_path):
     source = _source_copy(tmp_path)
     subprocess.run(

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import backend, serve  # noqa: F401
+from support import echo
+
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,7 +56,7 @@ def _converse(server, conversation):
 
 @pytest.fixture
 def echo_server(serve):
-    return serve(lambda queue, data: queue.put(data), recv_bytes=1000)
+    return serve(echo, recv_bytes=1000)
 
 
 @SETTINGS

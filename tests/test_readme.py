@@ -1,7 +1,8 @@
 """README.md's commands, verbatim, in a fresh clone, as a newcomer runs them.
 
-Opt-in (minutes: it builds simpletcp three times and runs the suite once more):
-``pytest -m readme``; `.ci/run` runs it. The tracked files of this work tree (what
+Opt-in (minutes: it builds simpletcp three times and runs the whole suite):
+``pytest -m readme``; `.ci/run` runs it, and counts the README's ``pytest`` as its one
+full run of the suite on the main Python. The tracked files of this work tree (what
 ``git ls-files`` lists, with their uncommitted edits) are copied to a scratch directory,
 a fresh venv is made there (only what ``python -m venv`` gives it: pip), and each
 ```` ```sh```` block of README.md is run with bash, from the copy's root, in order, with

@@ -5,23 +5,16 @@ import platform
 import queue as queue_module
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import (TIMEOUT, HandOff, backend, connect, recv_exactly,  # noqa: F401
-                     recv_until_eof, reset_at_once, rss_kib, serve, wait_for)
+from support import (SIGNALLED_SERVER, TIMEOUT, HandOff, child_server, connect, echo,
+                     recv_exactly, recv_until_eof, reset_at_once, rss_kib, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def echo(queue, data):
-    queue.put(data)
 
 
 def test_reading_pauses_above_the_high_water_mark(serve):
@@ -242,6 +235,7 @@ def test_connection_limit_under_churn_is_not_a_log_flood(serve, caplog):
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
+@pytest.mark.slow
 def test_idle_connections_are_closed_and_active_ones_kept(serve):
     server = serve(echo, idle_timeout=0.4)
     silent = connect(server)
@@ -306,61 +300,22 @@ def test_reliability_keywords_are_checked(kwargs, error, word):
         TCPServer("localhost", 0, echo, **kwargs)
 
 
-SIGTERM_SERVER = textwrap.dedent(
-    """
-    import sys
-    from simpletcp.tcpserver import TCPServer
-
-    def big(queue, data):
-        queue.put(b"t" * (20 * 1024 * 1024))
-
-    server = TCPServer("localhost", 0, big, backend=sys.argv[1])
-    print(server.port, flush=True)
-    server.run()
-    print("run returned", flush=True)
-    """
-)
-
-
 def test_sigterm_while_run_serves_flushes_and_returns(backend):
-    child = subprocess.Popen([sys.executable, "-c", SIGTERM_SERVER, backend],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        port = int(child.stdout.readline())
+    with child_server(SIGNALLED_SERVER, backend, "default", "20") as (child, port):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
-            client.sendall(b"go")
+            client.sendall(b"big")
             first = client.recv(1)  # the reply is being sent, most of it still queued
             child.send_signal(signal.SIGTERM)
             rest = recv_until_eof(client)
         assert len(first + rest) == 20 * 1024 * 1024
         out, err = child.communicate(timeout=10)
-    finally:
-        child.kill()
     assert child.returncode == 0, err
     assert "run returned" in out
 
 
-SLOW_READER_SERVER = textwrap.dedent(
-    """
-    import sys
-    from simpletcp.tcpserver import TCPServer
-
-    def echo(queue, data):
-        queue.put(data)
-
-    server = TCPServer("localhost", 0, echo, backend=sys.argv[1])
-    print(server.port, flush=True)
-    server.run()
-    """
-)
-
-
 @pytest.mark.timeout(120)
 def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mark(backend):
-    child = subprocess.Popen([sys.executable, "-c", SLOW_READER_SERVER, backend],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(child.stdout.readline())
+    with child_server(None, "--backend", backend) as (child, port):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as warm:
             warm.sendall(b"x" * 100_000)
             recv_exactly(warm, 100_000)
@@ -380,6 +335,3 @@ def test_a_client_that_writes_300_mb_and_never_reads_grows_the_server_by_the_mar
         assert growth_kib < 6 * 1024, f"server grew by {growth_kib} KiB after {written} bytes"
         assert written < 300 * (1 << 20)
         client.close()
-    finally:
-        child.kill()
-        child.wait()

@@ -7,14 +7,10 @@ import sys
 
 import pytest
 
-from support import HandOff, backend, recv_until_eof, serve, wait_for  # noqa: F401  (fixtures)
+from support import HandOff, echo, recv_until_eof, wait_for
 
 from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
-
-
-def echo(queue, data):
-    queue.put(data)
 
 
 def make(*args, **kwargs):

@@ -1,21 +1,14 @@
 """Connection life: half-close, EOF, resets, failing callbacks, and 10,000 connections."""
 import logging
 import socket
-import struct
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
 
-from support import backend, connect, recv_exactly, recv_until_eof, serve, wait_for  # noqa: F401
+from support import (SIGNALLED_SERVER, child_server, connect, descriptor_limit, echo, recv_exactly,
+                     recv_until_eof, reset, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def echo(queue, data):
-    queue.put(data)
 
 
 def test_half_close_still_gets_queued_replies(serve):
@@ -44,12 +37,6 @@ def test_connection_count_follows_clients(serve):
     wait_for(lambda: server.connection_count == 0)
 
 
-def _reset(sock):
-    # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 def test_peer_reset_mid_write_is_quiet_and_others_are_served(serve, caplog):
     caplog.set_level(logging.DEBUG, logger="simpletcp")
     queued = threading.Event()
@@ -66,7 +53,7 @@ def test_peer_reset_mid_write_is_quiet_and_others_are_served(serve, caplog):
     victim.sendall(b"big")
     assert queued.wait(5)
     victim.recv(1000)  # the server is mid-write
-    _reset(victim)
+    reset(victim)
     with connect(server) as other:
         other.sendall(b"still here")
         assert recv_exactly(other, 10) == b"still here"
@@ -122,98 +109,35 @@ def test_peer_vanishing_without_reading_does_not_block_others(serve):
     wait_for(lambda: server.connection_count == 0)
 
 
-MANY_CONNECTIONS_SERVER = textwrap.dedent(
-    """
-    import resource, sys
-    from simpletcp.tcpserver import TCPServer
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-    def echo(queue, data):
-        queue.put(data)
-
-    server = TCPServer("localhost", 0, echo, backend=sys.argv[1])
-    print(server.port, flush=True)
-    server.run()
-    """
-)
-
-
-def _raise_nofile(wanted):
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {wanted}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    return soft
-
-
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_more_than_10000_concurrent_connections(backend):
     count = 10_050
-    import resource
-
-    old_soft = _raise_nofile(count + 100)
-    child = subprocess.Popen(
-        [sys.executable, "-c", MANY_CONNECTIONS_SERVER, backend],
-        stdout=subprocess.PIPE, text=True,
-    )
     clients = []
-    try:
-        port = int(child.stdout.readline())
-        for i in range(count):
-            clients.append(socket.create_connection(("127.0.0.1", port), timeout=30))
-        # Every connection is open at once; each still gets its own reply.
-        for i, client in enumerate(clients):
-            client.sendall(b"%d;" % i)
-        for i, client in enumerate(clients):
-            expected = b"%d;" % i
-            assert recv_exactly(client, len(expected)) == expected
-    finally:
-        for client in clients:
-            client.close()
-        child.kill()
-        child.wait()
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
-
-
-SIGPIPE_SERVER = textwrap.dedent(
-    """
-    import signal, sys
-    from simpletcp.tcpserver import TCPServer
-
-    # Python ignores SIGPIPE at start-up; an embedding application may not. With the
-    # default disposition, a send() to a reset peer without MSG_NOSIGNAL kills us.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
-    def big(queue, data):
-        queue.put(b"p" * (16 * 1024 * 1024))
-
-    server = TCPServer("localhost", 0, big, backend=sys.argv[1])
-    print(server.port, flush=True)
-    server.run()
-    """
-)
+    with descriptor_limit(count + 100), \
+            child_server(None, "--backend", backend, descriptors="hard") as (child, port):
+        try:
+            for i in range(count):
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+            # Every connection is open at once; each still gets its own reply.
+            for i, client in enumerate(clients):
+                client.sendall(b"%d;" % i)
+            for i, client in enumerate(clients):
+                expected = b"%d;" % i
+                assert recv_exactly(client, len(expected)) == expected
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_writing_to_a_vanished_peer_raises_no_sigpipe(backend):
-    child = subprocess.Popen(
-        [sys.executable, "-c", SIGPIPE_SERVER, backend], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        port = int(child.stdout.readline())
+    with child_server(SIGNALLED_SERVER, backend, "sigpipe-default", "16") as (child, port):
         for _ in range(3):
             victim = socket.create_connection(("127.0.0.1", port), timeout=10)
-            victim.sendall(b"go")
+            victim.sendall(b"big")
             victim.recv(1000)  # the server is mid-write
-            _reset(victim)
+            reset(victim)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.sendall(b"alive?")
+            client.sendall(b"big")
             assert len(recv_exactly(client, 1000)) == 1000
         assert child.poll() is None, f"server died with {child.returncode}"
-    finally:
-        child.kill()
-        child.wait()

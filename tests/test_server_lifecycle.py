@@ -4,21 +4,16 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import (BACKENDS, backend, closing_all, connect, descriptor_limit,  # noqa: F401
-                     loop_cpu_share, recv_exactly, recv_until_eof, refused, serve, wait_for)
+from support import (SIGNALLED_SERVER, child_server, closing_all, connect, descriptor_limit, echo,
+                     loop_cpu_share, recv_exactly, recv_until_eof, refused, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def echo(queue, data):
-    queue.put(data)
 
 
 def test_run_blocks_until_stop_from_another_thread(backend):
@@ -175,37 +170,14 @@ def test_a_handler_the_application_installs_while_run_serves_is_kept(backend):
         signal.signal(signal.SIGTERM, previous)
 
 
-CTRL_C_SERVER = textwrap.dedent(
-    """
-    import sys
-    from simpletcp.tcpserver import TCPServer
-
-    def echo(queue, data):
-        queue.put(data)
-
-    server = TCPServer("localhost", 0, echo, backend=sys.argv[1])
-    print(server.port, flush=True)
-    server.run()
-    print("run returned", flush=True)
-    """
-)
-
-
 def test_ctrl_c_stops_run_quietly(backend):
-    child = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C_SERVER, backend],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        port = int(child.stdout.readline())
+    with child_server(SIGNALLED_SERVER, backend, "default") as (child, port):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
             client.sendall(b"before ctrl-c")
             assert recv_exactly(client, 13) == b"before ctrl-c"
             child.send_signal(signal.SIGINT)
             assert recv_until_eof(client) == b""
         out, err = child.communicate(timeout=10)
-    finally:
-        child.kill()
     assert child.returncode == 0, err
     assert "run returned" in out
     assert "Traceback" not in err

@@ -1,18 +1,13 @@
 """The callback and queue contract: what is put into the queue reaches the peer, whole."""
 import queue as queue_module
-import socket
 import threading
 
 import pytest
 
 from simpletcp.tcpserver import ShutDown
-from support import HandOff, backend, connect, recv_exactly, recv_until_eof, serve  # noqa: F401
+from support import HandOff, connect, echo, recv_exactly, recv_until_eof
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def echo(queue, data):
-    queue.put(data)
 
 
 def test_readme_echo(serve):

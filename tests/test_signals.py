@@ -5,13 +5,10 @@ import threading
 
 import pytest
 
-from simpletcp.tcpserver import BACKENDS, TCPServer
+from simpletcp.tcpserver import TCPServer
+from support import echo
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def echo(queue, data):
-    queue.put(data)
 
 
 def handlers():
@@ -30,7 +27,6 @@ def echo_once(server):
         return client.recv(10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_run_in_the_main_thread_takes_ctrl_c_and_sigterm_and_gives_them_back(backend):
     # The defaults Python starts with: run() takes both while it serves (so that they
     # stop it gracefully), then puts them and the wakeup descriptor back.
@@ -63,7 +59,6 @@ def test_run_in_the_main_thread_takes_ctrl_c_and_sigterm_and_gives_them_back(bac
         signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_handlers_the_application_set_before_run_are_left_alone(backend):
     def applications_handler(signum, frame):
         pass
@@ -91,7 +86,6 @@ def test_handlers_the_application_set_before_run_are_left_alone(backend):
         signal.signal(signal.SIGTERM, previous[1])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_server_started_in_a_thread_changes_no_signal_handling(backend):
     # Only the main thread may set handlers; start() serves in another one.
     before = handlers(), wakeup_fd()

@@ -8,29 +8,10 @@ import json
 import os
 import socket
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from support import open_descriptors, rss_kib
-
-SERVER = textwrap.dedent(
-    """
-    import resource, sys
-    from simpletcp.tcpserver import TCPServer
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-    def echo(queue, data):
-        queue.put(data)
-
-    server = TCPServer("localhost", 0, echo)
-    print(server.port, flush=True)
-    server.run()
-    """
-)
+from support import child_server, open_descriptors, rss_kib
 
 
 def _open_fds(pid):
@@ -60,9 +41,7 @@ def _load(loadgen, port, connections, requests):
 
 
 def _soak(loadgen, requests, connections):
-    child = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(child.stdout.readline())
+    with child_server(None, descriptors="hard") as (child, port):
         fds_idle = _idle_fds(child.pid, port)
         # Warm-up: allocator pools, buffers and the connection table reach their size.
         _load(loadgen, port, connections, max(requests // 20, connections))
@@ -84,9 +63,6 @@ def _soak(loadgen, requests, connections):
               f"descriptors {fds_idle} before and after")
         assert rss_end - rss_warm < 4096, f"RSS grew by {rss_end - rss_warm} KiB"
         assert child.poll() is None
-    finally:
-        child.kill()
-        child.wait()
 
 
 @pytest.mark.timeout(120)

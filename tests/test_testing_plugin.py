@@ -5,6 +5,8 @@ import textwrap
 
 import pytest
 
+from support import echo
+
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,7 +58,7 @@ def test_fixtures_serve_a_users_fake_service(pytester):
 
 def test_servers_are_stopped_after_the_test(tcp_server_factory):
     # Used directly, as our own fixture: the server serves now ...
-    server = tcp_server_factory(lambda queue, data: queue.put(data))
+    server = tcp_server_factory(echo)
     with socket.create_connection((server.ip, server.port), timeout=5) as client:
         client.sendall(b"echo")
         assert client.recv(10) == b"echo"
