@@ -19,11 +19,12 @@ def many_descriptors():
 
 
 def test_a_newcomer_is_answered_while_hundreds_of_connections_stay_busy(serve, many_descriptors):
-    # With 4-byte reads, each busy connection's 64 KiB keeps it ready for 1,024 turns of
-    # 16 reads. The newcomer must be answered in the turn after its PING arrives, long
-    # before the busy connections have drained: counted in busy bytes the server read
-    # between the PING's send and its answer (a turn reads 600 x 16 x 4 = 38,400), not
-    # in seconds, so a slow machine does not change the verdict.
+    # With recv_bytes=4, each busy connection's 64 KiB keeps it ready for 128 turns of
+    # one 512-byte read (128 callbacks of 4 bytes). The newcomer must be answered in the
+    # turn after its PING arrives, long before the busy connections have drained:
+    # counted in busy bytes the server read between the PING's send and its answer (a
+    # turn reads 600 x 512 = 307,200), not in seconds, so a slow machine does not
+    # change the verdict.
     busy_bytes = [0]
     read_at_the_ping = []
 
