@@ -96,6 +96,7 @@ cdef class Connection:
     cdef inline int on_events(self, int events) except -1
     cdef inline int on_readable(self) except -1
     cdef inline int read_for_callback(self) except -1
+    cdef int hand_out_slices(self, Py_ssize_t n) except -1
     cdef int call_callback(self, bytes data) except -1
     cdef int callback_failed(self, BaseException error) except -1
     cdef int discard_coroutine(self, object coroutine) except -1

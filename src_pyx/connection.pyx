@@ -207,7 +207,6 @@ cdef class Connection:
         cdef Loop loop = self.loop
         cdef ReadBuffer buffer = loop.read_buffer
         cdef ssize_t n
-        cdef Py_ssize_t offset = 0, size
         if self.paused:
             return 0
         while True:
@@ -225,19 +224,25 @@ cdef class Connection:
             if errno != EINTR:
                 return self.on_io_error(errno, "recv")
         self.mark_active(loop.now)
-        while True:
-            size = n - offset
-            if size > buffer.slice_size:
-                size = buffer.slice_size
-            self.call_callback(buffer.take(offset, size))
-            offset += size
-            if offset == n:
-                return 0
+        if n <= buffer.slice_size:
+            return self.call_callback(buffer.take(0, n))  # one piece: a small request
+        return self.hand_out_slices(n)
+
+    cdef int hand_out_slices(self, Py_ssize_t n) except -1:
+        """Call the callback with each recv_bytes slice of the `n` bytes just read, in
+        order, unless it closes the connection: the rest of the read is then dropped,
+        as anything the peer sends once a close began is."""
+        cdef ReadBuffer buffer = self.loop.read_buffer
+        cdef Py_ssize_t offset = 0, size = buffer.slice_size
+        while offset < n:
             if self.state != OPEN:
-                # The callback closed it (shutdown(), an exception): the rest of the
-                # read is dropped, as anything the peer sends once a close began is.
                 self.discarded += n - offset
                 return 0
+            if size > n - offset:
+                size = n - offset
+            self.call_callback(buffer.take(offset, size))
+            offset += size
+        return 0
 
     cdef int call_callback(self, bytes data) except -1:
         """Call the user's callback; whatever it raises closes only this connection.
