@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -103,6 +104,18 @@ SERVERS = [
     Server("socketserver_threading", "socketserver threads", python_server("socketserver_threading.py")),
     Server("original_select", "original select()", python_server("original_select.py"),
            connection_limit=1000),
+    # W5 (issue 12's framing) as users write it today: simpletcp's callback buffering
+    # each connection's unfinished line, uvloop's Protocol framing by hand, asyncio
+    # streams' readline().
+    Server("simpletcp_lines", "simpletcp, lines framed in the callback",
+           python_server("simpletcp_framed.py", "--program", "lines"),
+           requires=("simpletcp.tcpserver",), workloads=("W5",), line_framing=True),
+    Server("uvloop_lines", "uvloop Protocol, lines framed by hand",
+           python_server("protocol_framed.py", "--program", "lines"),
+           requires=("uvloop",), workloads=("W5",), line_framing=True),
+    Server("asyncio_lines", "asyncio streams, readline()",
+           python_server("streams_framed.py", "--program", "lines"),
+           workloads=("W5",), line_framing=True),
 ]
 SERVERS_BY_NAME = {server.name: server for server in SERVERS}
 
@@ -125,6 +138,8 @@ class Workload:
     smoke_counted_requests: tuple = (200, 2_000)
     # The server the "× C" columns divide by.
     floor: str = FLOOR
+    # The two servers of the "simpletcp ÷ uvloop" line.
+    compared: tuple = ("simpletcp", "uvloop")
 
     def supported_by(self, server: "Server") -> bool:
         return self.lines == 1 or server.line_framing
@@ -177,7 +192,7 @@ WORKLOADS = [
              ("requests_per_s", "cpu_us_per_request", "p50_us", "p99_us",
               "server_cpu_pct", "loadgen_cpu_pct"),
              lines=16, counted_requests=(200, 2_000), smoke_counted_requests=(20, 200),
-             floor="c_epoll_lines"),
+             floor="c_epoll_lines", compared=("simpletcp_lines", "uvloop_lines")),
 ]
 WORKLOADS_BY_NAME = {workload.name: workload for workload in WORKLOADS}
 
@@ -565,6 +580,198 @@ def run_counted_suite(args, servers: list[Server], workloads: list[Workload], pi
     return suite
 
 
+# ----------------------------------------------------------------------------- RESP suite
+# The key-value store of examples/kvstore (issue 12) under redis-benchmark, as each
+# server's users would write it: simpletcp's callback framing RESP itself, uvloop's
+# Protocol framing by hand, asyncio streams' readline()/readexactly(). All run the same
+# store; only framing and I/O differ. The figures are per request, ratios to uvloop.
+
+RESP_SERVERS = [
+    Server("simpletcp_resp", "simpletcp, RESP framed in the callback",
+           python_server("simpletcp_framed.py", "--program", "resp"),
+           requires=("simpletcp.tcpserver",)),
+    Server("uvloop_resp", "uvloop Protocol, RESP framed by hand",
+           python_server("protocol_framed.py", "--program", "resp"),
+           requires=("uvloop", "simpletcp.tcpserver")),
+    Server("asyncio_resp", "asyncio streams, readline()/readexactly()",
+           python_server("streams_framed.py", "--program", "resp"),
+           requires=("simpletcp.tcpserver",)),
+]
+RESP_REFERENCE = "uvloop_resp"
+RESP_TESTS = "ping,set,get,incr"      # five runs: PING_INLINE, PING_MBULK, SET, GET, INCR
+RESP_TEST_NAMES = ("PING_INLINE", "PING_MBULK", "SET", "GET", "INCR")
+RESP_CLIENTS = 50
+RESP_PIPELINES = (1, 16)
+
+
+def resp_requests_per_test(pipeline: int, args) -> int:
+    """Requests of each of redis-benchmark's five tests."""
+    if args.mode == "counted":
+        return (200 if args.smoke else 2_000) * pipeline
+    return (2_000 if args.smoke else 100_000) * min(pipeline, 4)
+
+
+def redis_benchmark(port: int, requests: int, pipeline: int, pin: bool) -> dict:
+    """Run redis-benchmark to completion: {test: requests/s}; CountingError on any error."""
+    argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", RESP_TESTS,
+            "-n", str(requests), "-c", str(RESP_CLIENTS), "-P", str(pipeline), "--csv"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=counted.RUN_TIMEOUT_S,
+                          preexec_fn=child_setup(LOADGEN_CORE if pin else None))
+    said = (done.stdout + done.stderr).strip()
+    if done.returncode != 0 or "error" in said.lower():
+        raise counted.CountingError(f"redis-benchmark failed: {said[-300:]}")
+    rates = {}
+    for line in done.stdout.splitlines()[1:]:
+        fields = [field.strip('"') for field in line.split(",")]
+        rates[fields[0]] = float(fields[1])
+    if set(rates) != set(RESP_TEST_NAMES):
+        raise counted.CountingError(f"redis-benchmark ran {sorted(rates)}: {said[-300:]}")
+    return rates
+
+
+def process_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def resp_timed_once(server: Server, pipeline: int, args, pin: bool) -> RunResult:
+    requests = resp_requests_per_test(pipeline, args)
+    try:
+        with running_server(server, pin) as running:
+            redis_benchmark(running.port, requests // 10 or 1, pipeline, pin)  # warm-up
+            before = process_cpu_seconds(running.proc.pid)
+            rates = redis_benchmark(running.port, requests, pipeline, pin)
+            cpu = process_cpu_seconds(running.proc.pid) - before
+            problem = running.exit_problem()
+    except (ServerStartError, counted.CountingError, subprocess.TimeoutExpired) as error:
+        return RunResult("failed", str(error))
+    if problem:
+        return RunResult("failed", problem)
+    total = requests * len(rates)
+    busy = sum(requests / rate for rate in rates.values())
+    return RunResult("ok", metrics={"requests_per_s": total / busy,
+                                    "cpu_us_per_request": 1e6 * cpu / total,
+                                    "server_cpu_pct": 100 * cpu / busy}, raw={"rates": rates})
+
+
+def resp_counted_once(server: Server, pipeline: int, args, pin: bool) -> counted.CountedRun:
+    """Instructions (callgrind) and system calls (strace) of the server over one
+    redis-benchmark run, after a warm-up run; two separate server runs."""
+    requests = resp_requests_per_test(pipeline, args)
+    run = counted.CountedRun("ok", messages=requests * len(RESP_TEST_NAMES))
+    try:
+        with tempfile.TemporaryDirectory(prefix="simpletcp-callgrind-") as tmp:
+            out_file = Path(tmp) / "callgrind.out"
+            wrapper = ("valgrind", "--tool=callgrind", "--quiet",
+                       f"--callgrind-out-file={out_file}")
+            with running_server(server, pin, wrapper, SERVER_START_UNDER_VALGRIND_TIMEOUT_S) as running:
+                redis_benchmark(running.port, requests // 10 or 1, pipeline, pin)
+                counted.callgrind_control("--zero", running.proc.pid)
+                redis_benchmark(running.port, requests, pipeline, pin)
+                counted.callgrind_control("--dump", running.proc.pid)
+            run.instructions = counted.dumped_instructions(out_file)
+        with tempfile.TemporaryDirectory(prefix="simpletcp-strace-") as tmp:
+            summary = Path(tmp) / "strace.txt"
+            with running_server(server, pin) as running:
+                redis_benchmark(running.port, requests // 10 or 1, pipeline, pin)
+                window = counted.StraceWindow(running.proc.pid, summary, live_processes)
+                try:
+                    window.start()
+                    redis_benchmark(running.port, requests, pipeline, pin)
+                    window.stop()
+                finally:
+                    window.close()
+            run.syscalls = counted.parse_strace_summary(summary.read_text())
+    except (ServerStartError, counted.CountingError, subprocess.TimeoutExpired, OSError) as error:
+        run.status, run.reason = "failed", str(error)
+    return run
+
+
+def run_resp_suite(args, pin: bool) -> dict:
+    """{pipeline: {server: Cell}}: each RESP server once per round, for -P 1 and -P 16."""
+    measure = resp_counted_once if args.mode == "counted" else resp_timed_once
+    describe = describe_counted if args.mode == "counted" else (
+        lambda run: f"{run.metrics['requests_per_s']:>10,.0f} req/s "
+                    f"{run.metrics['cpu_us_per_request']:>8.2f} µs/req")
+    availability = {server.name: unavailable_reason(server) for server in RESP_SERVERS}
+    if shutil.which("redis-benchmark") is None:
+        availability = {name: "unavailable (needs redis-benchmark: apt-get install redis-tools)"
+                        for name in availability}
+    cells: dict = {}
+    for pipeline in RESP_PIPELINES:
+        cells[pipeline] = {server.name: Cell("unavailable", availability[server.name])
+                           if availability[server.name] else Cell("ok")
+                           for server in RESP_SERVERS}
+        for round_number in range(1, args.rounds + 1):
+            for server in RESP_SERVERS:
+                cell = cells[pipeline][server.name]
+                if cell.status != "ok":
+                    continue
+                run = measure(server, pipeline, args, pin)
+                cell.runs.append(run)
+                if run.status != "ok":
+                    cell.status, cell.reason = "failed", run.reason
+                print(f"[RESP -P {pipeline} {args.mode} {round_number}/{args.rounds}] "
+                      f"{server.name:16s} "
+                      + (describe(run) if run.status == "ok" else f"FAILED: {run.reason}"),
+                      file=sys.stderr, flush=True)
+        for cell in cells[pipeline].values():
+            if cell.status == "ok" and args.mode != "counted":
+                cell.medians = median_metrics(cell.runs)
+    return cells
+
+
+def render_resp_report(args, cells: dict, machine: dict) -> str:
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    kind = "counted" if args.mode == "counted" else "timed"
+    lines = [f"## RESP store under redis-benchmark ({kind}{', smoke' if args.smoke else ''})",
+             "",
+             f"{started}; {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
+             f"uvloop {machine['uvloop_version'] or 'not installed'}. redis-benchmark -t "
+             f"{RESP_TESTS} -c {RESP_CLIENTS}; a request is one command of its five tests. "
+             f"÷ uvloop: value ÷ uvloop's. {args.rounds} round(s), medians.", ""]
+    labels = {server.name: server.label for server in RESP_SERVERS}
+    for pipeline, by_server in cells.items():
+        requests = resp_requests_per_test(pipeline, args)
+        title = f"### RESP -P {pipeline}: {requests:,} requests per test"
+        if kind == "counted":
+            lines.append(counted.table(title, by_server, labels, RESP_REFERENCE)
+                         .replace("× C", "÷ uvloop"))
+            continue
+        reference = by_server.get(RESP_REFERENCE)
+        reference_medians = reference.medians if reference and reference.status == "ok" else {}
+        lines += [title, "", "| server | req/s | ÷ uvloop | server CPU µs/req | ÷ uvloop "
+                  "| server CPU % |", "|---|---|---|---|---|---|"]
+        for name, label in labels.items():
+            cell = by_server[name]
+            if cell.status != "ok":
+                lines.append(f"| {label} | {cell.reason} |  |  |  |  |")
+                continue
+            m = cell.medians
+            lines.append(
+                f"| {label} | {m['requests_per_s']:,.0f} | "
+                f"{ratio(m['requests_per_s'], reference_medians.get('requests_per_s'))} | "
+                f"{m['cpu_us_per_request']:,.2f} | "
+                f"{ratio(m['cpu_us_per_request'], reference_medians.get('cpu_us_per_request'))} | "
+                f"{m['server_cpu_pct']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def resp_results_json(args, cells: dict, machine: dict) -> dict:
+    return {"config": {"smoke": args.smoke, "mode": args.mode, "rounds": args.rounds,
+                       "clients": RESP_CLIENTS, "tests": RESP_TESTS},
+            "machine": machine,
+            "results": {f"P{pipeline}": {name: {
+                "status": cell.status, "reason": cell.reason, "median": cell.medians,
+                "runs": [run.metrics if isinstance(run, RunResult) else
+                         {"instructions": run.instructions, "syscalls": run.syscalls,
+                          "per_request": run.per_request()} for run in cell.runs]}
+                for name, cell in by_server.items()}
+                for pipeline, by_server in cells.items()}}
+
+
 # ----------------------------------------------------------------------------- report
 
 def format_value(key: str, value) -> str:
@@ -611,7 +818,7 @@ def workload_table(workload: Workload, cells: dict[str, Cell], servers: list[Ser
     if connections != workload.connections:
         title += f" — run with {connections:,} connections"
     notes = []
-    simpletcp, uvloop = cells.get("simpletcp"), cells.get("uvloop")
+    simpletcp, uvloop = (cells.get(name) for name in workload.compared)
     if simpletcp and uvloop and simpletcp.status == uvloop.status == "ok":
         comparisons = [
             f"{METRICS[key].header} {ratio(simpletcp.medians.get(key), uvloop.medians.get(key))}"
@@ -775,6 +982,11 @@ def parse_args(argv=None):
                              "the other")
     parser.add_argument("--counted", dest="mode", action="store_const", const="counted",
                         help="same as --mode counted")
+    parser.add_argument("--resp", action="store_true",
+                        help="run the RESP store (examples/kvstore) under redis-benchmark "
+                             "-P 1 and -P 16 on simpletcp, uvloop and asyncio instead of the "
+                             "load generator's workloads; timed, or counted with --counted "
+                             "(needs redis-benchmark: apt-get install redis-tools)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR,
                         help=f"directory for the .md/.json results (default {RESULTS_DIR})")
     args = parser.parse_args(argv)
@@ -802,6 +1014,8 @@ def parse_args(argv=None):
         else [WORKLOADS_BY_NAME[name] for name in COUNTED_DEFAULT_WORKLOADS])
     args.required = ({server.name for server in pick(args.require, SERVERS_BY_NAME, "server")}
                      if args.require else set())
+    if args.resp and args.mode == "both":
+        parser.error("--resp runs one mode at a time: timed (default) or --counted")
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--rounds must be >= 1, --duration > 0, --warmup >= 0")
     return args
@@ -836,9 +1050,11 @@ def main(argv=None) -> int:
         machine = machine_description()
         if args.mode != "timed":
             machine["tools"] = counted.tool_versions()
-        if args.mode != "counted":
+        if args.resp:
+            suites["resp"] = run_resp_suite(args, pin)
+        elif args.mode != "counted":
             suites["timed"] = run_suite(args, args.server_list, args.workload_list, pin)
-        if args.mode != "timed":
+        if args.mode != "timed" and not args.resp:
             suites["counted"] = run_counted_suite(args, args.server_list,
                                                   args.counted_workload_list, pin)
     except KeyboardInterrupt:
@@ -848,6 +1064,15 @@ def main(argv=None) -> int:
         stop_all_processes()
 
     failures = []
+    if "resp" in suites:
+        cells = suites["resp"]
+        report = render_resp_report(args, cells, machine)
+        print(report)
+        stem = "resp-" + ("counted" if args.mode == "counted" else "timed")
+        write_results(args.output, stem + ("-smoke" if args.smoke else ""), report,
+                      resp_results_json(args, cells, machine), started)
+        failures += unexpected_failures({"cells": {f"RESP -P {p}": c for p, c in cells.items()}},
+                                        args.required)
     if "timed" in suites:
         suite = suites["timed"]
         report = render_report(args, suite, args.server_list, args.workload_list, machine, pin)

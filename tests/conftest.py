@@ -70,3 +70,55 @@ def bench_programs(tmp_path_factory):
 def loadgen(bench_programs):
     """bench/loadgen.c, built: the closed-loop load generator that checks every echoed byte."""
     return bench_programs["loadgen"]
+
+
+# ----------------------------------------------------------------------------- real clients
+# Third-party programs the protocol examples are checked with. `.ci/run` installs them
+# (as root); elsewhere the tests that need one skip, naming it and how to install it.
+
+def installed_program(program: str, package: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        pytest.skip(f"needs {program}: apt-get install {package} (.ci/run installs it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_benchmark():
+    return installed_program("redis-benchmark", "redis-tools")
+
+
+@pytest.fixture(scope="session")
+def redis_cli():
+    return installed_program("redis-cli", "redis-tools")
+
+
+@pytest.fixture(scope="session")
+def wrk():
+    return installed_program("wrk", "wrk")
+
+
+@pytest.fixture(scope="session")
+def curl():
+    return installed_program("curl", "curl")
+
+
+@pytest.fixture(scope="session")
+def socat():
+    return installed_program("socat", "socat")
+
+
+@pytest.fixture(scope="session")
+def netcat():
+    """OpenBSD netcat (its -N: shut the socket's writing side at the end of stdin)."""
+    path = installed_program("nc", "netcat-openbsd")
+    usage = subprocess.run([path, "-h"], capture_output=True, text=True).stderr
+    if "-N" not in usage:
+        pytest.skip("needs OpenBSD netcat (its -N option): apt-get install netcat-openbsd")
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_py():
+    """The redis Python client (redis-py), from the test extra."""
+    return pytest.importorskip("redis", reason="needs the redis package: pip install '.[test]'")

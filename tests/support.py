@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import pathlib
 import re
 import resource
+import select
 import socket
 import struct
 import subprocess
@@ -244,3 +246,93 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+# The example programs of the source tree (examples/), importable by name.
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    """examples/NAME/server.py as a module (skips the test outside a source tree)."""
+    path = EXAMPLES / name / "server.py"
+    if not path.exists():
+        pytest.skip(f"needs the source tree's examples/{name}/")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class ProgramClient:
+    """A line-oriented client program (nc, socat) talking to a server through its
+    stdin and stdout, as a user at a terminal would."""
+
+    def __init__(self, argv: List[str]) -> None:
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        self.received = b""
+
+    def send(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def expect(self, wanted: bytes, timeout: float = TIMEOUT) -> bytes:
+        """Read until `wanted` has arrived; return everything up to and including it."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while wanted not in self.received:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.process.stdout], [], [], max(remaining, 0))
+            if not ready:
+                raise AssertionError(f"{wanted!r} not received in {timeout} s: {self.received!r}")
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"{wanted!r} not received before EOF: {self.received!r}")
+            self.received += chunk
+        cut = self.received.index(wanted) + len(wanted)
+        seen, self.received = self.received[:cut], self.received[cut:]
+        return seen
+
+    def finish(self, timeout: float = TIMEOUT) -> bytes:
+        """Close stdin and wait for the program to exit; what it printed meanwhile."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.close()
+        rest = self.process.stdout.read()
+        self.process.wait(timeout)
+        return self.received + rest
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def assert_stop_does_not_wait_for_idle_clients(callback: Callable[..., object], backend: str,
+                                               greeting: bytes,
+                                               known: Callable[[], int]) -> None:
+    """stop() with 50 idle clients (each sent `greeting`, and `known()` counts them in the
+    callback's state) returns long before its 30 s grace period: state kept per
+    connection must not hold the queues (a plain dict would look like 50 workers about
+    to reply)."""
+    server = TCPServer("localhost", 0, callback, backend=backend, grace_period=30).start()
+    clients = [connect(server) for _ in range(50)]
+    with closing_all(*clients):
+        for client in clients:
+            client.sendall(greeting)
+        wait_for(lambda: known() == len(clients))
+        started = time.monotonic()
+        assert server.stop(timeout=TIMEOUT)
+        assert time.monotonic() - started < TIMEOUT
+
+
+def reset_mid_request(server: TCPServer, partial: bytes, times: int = 20) -> None:
+    """`times` clients each send the start of a request, then reset the connection."""
+    for _ in range(times):
+        client = connect(server)
+        client.sendall(partial)
+        reset(client)

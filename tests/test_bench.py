@@ -363,3 +363,94 @@ def test_the_prototype_under_load_echoes_every_byte(bench_programs, c_uring):
                                  "--size", str(256 * 1024), "--warmup-requests", "10",
                                  "--requests", "40")
     assert report["errors_total"] == 0 and report["requests"] == 40
+
+
+# ----------------------------------------------------------------------------- framed peers (issue 12)
+
+FRAMED_SERVERS = {
+    "simpletcp": ("simpletcp_framed.py",),
+    "uvloop": ("protocol_framed.py", "--loop", "uvloop"),
+    "asyncio_protocol": ("protocol_framed.py", "--loop", "asyncio"),
+    "asyncio_streams": ("streams_framed.py",),
+}
+
+
+@pytest.fixture(params=sorted(FRAMED_SERVERS))
+def framed_server(request):
+    """start(program) -> port of bench/servers' framed server of this kind, serving
+    `program` (lines, resp, http); stopped after the test."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop", reason="needs uvloop: pip install '.[bench]'")
+    started = []
+
+    def start(program):
+        script, *options = FRAMED_SERVERS[request.param]
+        proc = subprocess.Popen([sys.executable, str(BENCH / "servers" / script), "--program",
+                                 program, "--port", "0", *options], cwd=BENCH / "servers",
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return int(proc.stdout.readline())
+
+    yield start
+    for proc in started:
+        assert proc.poll() is None, "the server died: " + stop_server(proc)[-2000:]
+        stop_server(proc)
+
+
+def test_framed_servers_answer_w5_lines_however_they_are_cut(framed_server, bench_programs):
+    port = framed_server("lines")
+    edges, report = counted_load(bench_programs["loadgen"], port, "--connections", "10",
+                                 "--size", "1024", "--lines", "16",
+                                 "--warmup-requests", "20", "--requests", "200")
+    assert report["errors_total"] == 0 and report["messages"] == 200 * 16
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+        client.sendall(b"one\ntw")
+        assert recv_exactly(client, 4) == b"one\n"
+        client.sendall(b"o\n")
+        assert recv_exactly(client, 4) == b"two\n"
+
+
+def test_framed_servers_run_redis_benchmark_without_an_error(framed_server):
+    redis_benchmark = shutil.which("redis-benchmark")
+    if redis_benchmark is None:
+        pytest.skip("needs redis-benchmark: apt-get install redis-tools (.ci/run installs it)")
+    port = framed_server("resp")
+    for pipeline in ("16", "1"):
+        run = subprocess.run([redis_benchmark, "-p", str(port), "-t", "ping,set,get,incr",
+                              "-n", "1000", "-c", "10", "-P", pipeline, "--csv"],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        assert run.returncode == 0 and "error" not in (run.stdout + run.stderr).lower(), run
+        assert len(run.stdout.splitlines()) == 6  # a header and the five tests
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            # Without -r all INCRs hit one key; -P 1 sends exactly -n of them.
+            client.sendall(b"GET counter:__rand_int__\r\nDEL counter:__rand_int__\r\n")
+            counter = recv_exactly(client, 14 if pipeline == "1" else 1)
+        assert pipeline != "1" or counter == b"$4\r\n1000\r\n:1\r\n"
+
+
+def test_framed_servers_serve_wrk_only_200s(framed_server):
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        pytest.skip("needs wrk: apt-get install wrk (.ci/run installs it)")
+    port = framed_server("http")
+    run = subprocess.run([wrk, "-t", "1", "-c", "10", "-d", "1s", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 0, run.stderr
+    assert "Non-2xx" not in run.stdout and "Socket errors" not in run.stdout, run.stdout
+    assert " 0 requests in" not in run.stdout
+
+
+def test_resp_suite_smoke_reports_every_server(tmp_path):
+    if shutil.which("redis-benchmark") is None:
+        pytest.skip("needs redis-benchmark: apt-get install redis-tools (.ci/run installs it)")
+    pytest.importorskip("uvloop", reason="needs uvloop: pip install '.[bench]'")
+    run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--resp", "--smoke",
+                          "--output", str(tmp_path)], capture_output=True, text=True,
+                         timeout=280)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "resp-timed-smoke.json").read_text())["results"]
+    for pipeline in ("P1", "P16"):
+        for name in ("simpletcp_resp", "uvloop_resp", "asyncio_resp"):
+            cell = results[pipeline][name]
+            assert cell["status"] == "ok", cell["reason"]
+            assert cell["median"]["requests_per_s"] > 0

@@ -1,12 +1,12 @@
 """The examples/ servers and clients run as documented."""
-import pathlib
+import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+from support import EXAMPLES
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -34,6 +34,33 @@ def test_example_client_talks_to_its_server(example, expected):
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize("example, request_bytes, reply_start", [
+    ("chat", b"alice\n", b"* welcome, alice"),
+    ("kvstore", b"PING\r\n", b"+PONG\r\n"),
+    ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK\r\n"),
+])
+def test_protocol_example_serves_as_its_readme_runs_it(example, request_bytes, reply_start):
+    # python examples/NAME/server.py PORT, as in README.md; each answers, and stops on Ctrl-C.
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(EXAMPLES / example / "server.py"), str(port)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert "listening on 127.0.0.1:%d" % port in server.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(request_bytes)
+            reply = b""
+            while len(reply) < len(reply_start):
+                chunk = client.recv(4096)
+                assert chunk, reply
+                reply += chunk
+            assert reply.startswith(reply_start)
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
     finally:
         server.kill()
         server.wait()

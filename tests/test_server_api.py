@@ -301,7 +301,9 @@ class AsyncMethods:
         (generator_echo, "generator"),
         pytest.param(staticmethod(async_echo), "async", marks=pytest.mark.skipif(
             sys.version_info < (3, 10), reason="a staticmethod is callable since 3.10")),
-        pytest.param(functools.partial(staticmethod(async_echo)), "async",
+        # partial() refuses a staticmethod where it is not callable, at collection time.
+        pytest.param(functools.partial(staticmethod(async_echo))
+                     if sys.version_info >= (3, 10) else None, "async",
                      marks=pytest.mark.skipif(sys.version_info < (3, 10),
                                               reason="a staticmethod is callable since 3.10")),
     ],

@@ -1,0 +1,339 @@
+"""A small Redis-compatible key-value store (RESP2), served by simpletcp.
+
+Usage: python server.py [PORT]    (then: redis-cli -p PORT set greeting hello)
+
+Speaks enough of RESP2 for redis-cli, redis-benchmark (-t ping,set,get,incr) and redis-py
+(Redis(protocol=2)): PING, ECHO, SET (NX/XX), GET, INCR, DECR, INCRBY, DECRBY, DEL,
+EXISTS, DBSIZE, FLUSHDB/FLUSHALL, SELECT 0, MULTI/EXEC/DISCARD, QUIT, and the handshakes
+those clients send (HELLO 2, CLIENT SETNAME/SETINFO, CONFIG GET). Both request forms:
+RESP arrays and inline commands (``PING`` typed into nc). Pipelined requests are
+answered in order, in one write per read. An unknown command gets ``-ERR unknown
+command``; a malformed request, or one larger than MAX_REQUEST_BYTES, gets ``-ERR
+Protocol error`` and the connection is closed, so no client can make the server buffer
+more than that.
+
+TCP is a byte stream and simpletcp hands the callback whatever one read returned, so
+each connection keeps its unparsed bytes (and its open MULTI) in a side table keyed by
+its queue: a WeakKeyDictionary, so a connection's entry goes when the connection does
+(a plain dict would keep every closed connection's, and make stop() wait for them).
+"""
+import sys
+import weakref
+from typing import Callable, Dict, List, Optional, Tuple
+
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
+
+#: The largest request (all its arguments, with their RESP framing) a client may send.
+MAX_REQUEST_BYTES = 1024 * 1024
+#: An inline command's line, or a RESP header line ("*3", "$5"), longer than this is an abuse.
+MAX_INLINE_BYTES = 64 * 1024
+MAX_ARGUMENTS = 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """The client broke RESP: it is answered, then disconnected."""
+
+
+def parse_request(buffer: bytearray,
+                  start: int) -> Tuple[Optional[List[bytes]], int]:
+    """One request at ``buffer[start:]``: (arguments, end) when it is whole; (None,
+    bytes needed) when more must arrive; ProtocolError if it is malformed. An empty
+    inline line is ([], end)."""
+    if buffer[start] != 0x2A:  # not "*": an inline command, one line of words
+        end = buffer.find(b"\n", start)
+        if end < 0:
+            if len(buffer) - start > MAX_INLINE_BYTES:
+                raise ProtocolError("too big inline request")
+            return None, len(buffer) + 1
+        return bytes(buffer[start:end]).split(), end + 1
+    count, position = header_number(buffer, start, "multibulk length")
+    if count is None:
+        return None, position
+    if not 0 <= count <= MAX_ARGUMENTS:
+        raise ProtocolError("invalid multibulk length")
+    arguments = []
+    for _ in range(count):
+        if position >= len(buffer):
+            return None, position + 1
+        if buffer[position] != 0x24:  # "$"
+            raise ProtocolError(f"expected '$', got '{chr(buffer[position])}'")
+        length, data_start = header_number(buffer, position, "bulk length")
+        if length is None:
+            return None, data_start
+        if not 0 <= length <= MAX_REQUEST_BYTES:
+            raise ProtocolError("invalid bulk length")
+        data_end = data_start + length
+        if len(buffer) < data_end + 2:
+            return None, data_end + 2
+        if buffer[data_end:data_end + 2] != b"\r\n":
+            raise ProtocolError("bulk string not followed by CRLF")
+        arguments.append(bytes(buffer[data_start:data_end]))
+        position = data_end + 2
+    return arguments, position
+
+
+def header_number(buffer: bytearray, start: int, what: str) -> Tuple[Optional[int], int]:
+    """The number of a "*N\\r\\n" or "$N\\r\\n" header at ``start``: (N, where its data
+    begins), or (None, bytes needed) if the line is not whole yet."""
+    end = buffer.find(b"\r\n", start)
+    if end < 0:
+        if len(buffer) - start > MAX_INLINE_BYTES:
+            raise ProtocolError(f"too big {what}")
+        return None, len(buffer) + 1
+    try:
+        return int(buffer[start + 1:end]), end + 2
+    except ValueError:
+        raise ProtocolError(f"invalid {what}") from None
+
+
+# ----------------------------------------------------------------------------- replies
+
+def simple(text: str) -> bytes:
+    return b"+" + text.encode() + b"\r\n"
+
+
+def error(text: str) -> bytes:
+    return b"-" + text.encode() + b"\r\n"
+
+
+def integer(value: int) -> bytes:
+    return b":%d\r\n" % value
+
+
+def bulk(value: Optional[bytes]) -> bytes:
+    if value is None:
+        return b"$-1\r\n"
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def array(items: List[bytes]) -> bytes:
+    return b"*%d\r\n" % len(items) + b"".join(bulk(item) for item in items)
+
+
+OK = simple("OK")
+PONG = simple("PONG")
+
+
+# ----------------------------------------------------------------------------- commands
+
+class Store:
+    """The keys and values, shared by every connection (the loop is one thread)."""
+
+    def __init__(self) -> None:
+        self.values: Dict[bytes, bytes] = {}
+
+    def execute(self, arguments: List[bytes]) -> Tuple[bytes, bool]:
+        """The reply to one command: (reply, whether to close after it)."""
+        name = arguments[0].decode("latin-1").lower()
+        command = COMMANDS.get(name)
+        if command is None:
+            words = " ".join(f"'{a.decode('latin-1')[:64]}'" for a in arguments[1:4])
+            return error(f"ERR unknown command '{arguments[0].decode('latin-1')[:64]}', "
+                         "with args beginning with: "
+                         f"{words}"), False
+        handler, arity = command
+        if (arity >= 0 and len(arguments) != arity) or len(arguments) < -arity:
+            return error(f"ERR wrong number of arguments for '{name}' command"), False
+        if handler is None:  # QUIT
+            return OK, True
+        return handler(self, arguments[1:]), False
+
+    def ping(self, arguments: List[bytes]) -> bytes:
+        return bulk(arguments[0]) if arguments else PONG
+
+    def echo(self, arguments: List[bytes]) -> bytes:
+        return bulk(arguments[0])
+
+    def set(self, arguments: List[bytes]) -> bytes:
+        key, value, *options = arguments
+        options = [option.upper() for option in options]
+        if options not in ([], [b"NX"], [b"XX"]):
+            return error("ERR syntax error")
+        exists = key in self.values
+        if (b"NX" in options and exists) or (b"XX" in options and not exists):
+            return bulk(None)
+        self.values[key] = value
+        return OK
+
+    def get(self, arguments: List[bytes]) -> bytes:
+        return bulk(self.values.get(arguments[0]))
+
+    def incrby(self, arguments: List[bytes]) -> bytes:
+        key, step = arguments
+        try:
+            return self.add(key, int(step))
+        except ValueError:
+            return error("ERR value is not an integer or out of range")
+
+    def decrby(self, arguments: List[bytes]) -> bytes:
+        key, step = arguments
+        try:
+            return self.add(key, -int(step))
+        except ValueError:
+            return error("ERR value is not an integer or out of range")
+
+    def incr(self, arguments: List[bytes]) -> bytes:
+        return self.add(arguments[0], 1)
+
+    def decr(self, arguments: List[bytes]) -> bytes:
+        return self.add(arguments[0], -1)
+
+    def add(self, key: bytes, step: int) -> bytes:
+        try:
+            value = int(self.values.get(key, b"0")) + step
+        except ValueError:
+            return error("ERR value is not an integer or out of range")
+        if not -2**63 <= value < 2**63:
+            return error("ERR increment or decrement would overflow")
+        self.values[key] = b"%d" % value
+        return integer(value)
+
+    def delete(self, arguments: List[bytes]) -> bytes:
+        return integer(sum(self.values.pop(key, None) is not None for key in arguments))
+
+    def exists(self, arguments: List[bytes]) -> bytes:
+        return integer(sum(key in self.values for key in arguments))
+
+    def dbsize(self, arguments: List[bytes]) -> bytes:
+        return integer(len(self.values))
+
+    def flush(self, arguments: List[bytes]) -> bytes:
+        self.values.clear()
+        return OK
+
+    def select(self, arguments: List[bytes]) -> bytes:
+        return OK if arguments[0] == b"0" else error("ERR DB index is out of range")
+
+    def hello(self, arguments: List[bytes]) -> bytes:
+        if arguments and arguments[0] != b"2":
+            return error("NOPROTO this server speaks RESP2 only: connect with protocol=2")
+        # A map, in RESP2 a flat array of names and values; "proto" is an integer.
+        return (b"*6\r\n" + bulk(b"server") + bulk(b"simpletcp-kvstore") + bulk(b"version")
+                + bulk(b"1.0") + bulk(b"proto") + integer(2))
+
+    def client(self, arguments: List[bytes]) -> bytes:
+        if arguments[0].upper() in (b"SETNAME", b"SETINFO"):
+            return OK
+        return error("ERR unknown CLIENT subcommand")
+
+    def config(self, arguments: List[bytes]) -> bytes:
+        # redis-benchmark asks for "save" and "appendonly" before it starts.
+        if arguments[0].upper() != b"GET" or len(arguments) != 2:
+            return error("ERR only CONFIG GET is supported")
+        known = {b"save": b"", b"appendonly": b"no"}
+        value = known.get(arguments[1].lower())
+        return array([]) if value is None else array([arguments[1].lower(), value])
+
+
+#: name -> (method, arity): arity counts the name; -N means at least N. QUIT has no method.
+COMMANDS: Dict[str, Tuple[Optional[Callable[[Store, List[bytes]], bytes]], int]] = {
+    "ping": (Store.ping, -1), "echo": (Store.echo, 2), "set": (Store.set, -3),
+    "get": (Store.get, 2), "incr": (Store.incr, 2), "decr": (Store.decr, 2),
+    "incrby": (Store.incrby, 3), "decrby": (Store.decrby, 3), "del": (Store.delete, -2),
+    "exists": (Store.exists, -2),
+    "dbsize": (Store.dbsize, 1), "flushdb": (Store.flush, -1), "flushall": (Store.flush, -1),
+    "select": (Store.select, 2), "hello": (Store.hello, -1), "client": (Store.client, -2),
+    "config": (Store.config, -2), "quit": (None, 1),
+}
+
+
+# ----------------------------------------------------------------------------- the callback
+
+class Session:
+    """One connection's state: its unparsed bytes and its open transaction."""
+
+    __slots__ = ("unparsed", "needed", "transaction", "transaction_bytes")
+
+    def __init__(self) -> None:
+        self.unparsed = bytearray()
+        self.needed = 0          # parse again once `unparsed` is this long
+        self.transaction: Optional[List[List[bytes]]] = None  # queued since MULTI
+        self.transaction_bytes = 0
+
+
+class KeyValueServer:
+    """The read callback: frames RESP requests per connection and answers them."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        # queue -> Session. Weak keys: a session lives exactly as long as its connection.
+        self.sessions: "weakref.WeakKeyDictionary[ConnectionQueue, Session]" = (
+            weakref.WeakKeyDictionary())
+
+    def __call__(self, queue: ConnectionQueue, data: bytes) -> None:
+        session = self.sessions.get(queue)
+        if session is None:
+            session = self.sessions[queue] = Session()
+        replies, close = self.answer_requests(session, data)
+        if replies:
+            queue.put(replies)
+        if close:
+            queue.shutdown()  # what else it sent is dropped unread
+            del self.sessions[queue]
+
+    def answer_requests(self, session: Session, data: bytes) -> Tuple[bytes, bool]:
+        """Add `data` to the session's unparsed bytes and answer every whole request:
+        (the replies, whether to close the connection after them)."""
+        buffer = session.unparsed
+        buffer += data
+        if len(buffer) < session.needed:
+            return b"", False  # a large value still arriving: do not parse it again
+        replies = []
+        position = 0
+        close = False
+        try:
+            while position < len(buffer) and not close:
+                arguments, end = parse_request(buffer, position)
+                if arguments is None:
+                    session.needed = end - position
+                    break
+                position = end
+                if not arguments:
+                    continue  # an empty inline line, as redis ignores it
+                reply, close = self.execute(session, arguments)
+                replies.append(reply)
+        except ProtocolError as problem:
+            replies.append(error(f"ERR Protocol error: {problem}"))
+            close = True
+        if not close and (len(buffer) - position > MAX_REQUEST_BYTES
+                          or session.needed > MAX_REQUEST_BYTES):
+            replies.append(error("ERR Protocol error: request larger than "
+                                 f"{MAX_REQUEST_BYTES} bytes"))
+            close = True
+        del buffer[:position]
+        if not buffer:
+            session.needed = 0
+        return b"".join(replies), close
+
+    def execute(self, session: Session, arguments: List[bytes]) -> Tuple[bytes, bool]:
+        """(reply, whether to close): the store's, or the transaction's (MULTI/EXEC)."""
+        name = arguments[0].lower()
+        if name == b"multi":
+            if session.transaction is not None:
+                return error("ERR MULTI calls can not be nested"), False
+            session.transaction, session.transaction_bytes = [], 0
+            return OK, False
+        if name in (b"exec", b"discard"):
+            commands, session.transaction = session.transaction, None
+            if commands is None:
+                return error(f"ERR {name.decode().upper()} without MULTI"), False
+            if name == b"discard":
+                return OK, False
+            results = [self.store.execute(command)[0] for command in commands]
+            return b"*%d\r\n" % len(results) + b"".join(results), False
+        if session.transaction is not None and name != b"quit":
+            session.transaction_bytes += sum(map(len, arguments))
+            if session.transaction_bytes > MAX_REQUEST_BYTES:
+                # Queued commands are held until EXEC: bounded like one request.
+                session.transaction = None
+                return error(f"ERR transaction larger than {MAX_REQUEST_BYTES} bytes"), True
+            session.transaction.append(arguments)
+            return simple("QUEUED"), False
+        return self.store.execute(arguments)
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    server = TCPServer("localhost", port, KeyValueServer())
+    print(f"key-value store listening on {server.ip}:{server.port}", flush=True)
+    server.run()
