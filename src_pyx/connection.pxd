@@ -11,7 +11,7 @@ cdef enum:
     # Bounds of the lingering close; README.md and RELIABILITY.md describe them.
     # A lingering connection is closed once the peer has sent nothing for this long and
     # has acknowledged every byte sent to it (and the FIN): it has what it was sent and
-    # is not talking. Also how quiet a connection must have been for a close to skip
+    # is not talking; or has acknowledged nothing more for this long: it is not reading. Also how quiet a connection must have been for a close to skip
     # lingering altogether (an idle keep-alive connection when the server stops).
     LINGER_QUIET_MS = 2000
     # The longest a connection lingers, however the peer behaves (a peer that does not
@@ -75,6 +75,7 @@ cdef class Connection:
     cdef Py_ssize_t discarded # input bytes dropped since the close began
     cdef double last_active   # loop.now when bytes last moved either way
     cdef double linger_started
+    cdef int linger_unacknowledged  # unacknowledged() when lingering last looked (on_linger_quiet)
     cdef ActivityList listed_in  # the loop's idle or lingering list, if in one
     cdef Connection older     # neighbours in that list, least recently active first
     cdef Connection newer

@@ -377,9 +377,21 @@ cdef class Connection:
         return 0
 
     cdef int on_linger_quiet(self) except -1:
-        """The peer of this lingering connection sent nothing for LINGER_QUIET_MS."""
-        if (self.unacknowledged() > 0
+        """The peer of this lingering connection sent nothing for LINGER_QUIET_MS.
+
+        It lingers on only while it is taking what was sent: fewer bytes unacknowledged
+        than at the last look. A peer that has stopped reading (a chat member whose
+        client hung) would otherwise hold the connection, and whatever holds its queue,
+        for LINGER_MAX_MS. Closing it is still graceful: input is being read and
+        dropped, so none is left to reset with, and the kernel keeps delivering what it
+        holds. Past the byte bound (input no longer read) a close could reset and cut
+        the reply: only the time bound applies then.
+        """
+        cdef int unacknowledged = self.unacknowledged()
+        if (unacknowledged > 0
+                and (unacknowledged < self.linger_unacknowledged or not self.input_open)
                 and self.loop.now - self.linger_started < LINGER_MAX_MS / 1000.0):
+            self.linger_unacknowledged = unacknowledged
             self.mark_active(self.loop.now)  # it is still receiving what was sent
         else:
             self.close(self.close_reason)
@@ -463,6 +475,7 @@ cdef class Connection:
             self.loop.await_worker(self)
         elif state == LINGERING:
             self.linger_started = self.last_active = self.loop.now
+            self.linger_unacknowledged = self.unacknowledged()
             if self.listed_in is not None:
                 self.listed_in.unlink(self)  # the idle timeout no longer applies
             self.loop.timers.lingering.append(self)
