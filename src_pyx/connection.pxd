@@ -2,7 +2,8 @@
 # (connection.pyx, which also holds ConnectionQueue).
 
 cdef enum:
-    # Reads from one connection per readiness event, at most (see read_for_callback).
+    # Reads that drop a closing connection's input per readiness event, at most
+    # (discard_input; read_for_callback reads once per event, see there).
     READS_PER_EVENT = 16
     # The most bytes one recv() drops (MSG_TRUNC: the kernel discards them, no copy).
     DISCARD_CHUNK = 262144
@@ -10,7 +11,7 @@ cdef enum:
     # Bounds of the lingering close; README.md and RELIABILITY.md describe them.
     # A lingering connection is closed once the peer has sent nothing for this long and
     # has acknowledged every byte sent to it (and the FIN): it has what it was sent and
-    # is not talking. Also how quiet a connection must have been for a close to skip
+    # is not talking; or has acknowledged nothing more for this long: it is not reading. Also how quiet a connection must have been for a close to skip
     # lingering altogether (an idle keep-alive connection when the server stops).
     LINGER_QUIET_MS = 2000
     # The longest a connection lingers, however the peer behaves (a peer that does not
@@ -77,6 +78,7 @@ cdef class Connection:
     cdef Py_ssize_t discarded # input bytes dropped since the close began
     cdef double last_active   # loop.now when bytes last moved either way
     cdef double linger_started
+    cdef int linger_unacknowledged  # unacknowledged() when lingering last looked (on_linger_quiet)
     cdef ActivityList listed_in  # the loop's idle or lingering list, if in one
     cdef Connection older     # neighbours in that list, least recently active first
     cdef Connection newer
@@ -102,6 +104,7 @@ cdef class Connection:
     cdef inline int on_readable(self) except -1
     cdef inline int read_for_callback(self) except -1
     cdef int read_proxy_header(self) except -1
+    cdef int hand_out_slices(self, Py_ssize_t n) except -1
     cdef int call_callback(self, bytes data) except -1
     cdef int callback_failed(self, BaseException error) except -1
     cdef int discard_coroutine(self, object coroutine) except -1

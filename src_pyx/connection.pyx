@@ -232,35 +232,52 @@ cdef class Connection:
         return self.send_and_settle()
 
     cdef inline int read_for_callback(self) except -1:
-        # A read that fills the buffer means more is probably waiting: read again (each
-        # chunk is still its own callback) and send the replies once, in one sendmsg().
-        # The bound keeps one streaming peer from starving the others.
+        # One recv() of up to buffer.capacity bytes (LARGE_READ at the default
+        # recv_bytes), handed to the callback in recv_bytes-sized slices, in order, and
+        # the replies sent once, in one sendmsg(): a 256 KiB message costs a few system
+        # calls instead of one per recv_bytes. One read per readiness event keeps a
+        # streaming peer from starving the others: what is left is read in the next turn
+        # (every poller here is level-triggered). Output above the high-water mark does
+        # not stop the slices: they are read already, and the callback is owed every
+        # byte, in order; reading pauses after them (apply_backpressure).
         cdef Loop loop = self.loop
         cdef ReadBuffer buffer = loop.read_buffer
         cdef ssize_t n
-        cdef int reads_left = READS_PER_EVENT
-        while reads_left:
-            reads_left -= 1
-            if self.paused:
-                break
-            n = recv(self.fd, buffer.memory, buffer.size, 0)
+        if self.paused:
+            return 0
+        while True:
+            n = recv(self.fd, buffer.memory, buffer.capacity, 0)
             if n > 0:
-                self.mark_active(loop.now)
-                self.call_callback(buffer.take(n))
-                if self.state != OPEN:
-                    break  # the callback closed it (shutdown(), an exception)
-                if n < buffer.size or self.output.pending >= loop.high_water:
-                    break
-            elif n == 0:
+                break
+            if n == 0:
                 # EOF or a half-close: the peer has said all it will, but may still be
                 # reading, so what is queued goes out before the socket is closed.
                 self.input_open = False
                 self.begin_close(PEER_CLOSED)
-                break
-            elif would_block(errno):
-                break
-            elif errno != EINTR:
+                return 0
+            if would_block(errno):
+                return 0
+            if errno != EINTR:
                 return self.on_io_error(errno, "recv")
+        self.mark_active(loop.now)
+        if n <= buffer.slice_size:
+            return self.call_callback(buffer.take(0, n))  # one piece: a small request
+        return self.hand_out_slices(n)
+
+    cdef int hand_out_slices(self, Py_ssize_t n) except -1:
+        """Call the callback with each recv_bytes slice of the `n` bytes just read, in
+        order, unless it closes the connection: the rest of the read is then dropped,
+        as anything the peer sends once a close began is."""
+        cdef ReadBuffer buffer = self.loop.read_buffer
+        cdef Py_ssize_t offset = 0, size = buffer.slice_size
+        while offset < n:
+            if self.state != OPEN:
+                self.discarded += n - offset
+                return 0
+            if size > n - offset:
+                size = n - offset
+            self.call_callback(buffer.take(offset, size))
+            offset += size
         return 0
 
     cdef int read_proxy_header(self) except -1:
@@ -270,7 +287,7 @@ cdef class Connection:
         the callback. Timers.proxy_header_late bounds how long this may take."""
         cdef Loop loop = self.loop
         cdef ReadBuffer buffer = loop.read_buffer
-        cdef ssize_t n = recv(self.fd, buffer.memory, buffer.size, 0)
+        cdef ssize_t n = recv(self.fd, buffer.memory, buffer.slice_size, 0)
         if n == 0:
             self.close(PEER_CLOSED)  # gone before saying whom for: nothing is owed
             return 0
@@ -278,7 +295,7 @@ cdef class Connection:
             if would_block(errno) or errno == EINTR:
                 return 0
             return self.on_io_error(errno, "recv")
-        pending = self.proxy_header_pending + buffer.take(n)
+        pending = self.proxy_header_pending + buffer.take(0, n)
         try:
             header = loop.proxy_header_parser(pending)
         except ValueError as error:
@@ -427,9 +444,21 @@ cdef class Connection:
         return 0
 
     cdef int on_linger_quiet(self) except -1:
-        """The peer of this lingering connection sent nothing for LINGER_QUIET_MS."""
-        if (self.unacknowledged() > 0
+        """The peer of this lingering connection sent nothing for LINGER_QUIET_MS.
+
+        It lingers on only while it is taking what was sent: fewer bytes unacknowledged
+        than at the last look. A peer that has stopped reading (a chat member whose
+        client hung) would otherwise hold the connection, and whatever holds its queue,
+        for LINGER_MAX_MS. Closing it is still graceful: input is being read and
+        dropped, so none is left to reset with, and the kernel keeps delivering what it
+        holds. Past the byte bound (input no longer read) a close could reset and cut
+        the reply: only the time bound applies then.
+        """
+        cdef int unacknowledged = self.unacknowledged()
+        if (unacknowledged > 0
+                and (unacknowledged < self.linger_unacknowledged or not self.input_open)
                 and self.loop.now - self.linger_started < LINGER_MAX_MS / 1000.0):
+            self.linger_unacknowledged = unacknowledged
             self.mark_active(self.loop.now)  # it is still receiving what was sent
         else:
             self.close(self.close_reason)
@@ -520,6 +549,7 @@ cdef class Connection:
             self.loop.await_worker(self)
         elif state == LINGERING:
             self.linger_started = self.last_active = self.loop.now
+            self.linger_unacknowledged = self.unacknowledged()
             if self.listed_in is not None:
                 self.listed_in.unlink(self)  # the idle timeout no longer applies
             self.loop.timers.lingering.append(self)

@@ -1,10 +1,20 @@
 # ReadBuffer: where every connection's recv() lands, one per loop (readbuf.pyx).
 
+cdef enum:
+    # The most one recv() reads: a large message costs one system call per this many
+    # bytes rather than one per recv_bytes (its slices are handed out in a row).
+    LARGE_READ = 262144
+    # The most callbacks one read feeds, so that a peer streaming in tiny recv_bytes
+    # slices does not hold the loop longer per turn than a large read does.
+    SLICES_PER_READ = 128
+
+
 @cython.final
 cdef class ReadBuffer:
     cdef char *memory
-    cdef Py_ssize_t size          # recv_bytes: the most one read hands a callback
+    cdef Py_ssize_t slice_size    # recv_bytes: the most bytes one callback receives
+    cdef Py_ssize_t capacity      # the most one recv() reads (see allocate)
     cdef bytes spare              # the last bytes handed to a callback, to reuse if we can
 
-    cdef int allocate(self, Py_ssize_t size) except -1
-    cdef bytes take(self, Py_ssize_t size)
+    cdef int allocate(self, Py_ssize_t slice_size) except -1
+    cdef bytes take(self, Py_ssize_t offset, Py_ssize_t size)

@@ -1,7 +1,9 @@
 # ReadBuffer: where every connection's recv() lands, one per loop.
 #
 # The loop runs one callback at a time, so one buffer serves every connection: what a
-# read put there becomes a bytes object for the callback before the next read.
+# read put there becomes bytes objects for the callbacks before the next read. A read
+# may be larger than recv_bytes: it is then handed out as recv_bytes-sized slices, one
+# callback each, in order (Connection.read_for_callback).
 
 
 cdef class ReadBuffer:
@@ -11,15 +13,24 @@ cdef class ReadBuffer:
     def __dealloc__(self):
         free(self.memory)
 
-    cdef int allocate(self, Py_ssize_t size) except -1:
-        self.memory = <char *>malloc(size)
+    cdef int allocate(self, Py_ssize_t slice_size) except -1:
+        """Room for one read: LARGE_READ bytes, or SLICES_PER_READ slices if that is
+        less, and never less than one slice (a recv_bytes above LARGE_READ is read
+        whole, as before)."""
+        cdef Py_ssize_t capacity = LARGE_READ
+        if slice_size <= capacity // SLICES_PER_READ:
+            capacity = slice_size * SLICES_PER_READ
+        elif slice_size > capacity:
+            capacity = slice_size
+        self.memory = <char *>malloc(capacity)
         if self.memory == NULL:
             raise MemoryError()
-        self.size = size
+        self.slice_size = slice_size
+        self.capacity = capacity
         return 0
 
-    cdef bytes take(self, Py_ssize_t size):
-        """The `size` bytes just read into `memory`, as a bytes object.
+    cdef bytes take(self, Py_ssize_t offset, Py_ssize_t size):
+        """The `size` bytes read into `memory` at `offset`, as a bytes object.
 
         A bytes object nobody else holds (the callback did not keep it and its reply
         was sent) is refilled instead of allocating anew: a 1 KiB bytes object is past
@@ -30,9 +41,9 @@ cdef class ReadBuffer:
         cdef PyObject *spare = <PyObject *>self.spare
         cdef bytes data
         if spare != NULL and refcount_of(spare) == 1 and PyBytes_GET_SIZE(<object>spare) == size:
-            memcpy(PyBytes_AS_STRING(<object>spare), self.memory, size)
+            memcpy(PyBytes_AS_STRING(<object>spare), self.memory + offset, size)
             (<PyBytesObject *>spare).ob_shash = -1
             return <bytes>spare
-        data = PyBytes_FromStringAndSize(self.memory, size)
+        data = PyBytes_FromStringAndSize(self.memory + offset, size)
         self.spare = data
         return data

@@ -1,10 +1,11 @@
 """Every backend is fair: a connection that becomes ready is served in the next turn
 of the loop, however many others are busy."""
+import threading
 import time
 
 import pytest
 
-from support import connect, descriptor_limit, recv_exactly
+from support import TIMEOUT, connect, descriptor_limit, recv_exactly, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -18,11 +19,12 @@ def many_descriptors():
 
 
 def test_a_newcomer_is_answered_while_hundreds_of_connections_stay_busy(serve, many_descriptors):
-    # With 4-byte reads, each busy connection's 64 KiB keeps it ready for 1,024 turns of
-    # 16 reads. The newcomer must be answered in the turn after its PING arrives, long
-    # before the busy connections have drained: counted in busy bytes the server read
-    # between the PING's send and its answer (a turn reads 600 x 16 x 4 = 38,400), not
-    # in seconds, so a slow machine does not change the verdict.
+    # With recv_bytes=4, each busy connection's 64 KiB keeps it ready for 128 turns of
+    # one 512-byte read (128 callbacks of 4 bytes). The newcomer must be answered in the
+    # turn after its PING arrives, long before the busy connections have drained:
+    # counted in busy bytes the server read between the PING's send and its answer (a
+    # turn reads 600 x 512 = 307,200), not in seconds, so a slow machine does not
+    # change the verdict.
     busy_bytes = [0]
     read_at_the_ping = []
 
@@ -54,4 +56,42 @@ def test_a_newcomer_is_answered_while_hundreds_of_connections_stay_busy(serve, m
             f"{waited} busy bytes were read between the PING and its answer")
     finally:
         for client in busy:
+            client.close()
+
+
+def test_ten_small_requests_are_answered_while_one_connection_streams_64_mib(serve):
+    # At the default recv_bytes a read takes up to 256 KiB of the stream in one recv()
+    # and hands it out in 2 KiB slices; the pings must still be answered in the next
+    # turn or two. Counted, as above, in streamed bytes the server read between a
+    # PING's send and its answer: a loop that served the stream until it ran dry would
+    # read megabytes meanwhile.
+    streamed = [0]
+    read_at_ping = {}
+
+    def callback(queue, data):
+        if data == b"PING":
+            read_at_ping[queue.peer] = streamed[0]
+            queue.put(b"PONG")
+        else:
+            streamed[0] += len(data)
+
+    server = serve(callback)
+    small = [connect(server) for _ in range(10)]
+    streamer = connect(server, timeout=60)
+    writer = threading.Thread(target=streamer.sendall, args=(b"x" * (64 * 1024 * 1024),))
+    try:
+        writer.start()
+        wait_for(lambda: streamed[0] >= 1024 * 1024)  # it streams now
+        sent_at = {}
+        for client in small:
+            sent_at[client.getsockname()[:2]] = streamed[0]
+            client.sendall(b"PING")
+        for client in small:
+            assert recv_exactly(client, 4) == b"PONG"
+        waits = [read_at_ping[peer] - sent_at[peer] for peer in sent_at]
+        print(f"streamed bytes read while a PING waited: {waits}")
+        assert max(waits) < 2 * 1024 * 1024, waits
+        writer.join(TIMEOUT)
+    finally:
+        for client in small + [streamer]:
             client.close()

@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -337,3 +338,103 @@ def test_a_late_put_to_a_lingering_connection_is_dropped_quietly(serve, caplog):
         assert recv_until_eof(client) == b"answer"
         queues[0].put(b"too late")  # the server has shut its side: dropped
         assert any("dropped" in r.getMessage() for r in caplog.records)
+
+
+def relay_to_a_stuck_client(serve, close_it, **keywords):
+    """A server where one client ("stuck", which never reads) gets, one byte per put,
+    what another client ("talker") sends, until its queue is full(): then the talker's
+    callback calls ``close_it(stuck_queue)``. Returns (server, weak reference to the
+    stuck client's queue, the event set once it is cut off, the stuck client, the
+    talker). One-byte puts cannot be cut in the middle, so the close is never the
+    reset of a reply cut short: it is the graceful one, with the kernel's send buffer
+    full of bytes the client never takes."""
+    stuck_queues = []
+    cut_off = threading.Event()
+
+    def relay(queue, data):
+        if data == b"stuck":
+            stuck_queues.append(weakref.ref(queue))
+            return
+        stuck = stuck_queues[0]()
+        if stuck is None or cut_off.is_set():
+            return
+        if stuck.full():
+            close_it(stuck)
+            cut_off.set()
+            return
+        for i in range(len(data)):
+            stuck.put(data[i:i + 1])
+
+    server = serve(relay, high_water=64 * 1024, **keywords)
+    stuck_client = socket.socket()
+    stuck_client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck_client.settimeout(10)
+    stuck_client.connect((server.ip, server.port))
+    stuck_client.sendall(b"stuck")
+    wait_for(lambda: stuck_queues)
+    talker = connect(server)
+    return server, stuck_queues[0], cut_off, stuck_client, talker
+
+
+def fill_until_cut_off(cut_off, talker):
+    """Talk until the talker's callback finds the stuck client's queue full and cuts
+    it off (relay_to_a_stuck_client)."""
+    deadline = time.monotonic() + 10
+    while not cut_off.is_set():
+        assert time.monotonic() < deadline, "the stuck client's queue never filled"
+        talker.sendall(b"y" * 16384)
+        time.sleep(0.001)  # its output is sent between the talker's reads
+
+
+@pytest.mark.parametrize("caller", ["callback", "worker"])
+def test_a_client_that_stops_reading_is_let_go_after_shutdown_immediate(serve, caller):
+    # Another connection's callback (or a worker it hands the queue to) cuts off a
+    # client that stopped reading, at a whole-put boundary: the close is graceful and
+    # lingers, and lingering waited for the client to acknowledge what the kernel
+    # holds, which it never does: the connection (and whatever holds its queue, a chat
+    # server's member list) stayed 30 s (LINGER_MAX_MS). Found by the chat example on
+    # the large-read branch, where a whole 256 KiB read of the talker fills the stuck
+    # member's queue between two of its sends. Now it goes once it has taken nothing
+    # for LINGER_QUIET_MS.
+    def shut(queue):
+        if caller == "callback":
+            queue.shutdown(immediate=True)
+        else:
+            threading.Thread(target=queue.shutdown, args=(True,)).start()
+
+    server, stuck_queue, cut_off, stuck_client, talker = relay_to_a_stuck_client(serve, shut)
+    with stuck_client, talker:
+        fill_until_cut_off(cut_off, talker)
+        wait_for(lambda: stuck_queue() is None, timeout=15)  # 2 s quiet, not 30 s
+
+
+def test_stop_lets_a_lingering_client_that_stopped_reading_go(serve):
+    # The same stuck client when the server stops, with a grace period longer than
+    # LINGER_MAX_MS: stop() waited 30 s for it, now LINGER_QUIET_MS.
+    server, stuck_queue, cut_off, stuck_client, talker = relay_to_a_stuck_client(
+        serve, lambda queue: queue.shutdown(immediate=True), grace_period=60)
+    with stuck_client, talker:
+        fill_until_cut_off(cut_off, talker)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 10
+
+
+def test_a_client_that_stops_reading_after_shutdown_is_cut_off_by_the_idle_timeout(serve):
+    # The same client cut off by a plain shutdown(): what is queued is owed to it, so
+    # the connection drains as long as the client takes it; with an idle timeout, one
+    # that takes nothing is let go: reset if the loop still holds output for it (its
+    # reply would be cut), or closed once lingering sees no progress if the kernel
+    # took it all.
+    server, stuck_queue, cut_off, stuck_client, talker = relay_to_a_stuck_client(
+        serve, lambda queue: queue.shutdown(), idle_timeout=1)
+    with stuck_client, talker:
+        fill_until_cut_off(cut_off, talker)
+        wait_for(lambda: stuck_queue() is None, timeout=15)
+        received = bytearray()
+        try:  # what the kernel holds, then EOF or the reset: never a hang (timeout 10 s)
+            while chunk := stuck_client.recv(1 << 20):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        assert received.count(b"y") == len(received)  # what was relayed, nothing else
