@@ -62,6 +62,17 @@ def connect(server: TCPServer, timeout: float = TIMEOUT) -> socket.socket:
     return socket.create_connection((server.ip, server.port), timeout=timeout)
 
 
+def connect_slow_reader(server: TCPServer, receive_buffer: int,
+                        timeout: float = TIMEOUT) -> socket.socket:
+    """A client whose receive buffer is ``receive_buffer`` bytes: a reader slower than
+    the server's replies. Set before connect(), where the window is agreed."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    client.settimeout(timeout)
+    client.connect((server.ip, server.port))
+    return client
+
+
 def reset(sock: socket.socket) -> None:
     """Close with RST instead of FIN, as a crashed or impatient peer does."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -7,14 +7,14 @@ what it had not yet sent; the server shuts its write side instead, reads and
 discards input until the client closes (or a bound), then closes.
 """
 import logging
-import socket
 import threading
 import time
 import weakref
 
 import pytest
 
-from support import connect, echo, recv_exactly, recv_until_eof, reset_at_once, wait_for
+from support import (connect, connect_slow_reader, echo, recv_exactly, recv_until_eof, reset_at_once,
+                     wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,10 +95,7 @@ def test_idle_timeout_closes_gracefully_with_the_reply_still_in_flight(serve):
     payload = pattern(1 * MIB)
     server = serve(lambda queue, data: queue.put(payload) if data.startswith(b"GET") else None,
                    idle_timeout=0.3)
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client.settimeout(30)
-    client.connect((server.ip, server.port))
+    client = connect_slow_reader(server, 64 * 1024, timeout=30)
     with client:
         client.sendall(b"GET\n")
         time.sleep(1.0)  # longer than the idle timeout; the server has let go of the reply
@@ -147,10 +144,7 @@ def test_shutdown_immediate_in_the_middle_of_a_reply_resets(serve, caller):
             queue.shutdown(immediate=True)
 
     server = serve(callback, high_water=64 * MIB)  # keeps reading while the reply waits
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client.settimeout(10)
-    client.connect((server.ip, server.port))
+    client = connect_slow_reader(server, 64 * 1024, timeout=10)
     with client:
         client.sendall(b"GET")
         wait_for(lambda: queues and 0 < queues[0].pending_bytes < 8 * MIB)  # partly sent
@@ -258,10 +252,7 @@ def test_a_client_that_uploads_past_the_byte_bound_before_reading_gets_the_reply
     # the bound threw away what the client's small receive buffer had not taken yet.
     payload = pattern(2 * MIB)
     server = serve_reply_then_close(serve, "shutdown", payload)
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client.settimeout(30)
-    client.connect((server.ip, server.port))
+    client = connect_slow_reader(server, 64 * 1024, timeout=30)
     with client:
         client.sendall(b"GET\n")
         uploader, uploaded = upload_in_the_background(client, 64 * MIB)
@@ -366,10 +357,7 @@ def relay_to_a_stuck_client(serve, close_it, **keywords):
             stuck.put(data[i:i + 1])
 
     server = serve(relay, high_water=64 * 1024, **keywords)
-    stuck_client = socket.socket()
-    stuck_client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck_client.settimeout(10)
-    stuck_client.connect((server.ip, server.port))
+    stuck_client = connect_slow_reader(server, 4096, timeout=10)
     stuck_client.sendall(b"stuck")
     wait_for(lambda: stuck_queues)
     talker = connect(server)
