@@ -83,9 +83,10 @@ def test_500_clients_get_a_broadcast_from_another_thread(serve):
 
 
 def test_broadcasting_while_clients_come_and_go(serve):
-    # One thread broadcasts numbered lines as fast as it can while another connects and
-    # drops clients (closing or resetting them); the clients open throughout get every
-    # line, in order, and every reply to their own requests, interleaved.
+    # One thread broadcasts numbered lines as fast as it can (and takes snapshots of
+    # connections()) while another connects and drops clients (closing or resetting
+    # them); the clients open throughout are in every snapshot, and get every line, in
+    # order, and every reply to their own requests, interleaved.
     lines, stable_count, stable_requests = 3000, 8, 50
     server = serve(echo)
     stable = [connect(server) for _ in range(stable_count)]
@@ -93,12 +94,16 @@ def test_broadcasting_while_clients_come_and_go(serve):
     stable_ports = {client.getsockname()[1] for client in stable}
     done = threading.Event()
     left_out = []
+    missing = []
     failures = []
 
     def broadcast():
         for number in range(lines):
             left = server.broadcast(b"B%d\n" % number)
             left_out.extend(q.peer[1] for q in left if q.peer[1] in stable_ports)
+            if number % 10 == 0:  # the snapshot, taken meanwhile, has every stable one
+                listed = {queue.peer[1] for queue in server.connections()}
+                missing.extend(stable_ports - listed)
 
     def churn():
         churned = 0
@@ -139,7 +144,7 @@ def test_broadcasting_while_clients_come_and_go(serve):
         thread.join(60)
     assert not broadcaster.is_alive() and not churner.is_alive()
     assert failures == []
-    assert left_out == []
+    assert left_out == [] and missing == []
     for client in stable:
         client.close()
     wait_for(lambda: server.connections() == [])
