@@ -260,8 +260,9 @@ class TCPServer:
         """The queues of the open connections, oldest first: a snapshot (a list of its
         own), safe to take from any thread and from a callback.
 
-        Every connection on_connect has been called for and on_disconnect not yet,
-        including those whose close has begun (``queue.close_reason`` is not None).
+        A connection is listed from when it opens (on_connect sees itself listed)
+        until it is closed (on_disconnect does not), those whose close has begun
+        included (``queue.close_reason`` is not None).
         With workers: in a worker (its callbacks), that worker's connections; in the
         supervisor, RuntimeError. Holding the list holds the queues: while stopping,
         the server waits for held queues as for workers about to reply.

@@ -184,8 +184,8 @@ cdef class Loop:
         self.wake()
 
     def open_queues(self):
-        """The queues of the open connections (OPEN, and not yet on_disconnect'ed),
-        oldest first: a snapshot, safe to take from any thread."""
+        """The queues of the open connections (from OPEN until CLOSED), oldest first:
+        a snapshot, safe to take from any thread."""
         self.check_initialized()
         return self.events.open_queues()
 

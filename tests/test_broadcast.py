@@ -238,3 +238,16 @@ def test_before_and_after_serving_there_is_no_one_to_reach():
     assert server.stop(timeout=TIMEOUT)
     assert server.connections() == []
     assert server.broadcast(b"nobody") == []
+
+
+def test_a_connection_is_listed_from_on_connect_until_it_closes(serve):
+    box, seen = [], []
+    server = serve(echo,
+                   on_connect=lambda queue: seen.append(queue in box[0].connections()),
+                   on_disconnect=lambda queue: seen.append(queue in box[0].connections()))
+    box.append(server)
+    with connect(server) as client:
+        client.sendall(b"x")
+        assert client.recv(1) == b"x"
+    wait_for(lambda: len(seen) == 2)
+    assert seen == [True, False]
