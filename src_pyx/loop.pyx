@@ -9,6 +9,7 @@ the whole hot path at once. ARCHITECTURE.md draws the house.
 
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
+from cpython.dict cimport PyDict_Keys
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
@@ -74,5 +75,6 @@ include "outbuf.pyx"
 include "readbuf.pyx"
 include "sockets.pyx"
 include "connection.pyx"
+include "events.pyx"
 include "timers.pyx"
 include "serverloop.pyx"
