@@ -50,7 +50,7 @@ cdef class Loop:
     def __init__(self, listener, callback, bint callback_takes_ip, Py_ssize_t recv_bytes,
                  str backend, double grace_period, Py_ssize_t high_water,
                  Py_ssize_t low_water, Py_ssize_t connection_limit, double idle_timeout,
-                 proxy_header_parser, double proxy_header_timeout):
+                 proxy_header_parser, double proxy_header_timeout, framing=None):
         # TCPServer owns the arguments: their defaults and checks are there. What is
         # checked here is what memory safety needs (a socket to take a descriptor from,
         # a read buffer of at least one byte).
@@ -88,9 +88,11 @@ cdef class Loop:
         self.limit_log = LogThrottle.__new__(LogThrottle)
         self.connection_error_log = LogThrottle.__new__(LogThrottle)
         self.coroutine_log = LogThrottle.__new__(LogThrottle)
+        self.reply_log = LogThrottle.__new__(LogThrottle)
         self.memory_log = LogThrottle.__new__(LogThrottle)
         self.read_buffer = ReadBuffer.__new__(ReadBuffer)
         self.read_buffer.allocate(recv_bytes)
+        self.framer = compile_framing(framing)
         self.poller = make_poller(backend)
         self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.wake_fd < 0:
