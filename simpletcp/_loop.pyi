@@ -40,6 +40,7 @@ class CloseReason(enum.IntEnum):
     GRACE_EXPIRED = 11
     SERVER_ABORTED = 12
     PROXY_HEADER_REJECTED = 13
+    FRAMING_ERROR = 14
 
 @final
 class Connection:
@@ -102,6 +103,29 @@ class ReadBuffer:
 
     def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
 
+@disjoint_base
+class MessageFramer:
+    """Internal: cuts a connection's input into messages (framing=, simpletcp.framing)."""
+
+    # Always raises TypeError, as Poller's (see there for why it is not typed NoReturn).
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+@final
+class LineFramer(MessageFramer):
+    """Internal: simpletcp.framing.Lines."""
+
+@final
+class LengthFramer(MessageFramer):
+    """Internal: simpletcp.framing.LengthPrefixed."""
+
+@final
+class FixedFramer(MessageFramer):
+    """Internal: simpletcp.framing.FixedSize (its size is max_length)."""
+
+@final
+class PythonFramer(MessageFramer):
+    """Internal: a simpletcp.framing.Framer subclass's frame(data, start)."""
+
 @final
 class LogThrottle:
     """Internal: one log line per kind of trouble per interval."""
@@ -148,6 +172,7 @@ class Loop:
         idle_timeout: float,
         proxy_header_parser: Optional[Callable[[bytes], Any]],
         proxy_header_timeout: float,
+        framing: Optional[object] = None,
         on_connect: Optional[Callable[..., Any]] = None,
         on_connect_takes_ip: bool = False,
         on_disconnect: Optional[Callable[..., Any]] = None,

@@ -12,7 +12,7 @@ import socket
 import threading
 from typing import Any, Callable, List, Optional, Tuple, Union
 
-from simpletcp import _arguments, _callback, _listener, _signals, proxyprotocol
+from simpletcp import _arguments, _callback, _listener, _signals, framing as _framing, proxyprotocol
 from simpletcp._loop import BACKENDS, CloseReason, ConnectionQueue, Loop, ShutDown
 from simpletcp.supervisor import Supervisor
 
@@ -55,6 +55,11 @@ class TCPServer:
       are closed at once (and logged). Default: no limit.
     - ``idle_timeout``: seconds after which a connection on which no byte moved either
       way is closed. Default: never.
+    - ``framing``: a framer of :mod:`simpletcp.framing` (``Lines()``, ...): the callback
+      then gets one whole message per call. Default: None, the bytes as they arrive.
+
+    A callback that returns a bytes-like object has it sent as its reply (as if it
+    had put() it last); returning None sends nothing more.
     - ``on_connect(queue)`` or ``on_connect(ip, queue)``: called when a connection
       opens, before any read_callback for it; what it puts is sent first.
     - ``on_disconnect(queue)`` or ``on_disconnect(ip, queue)``: called once when a
@@ -81,6 +86,7 @@ class TCPServer:
         unix_permissions: Optional[int] = None,
         proxy_protocol: bool = False,
         proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT,
+        framing: Optional[_framing.Framing] = None,
         on_connect: Optional[Callable[..., Any]] = None,
         on_disconnect: Optional[Callable[..., Any]] = None,
     ) -> None:
@@ -146,6 +152,7 @@ class TCPServer:
         proxy_protocol = _arguments.check_bool(proxy_protocol, "proxy_protocol")
         proxy_header_timeout = _arguments.check_seconds(
             proxy_header_timeout, "proxy_header_timeout", allow_zero=False, allow_none=False)
+        framing = _framing.check_framing(framing)
 
         self._unix_socket: Optional[Tuple[str, os.stat_result]] = None  # to remove on stop
         if sock is not None:
@@ -168,16 +175,16 @@ class TCPServer:
                     listener, read_callback, takes_ip, recv_bytes, backend, grace_period,
                     high_water, low_water, connection_limit or 0, idle_timeout or 0.0,
                     proxyprotocol.parse_header if proxy_protocol else None,
-                    proxy_header_timeout, on_connect, on_connect_takes_ip, on_disconnect,
-                    on_disconnect_takes_ip,
+                    proxy_header_timeout, framing, on_connect, on_connect_takes_ip,
+                    on_disconnect, on_disconnect_takes_ip,
                 )
             else:
                 worker_keywords = dict(
                     backend=backend, grace_period=grace_period, high_water=high_water,
                     low_water=low_water, connection_limit=connection_limit,
                     idle_timeout=idle_timeout, proxy_protocol=proxy_protocol,
-                    proxy_header_timeout=proxy_header_timeout, on_connect=on_connect,
-                    on_disconnect=on_disconnect)
+                    proxy_header_timeout=proxy_header_timeout, framing=framing,
+                    on_connect=on_connect, on_disconnect=on_disconnect)
 
                 def serve_worker() -> None:
                     # In the forked worker: this object (the worker's copy) answers for
@@ -215,6 +222,7 @@ class TCPServer:
         self.workers = workers
         self.proxy_protocol = proxy_protocol
         self.proxy_header_timeout = proxy_header_timeout
+        self.framing = framing
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         # Guards _started and _stopped. Re-entrant: a signal handler that calls stop()

@@ -38,7 +38,7 @@ cdef enum CloseReason:
     NOT_CLOSING
     PEER_CLOSED      # the peer's EOF (or half-close)
     QUEUE_SHUTDOWN   # queue.shutdown()
-    CALLBACK_FAILED  # the callback raised, or returned a coroutine
+    CALLBACK_FAILED  # the callback raised, or returned a coroutine or a str
     SERVER_STOPPING  # stop(), Ctrl-C, SIGTERM
     IDLE_TIMEOUT     # nothing moved for idle_timeout (reset if output was stuck)
     REPLY_CUT        # shutdown(immediate=True) dropped a put partly sent: reset, not FIN
@@ -49,6 +49,8 @@ cdef enum CloseReason:
     GRACE_EXPIRED    # stopping, and the grace period ended first
     SERVER_ABORTED   # a second Ctrl-C/SIGTERM, or the loop ended: no waiting
     PROXY_HEADER_REJECTED  # proxy_protocol: no valid PROXY header in time (reset)
+    FRAMING_ERROR    # framing=: a message over max_length, a malformed length header,
+                     # a custom framer that failed
 
 
 @cython.final
@@ -84,6 +86,7 @@ cdef class Connection:
     cdef Connection older     # neighbours in that list, least recently active first
     cdef Connection newer
     cdef bytes proxy_header_pending  # AWAITING_PROXY_HEADER: the header's bytes so far
+    cdef PartialMessage *partial  # framing=: the start of a message no read finished yet
 
     # The peer and the queue
     cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1
@@ -106,7 +109,8 @@ cdef class Connection:
     cdef inline int read_for_callback(self) except -1
     cdef int read_proxy_header(self) except -1
     cdef int hand_out_slices(self, Py_ssize_t n) except -1
-    cdef int call_callback(self, bytes data) except -1
+    cdef int call_callback(self, object data) except -1
+    cdef int take_reply(self, object result, str callback=*) except -1
     cdef int callback_failed(self, BaseException error, str callback=*) except -1
     cdef int discard_coroutine(self, object coroutine, str callback=*) except -1
     cdef int discard_input(self) except -1

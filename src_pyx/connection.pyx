@@ -17,8 +17,9 @@
 #                          AWAITING_WORKER ─────┘
 #
 # A close begins (begin_close) at the peer's EOF (PEER_CLOSED), queue.shutdown()
-# (QUEUE_SHUTDOWN), a failing callback (CALLBACK_FAILED), stop() (SERVER_STOPPING) or
-# the idle timeout (IDLE_TIMEOUT); what is queued is sent first. Once the close has
+# (QUEUE_SHUTDOWN), a failing callback (CALLBACK_FAILED), stop() (SERVER_STOPPING),
+# the idle timeout (IDLE_TIMEOUT) or input its framer rejects (FRAMING_ERROR); what is
+# queued is sent first. Once the close has
 # begun, whatever the peer still sends is read and dropped: left unread, it would make
 # the kernel answer the final close() with RST and throw away the tail of the reply.
 #
@@ -44,6 +45,7 @@ cdef class Connection:
 
     def __dealloc__(self):
         outbuf_clear(&self.output)
+        forget_partial(self)
 
     # ---- the peer and the queue -------------------------------------------------
 
@@ -261,6 +263,8 @@ cdef class Connection:
             if errno != EINTR:
                 return self.on_io_error(errno, "recv")
         self.mark_active(loop.now)
+        if loop.framer is not None:
+            return loop.framer.feed(self, buffer.memory, n)  # whole messages (framing.pyx)
         if n <= buffer.slice_size:
             return self.call_callback(buffer.take(0, n))  # one piece: a small request
         return self.hand_out_slices(n)
@@ -308,11 +312,17 @@ cdef class Connection:
         self.proxy_header_pending = None
         self.remember_proxied_peer(header)
         self.become(OPEN)
-        if self.state == OPEN and len(pending) > header.length:  # on_connect may close it
-            self.call_callback(pending[header.length:])
+        cdef Py_ssize_t header_length = header.length
+        if self.state != OPEN or len(pending) <= header_length:  # on_connect may close it
+            return 0
+        if loop.framer is not None:
+            loop.framer.feed(self, PyBytes_AS_STRING(pending) + header_length,
+                             len(pending) - header_length)
+        else:
+            self.call_callback(pending[header_length:])
         return 0
 
-    cdef int call_callback(self, bytes data) except -1:
+    cdef int call_callback(self, object data) except -1:
         """Call the user's callback; whatever it raises closes only this connection.
 
         Any exception: SystemExit, KeyboardInterrupt, GeneratorExit and the like too. A
@@ -329,12 +339,40 @@ cdef class Connection:
                 result = loop.callback(self.peer_ip, self.get_queue(), data)
             else:
                 result = loop.callback(self.get_queue(), data)
-            if result is not None and isinstance(result, _Coroutine):
-                self.discard_coroutine(result)
+            if result is not None:
+                self.take_reply(result)
         except BaseException as error:
             self.callback_failed(error)
         finally:
             self.in_callback = False
+        return 0
+
+    cdef int take_reply(self, object result, str callback="read_callback") except -1:
+        """What the `callback` (read_callback, or on_connect) returned, if not None. A bytes-like object is its reply:
+        queued as by a put() at the callback's end (bytes without a copy; after
+        shutdown(), ShutDown, as put() raises). A coroutine is discarded
+        (discard_coroutine). A str is a reply that cannot be sent: the callback failed,
+        as put() of one raises. Anything else is ignored, as every return value was
+        before replies could be returned (a lambda that returns a tuple of the calls it
+        makes), and logged: it may be a reply built wrong."""
+        cdef LogThrottle throttle = self.loop.reply_log
+        if PyBytes_CheckExact(result) or PyObject_CheckBuffer(result):
+            return self.put(result)
+        if isinstance(result, _Coroutine):
+            return self.discard_coroutine(result, callback)
+        if isinstance(result, str):
+            self.begin_close(CALLBACK_FAILED)
+            if throttle.report_due():
+                self.loop.log(logging.ERROR, "%s returned a str, which cannot be "
+                              "sent: return bytes (text.encode()); closing connection %s "
+                              "once its queued output is sent%s",
+                              (callback, self.describe(),
+                               since_last(throttle.skipped, "more such returns")))
+        elif throttle.report_due():
+            self.loop.log(logging.WARNING, "%s returned %s, which is ignored: "
+                          "only a bytes-like object returned is sent (connection %s)%s",
+                          (callback, type(result).__name__, self.describe(),
+                           since_last(throttle.skipped, "more such returns")))
         return 0
 
     cdef int callback_failed(self, BaseException error, str callback="read_callback") except -1:
@@ -549,6 +587,7 @@ cdef class Connection:
             self.loop.events.opened(self)  # on_connect
         elif state == DRAINING:
             self.paused = False  # input is read (and dropped) until the close is done
+            forget_partial(self)  # no more messages: input is dropped from now on
         elif state == AWAITING_WORKER:
             self.loop.await_worker(self)
         elif state == LINGERING:
@@ -559,6 +598,7 @@ cdef class Connection:
             self.loop.timers.lingering.append(self)
         elif state == CLOSED:
             self.input_open = False
+            forget_partial(self)
         return 0
 
     cdef void begin_close(self, CloseReason reason):
@@ -830,4 +870,6 @@ cdef str close_reason_name(CloseReason reason):
         return "server aborted"
     if reason == PROXY_HEADER_REJECTED:
         return "PROXY header rejected"
+    if reason == FRAMING_ERROR:
+        return "framing error"
     return f"reason {<int>reason}"

@@ -34,6 +34,7 @@ cdef object close_reason_enum = _enum.IntEnum(
         ("GRACE_EXPIRED", GRACE_EXPIRED),
         ("SERVER_ABORTED", SERVER_ABORTED),
         ("PROXY_HEADER_REJECTED", PROXY_HEADER_REJECTED),
+        ("FRAMING_ERROR", FRAMING_ERROR),
     ],
     module="simpletcp",
 )
@@ -68,7 +69,7 @@ cdef class Events:
     cdef int opened(self, Connection connection) except -1:
         """`connection` is OPEN: list it, make its queue (the one object its events, its
         read callbacks and connections() share), and call on_connect. What on_connect
-        puts is sent by the caller's next send (Loop.adopt, Connection.on_readable); an
+        puts (or returns, as a read callback may) is sent by the caller's next send (Loop.adopt, Connection.on_readable); an
         exception closes the connection as a read callback's does (CALLBACK_FAILED), and
         its on_disconnect is still called: it is listed."""
         cdef object queue = connection.get_queue()
@@ -79,8 +80,8 @@ cdef class Events:
         connection.in_callback = True
         try:
             result = call_event(self.on_connect, self.on_connect_takes_ip, connection, queue)
-            if result is not None and isinstance(result, _Coroutine):
-                connection.discard_coroutine(result, "on_connect")
+            if result is not None:
+                connection.take_reply(result, "on_connect")  # a returned banner is sent
         except BaseException as error:
             connection.callback_failed(error, "on_connect")
         finally:

@@ -7,17 +7,20 @@ implemented in the .pyx of the same name, included here, so that the C compiler 
 the whole hot path at once. ARCHITECTURE.md draws the house.
 """
 
+from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
 from cpython.dict cimport PyDict_Keys
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
 from libc.errno cimport (EAGAIN, ECONNABORTED, ECONNRESET, EINTR,
                          ENOBUFS, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT,
                          EPROTO, EPERM, errno)
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memmove, memset, strerror
+from libc.string cimport memchr, memcpy, memmove, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, usleep, write
 
@@ -74,6 +77,7 @@ include "poller.pyx"
 include "outbuf.pyx"
 include "readbuf.pyx"
 include "sockets.pyx"
+include "framing.pyx"
 include "connection.pyx"
 include "events.pyx"
 include "timers.pyx"

@@ -18,3 +18,4 @@ cdef class ReadBuffer:
 
     cdef int allocate(self, Py_ssize_t slice_size) except -1
     cdef bytes take(self, Py_ssize_t offset, Py_ssize_t size)
+    cdef bytes take_at(self, const char *start, Py_ssize_t size)

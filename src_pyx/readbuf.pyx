@@ -30,7 +30,12 @@ cdef class ReadBuffer:
         return 0
 
     cdef bytes take(self, Py_ssize_t offset, Py_ssize_t size):
-        """The `size` bytes read into `memory` at `offset`, as a bytes object.
+        """The `size` bytes read into `memory` at `offset`, as a bytes object."""
+        return self.take_at(self.memory + offset, size)
+
+    cdef bytes take_at(self, const char *start, Py_ssize_t size):
+        """The `size` bytes at `start` (in `memory`, or a message a framer found in
+        what a read brought: framing.pyx), as a bytes object.
 
         A bytes object nobody else holds (the callback did not keep it and its reply
         was sent) is refilled instead of allocating anew: a 1 KiB bytes object is past
@@ -41,9 +46,9 @@ cdef class ReadBuffer:
         cdef PyObject *spare = <PyObject *>self.spare
         cdef bytes data
         if spare != NULL and refcount_of(spare) == 1 and PyBytes_GET_SIZE(<object>spare) == size:
-            memcpy(PyBytes_AS_STRING(<object>spare), self.memory + offset, size)
+            memcpy(PyBytes_AS_STRING(<object>spare), start, size)
             (<PyBytesObject *>spare).ob_shash = -1
             return <bytes>spare
-        data = PyBytes_FromStringAndSize(self.memory + offset, size)
+        data = PyBytes_FromStringAndSize(<char *>start, size)
         self.spare = data
         return data

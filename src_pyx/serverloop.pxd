@@ -60,11 +60,13 @@ cdef class Loop:
     cdef LogThrottle accept_error_log
     cdef LogThrottle limit_log    # "connection limit reached"
     cdef LogThrottle coroutine_log  # "read_callback returned a coroutine"
+    cdef LogThrottle reply_log    # "read_callback returned <a str, or else not bytes-like>"
     cdef LogThrottle connection_error_log  # unexpected errors of single connections
     cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
     cdef LogThrottle proxy_log    # "no valid PROXY header"
     cdef object proxy_header_parser  # proxy_protocol: proxyprotocol.parse_header; else None
     cdef Events events            # on_connect, on_disconnect, the open connections (events.pyx)
+    cdef MessageFramer framer     # framing=: cuts input into messages (framing.pyx); else None
 
     cdef Timers timers            # every timed thing (timers.pyx)
     cdef double now               # monotonic time, read once per turn of the loop

@@ -50,8 +50,8 @@ cdef class Loop:
     def __init__(self, listener, callback, bint callback_takes_ip, Py_ssize_t recv_bytes,
                  str backend, double grace_period, Py_ssize_t high_water,
                  Py_ssize_t low_water, Py_ssize_t connection_limit, double idle_timeout,
-                 proxy_header_parser, double proxy_header_timeout, on_connect=None,
-                 bint on_connect_takes_ip=False, on_disconnect=None,
+                 proxy_header_parser, double proxy_header_timeout, framing=None,
+                 on_connect=None, bint on_connect_takes_ip=False, on_disconnect=None,
                  bint on_disconnect_takes_ip=False):
         # TCPServer owns the arguments: their defaults and checks are there. What is
         # checked here is what memory safety needs (a socket to take a descriptor from,
@@ -90,6 +90,7 @@ cdef class Loop:
         self.limit_log = LogThrottle.__new__(LogThrottle)
         self.connection_error_log = LogThrottle.__new__(LogThrottle)
         self.coroutine_log = LogThrottle.__new__(LogThrottle)
+        self.reply_log = LogThrottle.__new__(LogThrottle)
         self.memory_log = LogThrottle.__new__(LogThrottle)
         self.events = Events.__new__(Events)
         self.events.on_connect = on_connect
@@ -100,6 +101,7 @@ cdef class Loop:
         self.events.unannounced = []
         self.read_buffer = ReadBuffer.__new__(ReadBuffer)
         self.read_buffer.allocate(recv_bytes)
+        self.framer = compile_framing(framing)
         # Last: a poller means a whole loop (check_initialized).
         self.poller = make_poller(backend)
         self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)

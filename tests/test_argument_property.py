@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from simpletcp.__main__ import main
 from simpletcp.clientsocket import ClientSocket
+from simpletcp.framing import FixedSize, Framer, LengthPrefixed, Lines
 from simpletcp.tcpserver import TCPServer
 from support import echo
 
@@ -66,6 +67,12 @@ def int_from(low, high):
     return lambda value: is_int(value) and low <= value <= high
 
 
+class WholeReads(Framer):
+    def frame(self, data, start):
+        return len(data) - start
+
+
+FRAMERS = (Lines, LengthPrefixed, FixedSize, WholeReads)
 GOOD_CALLBACKS = [echo, lambda ip, queue, data: None, functools.partial(echo), print]
 BAD_CALLBACKS = [None, "echo", async_echo, functools.partial(async_echo),
                  lambda: None, lambda a, b, c, d: None]
@@ -105,6 +112,7 @@ SERVER_DOCUMENTED = {
     "proxy_header_timeout": lambda v, _: is_number(v) and 0 < v <= WEEK,
     "on_connect": lambda v, _: any(v is good for good in GOOD_EVENTS),
     "on_disconnect": lambda v, _: any(v is good for good in GOOD_EVENTS),
+    "framing": lambda v, _: v is None or isinstance(v, FRAMERS),
 }
 # mode: a str can still fail to resolve (OSError) or be refused by IDNA (ValueError).
 GOOD_MODES = ["localhost", "public", "127.0.0.1", "::1"]
@@ -126,6 +134,9 @@ SERVER_VALID = {
     "proxy_header_timeout": st.sampled_from([1e-300, 5, WEEK]),
     "on_connect": st.sampled_from(GOOD_EVENTS),
     "on_disconnect": st.sampled_from(GOOD_EVENTS),
+    "framing": st.sampled_from([None, Lines(), Lines(b"\r\n", 1, keep_delimiter=True),
+                                LengthPrefixed(8, "little", True, 2**32), FixedSize(1),
+                                WholeReads()]),
 }
 
 

@@ -414,6 +414,80 @@ assert replies == [b"sent" * 3, b""], replies
 assert server.stop(timeout=10)
 finish()
 '''
+# The loop reads a framer's settings when it is made (TCPServer checked them, but they
+# can be changed behind its back), and calls a custom framer's frame() with each
+# connection's input: whatever those settings become, and whatever frame() returns or
+# raises, it costs a Loop() an exception or a connection its life, never the interpreter.
+PROGRAMS["framers in the loop"] = '''
+from simpletcp.framing import FixedSize, Framer, LengthPrefixed, Lines, NeedMore
+
+def tampered(framer, **slots):
+    for name, value in slots.items():
+        object.__setattr__(framer, name, value)
+    return framer
+
+def listening():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    return listener
+
+OPTIONS = ("auto", 1.0, 1 << 20, 1 << 18, 0, 0.0, None, 5.0)
+SETTINGS = {
+    "an empty delimiter": tampered(Lines(), _delimiter=b""),
+    "a str delimiter": tampered(Lines(), _delimiter="x"),
+    "a negative max_length": tampered(Lines(), _max_length=-1),
+    "a huge max_length": tampered(Lines(), _max_length=2**70),
+    "a str max_length": tampered(LengthPrefixed(), _max_length="64"),
+    "header_size 3": tampered(LengthPrefixed(), _header_size=3),
+    "a huge header_size": tampered(LengthPrefixed(), _header_size=2**70),
+    "a str header_size": tampered(LengthPrefixed(), _header_size="4"),
+    "size 0": tampered(FixedSize(1), _size=0),
+    "not a framer": object(),
+    "a framer class": Lines,
+}
+for label, framing in SETTINGS.items():
+    attempt(f"Loop(framing={label})",
+            lambda: m.Loop(listening(), echo, False, 64, *OPTIONS, framing),
+            ("TypeError", "ValueError", "OverflowError"))
+
+def odd_need_more(count):
+    return tampered(NeedMore(1), _count=count)
+
+class Answers(Framer):
+    answer = None
+    def frame(self, data, start):
+        answer = self.answer
+        if isinstance(answer, BaseException) or (
+                isinstance(answer, type) and issubclass(answer, BaseException)):
+            raise answer
+        return answer(data, start) if callable(answer) else answer
+
+ANSWERS = [None, 0, -1, 1, 5, 11, 12, 10**30, -10**30, 1.5, "3", b"3", True, (1,), (1, 2, 3),
+           (10**30, b"x"), (-1, b"x"), (1, None), (11, object()), (3, b"abc"), [1, b"x"],
+           NeedMore(1), NeedMore(4 * 1024**3), odd_need_more(-5), odd_need_more("x"),
+           odd_need_more(10**30), SystemExit, KeyboardInterrupt, MemoryError, GeneratorExit,
+           ValueError("bad"), lambda data, start: len(data) - start,
+           lambda data, start: (len(data) - start, data[start:])]
+framer = Answers(max_length=100)
+replies = lambda queue, message: message if isinstance(message, bytes) else None
+server = TCPServer("localhost", 0, replies, framing=framer).start()
+for answer in ANSWERS:
+    framer.answer = answer
+    print("trying", repr(answer)[:60], flush=True)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            for _ in range(3):
+                client.sendall(b"0123456789\\n")
+            client.shutdown(socket.SHUT_WR)
+            while client.recv(1000):
+                pass
+    except OSError:
+        pass
+framer.frame = 1  # not callable any more: the loop kept the bound method it was given
+assert server.stop(timeout=10)
+finish()
+'''
 PROGRAMS["ShutDown"] = '''
 attempt("raise ShutDown", lambda: (_ for _ in ()).throw(m.ShutDown("x")), "ShutDown")
 poke_everything("ShutDown('x')", m.ShutDown("x"))
@@ -462,7 +536,8 @@ attempt("stop", lambda: server.stop(timeout=10) or 1 / 0, "ok")
 finish()
 '''
 for internal in ("Connection", "ActivityList", "Events", "Poller", "EpollPoller",
-                 "PollPoller", "LogThrottle", "ReadBuffer", "Timers"):
+                 "PollPoller", "LogThrottle", "ReadBuffer", "Timers", "MessageFramer",
+                 "LineFramer", "LengthFramer", "FixedFramer", "PythonFramer"):
     PROGRAMS[internal] = INTERNAL.format(name=internal)
 
 # The module's functions, with what a caller could pass.
