@@ -82,6 +82,20 @@ def test_the_server_speaks_first(serve):
         assert recv_exactly(client, 4) == b"ping"
 
 
+def test_a_banner_returned_by_on_connect_is_sent_first(serve, caplog):
+    # As a read callback's returned bytes are its reply, on_connect's are its banner.
+    server = serve(echo, on_connect=lambda queue: b"* welcome\n")
+    with connect(server) as client:
+        assert recv_exactly(client, 10) == b"* welcome\n"
+        client.sendall(b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+    # A str cannot be sent: that connection closes, and the log names on_connect.
+    server = serve(echo, on_connect=lambda queue: "* welcome\n")
+    with connect(server) as client:
+        assert client.recv(100) == b""
+    assert "on_connect returned a str" in caplog.text
+
+
 def test_a_banner_comes_before_the_reply_to_a_request_sent_at_once(serve):
     # The request is in the kernel before the server accepts: on_connect still runs
     # first, and its banner goes out before the reply.
