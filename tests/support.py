@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -368,12 +368,19 @@ class ProgramClient:
 
 def assert_stop_does_not_wait_for_idle_clients(callback: Callable[..., object], backend: str,
                                                greeting: bytes,
-                                               known: Callable[[], int]) -> None:
+                                               known: Callable[[], int],
+                                               started: Optional[Callable[[TCPServer], object]] = None,
+                                               **keywords: Any) -> None:
     """stop() with 50 idle clients (each sent `greeting`, and `known()` counts them in the
     callback's state) returns long before its 30 s grace period: state kept per
     connection must not hold the queues (a plain dict would look like 50 workers about
-    to reply)."""
-    server = TCPServer("localhost", 0, callback, backend=backend, grace_period=30).start()
+    to reply). `keywords` go to TCPServer; `started(server)` is called before clients
+    connect."""
+    server = TCPServer("localhost", 0, callback, backend=backend, grace_period=30,
+                       **keywords)
+    if started is not None:
+        started(server)
+    server.start()
     clients = [connect(server) for _ in range(50)]
     with closing_all(*clients):
         for client in clients:

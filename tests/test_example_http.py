@@ -18,13 +18,14 @@ GET = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 @pytest.fixture
 def responder(serve):
-    """A responder, serving: (server, callback)."""
-    callback = http.HttpResponder()
-    return serve(callback), callback
+    """A responder, serving: (server, the HttpResponder)."""
+    app = http.HttpResponder()
+    return serve(app.on_request, **app.keywords()), app
 
 
-def wait_until_forgotten(callback):
-    wait_for(lambda: len(callback.unparsed) == 0)
+def wait_until_forgotten(server):
+    """Every connection, and with it what it left unparsed, is gone."""
+    wait_for(lambda: server.connections() == [])
 
 
 def test_wrk_keep_alive_load_gets_only_200s(responder, wrk):
@@ -142,7 +143,7 @@ def test_a_bad_request_is_answered_and_closed_and_others_go_on(responder, abuse,
         assert recv_until_eof(abuser).startswith(b"HTTP/1.1 " + status)
         bystander.sendall(GET)
         assert recv_exactly(bystander, len(HELLO)) == HELLO
-    wait_until_forgotten(callback)
+    wait_until_forgotten(server)
 
 
 def test_a_client_reset_mid_request_leaves_nothing_behind(responder):
@@ -151,4 +152,4 @@ def test_a_client_reset_mid_request_leaves_nothing_behind(responder):
     with connect(server) as client:
         client.sendall(GET)
         assert recv_exactly(client, len(HELLO)) == HELLO
-    wait_until_forgotten(callback)
+    wait_until_forgotten(server)

@@ -14,9 +14,9 @@ kvstore = load_example("kvstore")
 
 @pytest.fixture
 def store(serve):
-    """A fresh store, serving: (server, callback)."""
-    callback = kvstore.KeyValueServer()
-    return serve(callback), callback
+    """A fresh store, serving: (server, the KeyValueServer)."""
+    app = kvstore.KeyValueServer()
+    return serve(app.on_request, **app.keywords()), app
 
 
 def benchmark(redis_benchmark, port, *args):
@@ -139,8 +139,8 @@ def test_an_abusive_request_is_answered_and_closed_and_others_go_on(store, abuse
         assert reply.startswith(b"-ERR Protocol error"), reply[:200]
         bystander.sendall(b"GET before\r\n")
         assert recv_exactly(bystander, 7) == b"$1\r\n1\r\n"
-    # Nothing of the abuser is kept: its session went with its connection.
-    wait_for(lambda: len(callback.sessions) == 0)
+    # Nothing of the abuser is kept: its connection (and its state) is gone.
+    wait_for(lambda: server.connections() == [])
 
 
 def test_a_client_reset_mid_request_leaves_nothing_behind(store):
@@ -149,7 +149,7 @@ def test_a_client_reset_mid_request_leaves_nothing_behind(store):
     with connect(server) as client:
         client.sendall(b"EXISTS k\r\n")
         assert recv_exactly(client, 4) == b":0\r\n"
-    wait_for(lambda: len(callback.sessions) == 0)
+    wait_for(lambda: server.connections() == [])
 
 
 def test_quit_answers_then_closes(store):
@@ -160,6 +160,8 @@ def test_quit_answers_then_closes(store):
 
 
 def test_stop_does_not_wait_for_idle_clients(backend):
-    callback = kvstore.KeyValueServer()
-    assert_stop_does_not_wait_for_idle_clients(callback, backend, b"*2\r\n$3\r\nGET\r\n$1\r\nk",
-                                               lambda: len(callback.sessions))
+    app = kvstore.KeyValueServer()
+    server = []
+    assert_stop_does_not_wait_for_idle_clients(
+        app.on_request, backend, b"*2\r\n$3\r\nGET\r\n$1\r\nk", lambda: len(server[0].connections()),
+        started=server.append, **app.keywords())

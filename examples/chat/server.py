@@ -2,182 +2,135 @@
 
 Usage: python server.py [PORT]    (then, from two terminals: nc localhost PORT)
 
-Each client sends its nickname as its first line, then chats: every line it sends goes to
-everyone else as ``<nick> line``. Arrivals and departures are announced (``* alice
-joined``, ``* alice left``). Commands: ``/nick NEW`` renames, ``/who`` lists who is
-online, ``/quit`` leaves. Lines end with "\\n" ("\\r\\n" works too); a line longer than
-MAX_LINE_BYTES closes its connection, so no client can make the server buffer more.
+The server greets each client and asks for a nickname, its first line; then every line
+a client sends goes to everyone else as ``<nick> line``. Arrivals and departures are
+announced (``* alice joined``, ``* alice left``). Commands: ``/nick NEW`` renames,
+``/who`` lists who is online, ``/quit`` leaves. Lines end with "\\n" ("\\r\\n" works
+too); a line longer than MAX_LINE_BYTES closes its connection, so no client can make
+the server buffer more.
 
-What simpletcp does not give yet (issue 12), this program builds by hand:
+What simpletcp does for it (README, "Writing a protocol"):
 
-- per-connection state (the nickname, the unfinished line) lives in a WeakKeyDictionary
-  keyed by the connection's queue, so it goes with the connection (a plain dict would
-  keep every closed connection, and make stop() wait for them);
-- a member that stops reading is disconnected before the others' lines pile up;
-- a departure is noticed when the queue is freed (weakref.finalize), which happens in
-  the loop's thread while it closes the connection; the announcement is handed to a
-  thread of its own that puts it to the others, as any thread may.
+- ``framing=Lines(...)``: the server cuts each connection's bytes into lines, in
+  compiled code; ``on_line`` is called once per line, however the bytes arrived;
+- ``on_connect`` speaks first (what it returns is sent), ``on_disconnect`` announces
+  the departure, whatever ended the connection;
+- the nickname is per-connection state: an attribute of the connection's queue, which
+  lives exactly as long as the connection;
+- ``server.connections()`` reaches every member, from the server's thread.
+
+Every callback and event runs in the server's one thread, so ``nicks`` needs no lock.
 """
-import queue as queue_module
-import re
 import sys
-import threading
-import weakref
-from typing import List, Optional, Set, Tuple
+from typing import List, Optional, Set
 
-from simpletcp.tcpserver import ConnectionQueue, ShutDown, TCPServer
+from simpletcp.framing import Lines
+from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 MAX_LINE_BYTES = 4096
-NICKNAME = re.compile(r"[A-Za-z0-9_-]{1,20}")
+NICKNAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
-class Member:
-    """One connection's state: its nickname (None until it sent one) and unfinished line."""
-
-    __slots__ = ("nick", "unfinished")
-
-    def __init__(self) -> None:
-        self.nick: Optional[str] = None
-        self.unfinished = b""
-
-
-def deliver(queue: ConnectionQueue, message: bytes) -> None:
-    """Put `message` to one member, never waiting. A member whose unsent output is past
-    the server's high-water mark has stopped reading: it is disconnected rather than
-    let the others' chatter pile up in the server's memory."""
-    try:
-        if queue.full():
-            queue.shutdown(immediate=True)
-        else:
-            queue.put_nowait(message)
-    except queue_module.Full:
-        queue.shutdown(immediate=True)
-    except ShutDown:
-        pass  # it is leaving (/quit, a line too long); its departure will be announced
+def valid_nickname(nick: str) -> bool:
+    return 1 <= len(nick) <= 20 and set(nick) <= NICKNAME_CHARACTERS
 
 
 class ChatServer:
-    """The read callback: splits each connection's bytes into lines and relays them."""
+    """The chat's callbacks. ``keywords()`` are what TCPServer needs to serve it;
+    ``server`` must be set to that TCPServer before it serves."""
 
     def __init__(self) -> None:
-        # queue -> Member, for every open connection. Weak keys: an entry goes with its
-        # connection. The lock guards it and `nicks` against the departures thread.
-        self.members: "weakref.WeakKeyDictionary[ConnectionQueue, Member]" = (
-            weakref.WeakKeyDictionary())
+        self.server: Optional[TCPServer] = None
         self.nicks: Set[str] = set()
-        self.lock = threading.Lock()
-        self.departures: "queue_module.SimpleQueue[Member]" = queue_module.SimpleQueue()
-        threading.Thread(target=self.announce_departures, name="chat-departures",
-                         daemon=True).start()
 
-    # ---- the read callback (the loop's thread)
+    def keywords(self) -> dict:
+        return dict(framing=Lines(max_length=MAX_LINE_BYTES), on_connect=self.greet,
+                    on_disconnect=self.leave)
 
-    def __call__(self, queue: ConnectionQueue, data: bytes) -> None:
-        member = self.members.get(queue)
-        if member is None:
-            member = Member()
-            with self.lock:
-                self.members[queue] = member
-            # Runs when the connection is gone and the loop lets go of its queue.
-            weakref.finalize(queue, self.departures.put, member)
-        lines = (member.unfinished + data).split(b"\n")
-        member.unfinished = lines.pop()
-        for line in lines:
-            if len(line) > MAX_LINE_BYTES:
-                break
-            if not self.handle_line(queue, member, line.rstrip(b"\r").decode("utf-8", "replace")):
-                return  # it quit: what else it sent is dropped
-        else:
-            if len(member.unfinished) <= MAX_LINE_BYTES:
-                return
-        queue.put(b"* line too long: at most %d bytes\n" % MAX_LINE_BYTES)
-        queue.shutdown()
+    # ---- the connection's life
 
-    def handle_line(self, queue: ConnectionQueue, member: Member, line: str) -> bool:
-        """Act on one line; False once the client has quit."""
-        if member.nick is None:
-            self.take_nickname(queue, member, line)
-        elif line == "/who":
-            queue.put(f"* online: {', '.join(self.online())}\n".encode())
-        elif line == "/quit":
+    def greet(self, queue: ConnectionQueue) -> bytes:
+        queue.nick = None  # until it sends one
+        return b"* hello: send your nickname\n"
+
+    def on_line(self, queue: ConnectionQueue, line: bytes) -> Optional[bytes]:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        if queue.nick is None:
+            return self.take_nickname(queue, text)
+        if text == "/who":
+            return f"* online: {', '.join(sorted(self.nicks))}\n".encode()
+        if text == "/quit":
             queue.put(b"* bye\n")
             queue.shutdown()
-            return False
-        elif line.startswith("/nick "):
-            self.rename(queue, member, line[len("/nick "):].strip())
-        elif line.startswith("/"):
-            queue.put(f"* unknown command {line.split()[0]}: /nick NEW, /who, /quit\n".encode())
-        elif line:
-            self.broadcast(f"<{member.nick}> {line}\n".encode(), besides=queue)
-        return True
+        elif text.startswith("/nick "):
+            return self.rename(queue, text[len("/nick "):].strip())
+        elif text.startswith("/"):
+            return f"* unknown command {text.split()[0]}: /nick NEW, /who, /quit\n".encode()
+        elif text:
+            self.tell_members(f"<{queue.nick}> {text}\n".encode(), besides=queue)
+        return None
 
-    def online(self) -> List[str]:
-        """The nicknames in use, sorted (the departures thread changes them too)."""
-        with self.lock:
-            return sorted(self.nicks)
+    def leave(self, queue: ConnectionQueue) -> None:
+        if queue.nick is not None:  # a member, not someone who left before naming itself
+            self.nicks.discard(queue.nick)
+            self.tell_members(f"* {queue.nick} left\n".encode())
 
-    def claim(self, queue: ConnectionQueue, nick: str) -> bool:
-        """Take `nick` if it is valid and free; else tell the client why not."""
-        if not NICKNAME.fullmatch(nick):
-            queue.put(b"* a nickname is 1-20 letters, digits, '_' or '-': send another\n")
-            return False
-        with self.lock:
-            if nick in self.nicks:
-                taken = True
+    # ---- nicknames
+
+    def refusal(self, nick: str) -> Optional[bytes]:
+        """Why `nick` cannot be had, or None if it is valid and free."""
+        if not valid_nickname(nick):
+            return b"* a nickname is 1-20 letters, digits, '_' or '-': send another\n"
+        if nick in self.nicks:
+            return f"* {nick} is taken: send another\n".encode()
+        return None
+
+    def take_nickname(self, queue: ConnectionQueue, nick: str) -> bytes:
+        refusal = self.refusal(nick)
+        if refusal is not None:
+            return refusal
+        others = sorted(self.nicks)
+        self.nicks.add(nick)
+        queue.nick = nick
+        self.tell_members(f"* {nick} joined\n".encode(), besides=queue)
+        return f"* welcome, {nick}; online: {', '.join(others) or 'nobody else'}\n".encode()
+
+    def rename(self, queue: ConnectionQueue, nick: str) -> Optional[bytes]:
+        if nick == queue.nick:
+            return None
+        refusal = self.refusal(nick)
+        if refusal is not None:
+            return refusal
+        self.nicks.discard(queue.nick)
+        self.nicks.add(nick)
+        old, queue.nick = queue.nick, nick
+        self.tell_members(f"* {old} is now {nick}\n".encode())
+        return None
+
+    # ---- reaching everyone
+
+    def members(self) -> List[ConnectionQueue]:
+        """The connections that joined (sent a nickname) and are not leaving."""
+        assert self.server is not None, "set ChatServer.server before serving"
+        return [queue for queue in self.server.connections()
+                if queue.close_reason is None and getattr(queue, "nick", None) is not None]
+
+    def tell_members(self, message: bytes, besides: Optional[ConnectionQueue] = None) -> None:
+        """Put `message` to every member but `besides`. A member whose unsent output is
+        past the server's high-water mark has stopped reading: it is disconnected rather
+        than let the others' chatter pile up in the server's memory."""
+        for queue in self.members():
+            if queue is besides:
+                continue
+            if queue.full():
+                queue.shutdown(immediate=True)  # its departure is announced by leave()
             else:
-                taken = False
-                self.nicks.add(nick)
-        if taken:
-            queue.put(f"* {nick} is taken: send another\n".encode())
-        return not taken
-
-    def take_nickname(self, queue: ConnectionQueue, member: Member, nick: str) -> None:
-        if not self.claim(queue, nick):
-            return
-        member.nick = nick
-        others = [other for other in self.online() if other != nick]
-        queue.put(f"* welcome, {nick}; online: {', '.join(others) or 'nobody else'}\n".encode())
-        self.broadcast(f"* {nick} joined\n".encode(), besides=queue)
-
-    def rename(self, queue: ConnectionQueue, member: Member, nick: str) -> None:
-        old = member.nick
-        if old is None or nick == old or not self.claim(queue, nick):
-            return  # renaming is for members who joined (take_nickname gave them one)
-        member.nick = nick
-        with self.lock:
-            self.nicks.discard(old)
-        self.broadcast(f"* {old} is now {nick}\n".encode())
-
-    # ---- reaching everyone (any thread)
-
-    def broadcast(self, message: bytes, besides: Optional[ConnectionQueue] = None) -> None:
-        """Put `message` to every named member but `besides`."""
-        for queue, member in self.snapshot():
-            if queue is not besides and member.nick is not None:
-                deliver(queue, message)
-
-    def snapshot(self) -> List[Tuple[ConnectionQueue, Member]]:
-        with self.lock:
-            while True:
-                try:
-                    return list(self.members.items())
-                except RuntimeError:
-                    # A connection's entry vanished under us: the weakref callback that
-                    # removes it runs in the loop's thread, without our lock.
-                    continue
-
-    def announce_departures(self) -> None:
-        while True:
-            member = self.departures.get()
-            if member.nick is None:
-                continue  # left before naming itself: nobody knew it
-            with self.lock:
-                self.nicks.discard(member.nick)
-            self.broadcast(f"* {member.nick} left\n".encode())
+                queue.put(message)
 
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    server = TCPServer("localhost", port, ChatServer())
+    chat = ChatServer()
+    server = chat.server = TCPServer("localhost", port, chat.on_line, **chat.keywords())
     print(f"chat server listening on {server.ip}:{server.port}", flush=True)
     server.run()

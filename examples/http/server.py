@@ -8,16 +8,18 @@ GET (and HEAD) of ``/`` answers "Hello, world!" with a Content-Length; any other
 honoured: the response says so and the connection is closed once it is sent. Pipelined
 requests are answered in order, all those of one read in one write. A request body
 announced by Content-Length is read and skipped; a chunked body is refused (501).
-Garbage, or a request head larger than MAX_HEAD_BYTES, gets a 400 and the connection is
-closed, so no client can make the server buffer more than that.
+Garbage, or a request head larger than MAX_HEAD_BYTES, gets a 400 (431) and the
+connection is closed, so no client can make the server buffer more than that.
 
-Each connection keeps its unparsed bytes in a WeakKeyDictionary keyed by its queue: the
-entry goes when the connection does.
+What simpletcp does for it: ``HttpFramer`` (a ``simpletcp.framing.Framer``) says where
+each request ends (its head, then its Content-Length body) and parses the head; the
+server keeps each connection's unfinished bytes and calls ``on_request`` once per whole
+request. What ``on_request`` returns is the response.
 """
 import sys
-import weakref
-from typing import Dict, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
+from simpletcp.framing import Framer, NeedMore
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 MAX_HEAD_BYTES = 8 * 1024
@@ -94,59 +96,73 @@ def answer(method: bytes, target: bytes, keep_alive: bool) -> bytes:
     return response(b"200 OK", BODY, keep_alive, method == b"HEAD")
 
 
-class HttpResponder:
-    """The read callback: frames HTTP/1.1 requests per connection and answers them."""
+class Request(NamedTuple):
+    method: bytes
+    target: bytes
+    keep_alive: bool
+
+
+class HttpFramer(Framer):
+    """Where each request ends, and its head parsed: the server calls ``frame`` with a
+    connection's unparsed bytes, and hands ``on_request`` each whole Request. A request
+    that cannot be understood is handed on as the BadRequest covering all that arrived,
+    so that it is answered before the connection closes."""
 
     def __init__(self) -> None:
-        # queue -> its bytes not yet parsed. Weak keys: gone with the connection.
-        self.unparsed: "weakref.WeakKeyDictionary[ConnectionQueue, bytes]" = (
-            weakref.WeakKeyDictionary())
+        super().__init__(max_length=MAX_HEAD_BYTES + 4 + MAX_BODY_BYTES)
+
+    def frame(self, data: bytes, start: int) -> Union[None, NeedMore, Tuple[int, object]]:
+        try:
+            return self.frame_request(data, start)
+        except BadRequest as problem:
+            return len(data) - start, problem
+
+    def frame_request(self, data: bytes, start: int) -> Union[None, NeedMore, Tuple[int, Request]]:
+        head_end = data.find(b"\r\n\r\n", start)
+        if head_end < 0:
+            if len(data) - start > MAX_HEAD_BYTES:
+                raise BadRequest(b"431 Request Header Fields Too Large", "head too large")
+            line_end = data.find(b"\n", start)
+            if line_end >= 0:  # garbage is answered without waiting for a head
+                parse_request_line(data[start:line_end].rstrip(b"\r"))
+            return None
+        if head_end - start > MAX_HEAD_BYTES:
+            raise BadRequest(b"431 Request Header Fields Too Large", "head too large")
+        method, target, version, headers = parse_head(data[start:head_end])
+        request_end = head_end + 4 + body_length(headers)
+        if request_end > len(data):
+            return NeedMore(request_end - len(data))  # its body is still arriving
+        return request_end - start, Request(method, target, keeps_alive(version, headers))
+
+
+class HttpResponder:
+    """The responder's callback; ``keywords()`` are what TCPServer needs to serve it."""
+
+    def __init__(self) -> None:
         self.answered = 0  # requests answered, for monitoring
 
-    def __call__(self, queue: ConnectionQueue, data: bytes) -> None:
-        buffer = self.unparsed.pop(queue, b"") + data
-        responses, consumed, keep_alive = self.answer_requests(buffer)
-        if responses:
-            queue.put(responses)
-        if not keep_alive:
-            queue.shutdown()  # the rest of what it sent is dropped unread
-        elif consumed < len(buffer):
-            self.unparsed[queue] = buffer[consumed:]
+    def keywords(self) -> dict:
+        return dict(framing=HttpFramer())
 
-    def answer_requests(self, buffer: bytes) -> Tuple[bytes, int, bool]:
-        """Answer every whole request at the start of `buffer`: (the responses, bytes
-        consumed, whether the connection stays open)."""
-        responses = []
-        position = 0
-        keep_alive = True
-        try:
-            while keep_alive:
-                head_end = buffer.find(b"\r\n\r\n", position)
-                if head_end < 0:
-                    if len(buffer) - position > MAX_HEAD_BYTES:
-                        raise BadRequest(b"431 Request Header Fields Too Large", "head too large")
-                    line_end = buffer.find(b"\n", position)
-                    if line_end >= 0:  # garbage is answered without waiting for a head
-                        parse_request_line(buffer[position:line_end].rstrip(b"\r"))
-                    break
-                if head_end - position > MAX_HEAD_BYTES:
-                    raise BadRequest(b"431 Request Header Fields Too Large", "head too large")
-                method, target, version, headers = parse_head(buffer[position:head_end])
-                request_end = head_end + 4 + body_length(headers)
-                if request_end > len(buffer):
-                    break  # its body is still arriving
-                keep_alive = keeps_alive(version, headers)
-                responses.append(answer(method, target, keep_alive))
-                self.answered += 1
-                position = request_end
-        except BadRequest as problem:
-            responses.append(response(problem.status, f"{problem}\n".encode(), False))
-            keep_alive = False
-        return b"".join(responses), position, keep_alive
+    def on_request(self, queue: ConnectionQueue,
+                   request: Union[Request, BadRequest]) -> Optional[bytes]:
+        """One whole request (HttpFramer): the response."""
+        if isinstance(request, BadRequest):
+            queue.put(response(request.status, f"{request}\n".encode(), False))
+            queue.shutdown()  # the rest of what it sent is dropped unread
+            return None
+        self.answered += 1
+        reply = answer(request.method, request.target, request.keep_alive)
+        if request.keep_alive:
+            return reply
+        queue.put(reply)
+        queue.shutdown()  # what follows is not answered
+        return None
 
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    server = TCPServer("localhost", port, HttpResponder())
+    app = HttpResponder()
+    server = TCPServer("localhost", port, app.on_request, **app.keywords())
     print(f"HTTP responder listening on {server.ip}:{server.port}", flush=True)
     server.run()

@@ -7,20 +7,20 @@ Speaks enough of RESP2 for redis-cli, redis-benchmark (-t ping,set,get,incr) and
 EXISTS, DBSIZE, FLUSHDB/FLUSHALL, SELECT 0, MULTI/EXEC/DISCARD, QUIT, and the handshakes
 those clients send (HELLO 2, CLIENT SETNAME/SETINFO, CONFIG GET). Both request forms:
 RESP arrays and inline commands (``PING`` typed into nc). Pipelined requests are
-answered in order, in one write per read. An unknown command gets ``-ERR unknown
-command``; a malformed request, or one larger than MAX_REQUEST_BYTES, gets ``-ERR
-Protocol error`` and the connection is closed, so no client can make the server buffer
-more than that.
+answered in order. An unknown command gets ``-ERR unknown command``; a malformed
+request, or one larger than MAX_REQUEST_BYTES, gets ``-ERR Protocol error`` and the
+connection is closed, so no client can make the server buffer more than that.
 
-TCP is a byte stream and simpletcp hands the callback whatever one read returned, so
-each connection keeps its unparsed bytes (and its open MULTI) in a side table keyed by
-its queue: a WeakKeyDictionary, so a connection's entry goes when the connection does
-(a plain dict would keep every closed connection's, and make stop() wait for them).
+What simpletcp does for it: ``RespFramer`` (a ``simpletcp.framing.Framer``) says where
+each request ends and parses it; the server keeps each connection's unfinished bytes
+and calls ``on_request`` once per whole request, with the parsed arguments. What
+``on_request`` returns is the reply. A connection's open MULTI is an attribute of its
+queue, which lives exactly as long as the connection.
 """
 import sys
-import weakref
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from simpletcp.framing import Framer, NeedMore
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
 #: The largest request (all its arguments, with their RESP framing) a client may send.
@@ -34,8 +34,7 @@ class ProtocolError(Exception):
     """The client broke RESP: it is answered, then disconnected."""
 
 
-def parse_request(buffer: bytearray,
-                  start: int) -> Tuple[Optional[List[bytes]], int]:
+def parse_request(buffer: bytes, start: int) -> Tuple[Optional[List[bytes]], int]:
     """One request at ``buffer[start:]``: (arguments, end) when it is whole; (None,
     bytes needed) when more must arrive; ProtocolError if it is malformed. An empty
     inline line is ([], end)."""
@@ -63,6 +62,8 @@ def parse_request(buffer: bytearray,
         if not 0 <= length <= MAX_REQUEST_BYTES:
             raise ProtocolError("invalid bulk length")
         data_end = data_start + length
+        if data_end + 2 - start > MAX_REQUEST_BYTES:
+            raise ProtocolError(f"request larger than {MAX_REQUEST_BYTES} bytes")
         if len(buffer) < data_end + 2:
             return None, data_end + 2
         if buffer[data_end:data_end + 2] != b"\r\n":
@@ -72,7 +73,7 @@ def parse_request(buffer: bytearray,
     return arguments, position
 
 
-def header_number(buffer: bytearray, start: int, what: str) -> Tuple[Optional[int], int]:
+def header_number(buffer: bytes, start: int, what: str) -> Tuple[Optional[int], int]:
     """The number of a "*N\\r\\n" or "$N\\r\\n" header at ``start``: (N, where its data
     begins), or (None, bytes needed) if the line is not whole yet."""
     end = buffer.find(b"\r\n", start)
@@ -237,103 +238,91 @@ COMMANDS: Dict[str, Tuple[Optional[Callable[[Store, List[bytes]], bytes]], int]]
 }
 
 
-# ----------------------------------------------------------------------------- the callback
+# ----------------------------------------------------------------------------- framing
 
-class Session:
-    """One connection's state: its unparsed bytes and its open transaction."""
+class RespFramer(Framer):
+    """Where each request ends, and what it says: the server calls ``frame`` with a
+    connection's unparsed bytes, and hands ``on_request`` each whole request parsed.
 
-    __slots__ = ("unparsed", "needed", "transaction", "transaction_bytes")
+    Malformed input is handed on too, as a ProtocolError covering all that arrived, so
+    that the client is answered (``-ERR Protocol error``) before it is disconnected, as
+    Redis does; raising FramingError instead would close it without a word."""
 
     def __init__(self) -> None:
-        self.unparsed = bytearray()
-        self.needed = 0          # parse again once `unparsed` is this long
-        self.transaction: Optional[List[List[bytes]]] = None  # queued since MULTI
-        self.transaction_bytes = 0
+        # The server's own bound: never reached, as a request is refused (above) as soon
+        # as its headers say it would be larger than MAX_REQUEST_BYTES.
+        super().__init__(max_length=MAX_REQUEST_BYTES + MAX_INLINE_BYTES)
 
+    def frame(self, data: bytes, start: int) -> Union[None, NeedMore, Tuple[int, object]]:
+        try:
+            arguments, end = parse_request(data, start)
+        except ProtocolError as problem:
+            return len(data) - start, problem
+        if arguments is None:
+            return NeedMore(end - len(data))  # no whole request before `end` bytes are here
+        return end - start, arguments
+
+
+# ----------------------------------------------------------------------------- the callbacks
 
 class KeyValueServer:
-    """The read callback: frames RESP requests per connection and answers them."""
+    """The store's callbacks; ``keywords()`` are what TCPServer needs to serve them."""
 
     def __init__(self) -> None:
         self.store = Store()
-        # queue -> Session. Weak keys: a session lives exactly as long as its connection.
-        self.sessions: "weakref.WeakKeyDictionary[ConnectionQueue, Session]" = (
-            weakref.WeakKeyDictionary())
 
-    def __call__(self, queue: ConnectionQueue, data: bytes) -> None:
-        session = self.sessions.get(queue)
-        if session is None:
-            session = self.sessions[queue] = Session()
-        replies, close = self.answer_requests(session, data)
-        if replies:
-            queue.put(replies)
+    def keywords(self) -> dict:
+        return dict(framing=RespFramer(), on_connect=self.open_session)
+
+    def open_session(self, queue: ConnectionQueue) -> None:
+        queue.transaction = None  # the commands queued since MULTI, and their size
+        queue.transaction_bytes = 0
+
+    def on_request(self, queue: ConnectionQueue,
+                   request: Union[List[bytes], ProtocolError]) -> Optional[bytes]:
+        """One whole request (RespFramer): the reply."""
+        if isinstance(request, ProtocolError):
+            reply, close = error(f"ERR Protocol error: {request}"), True
+        elif not request:
+            return None  # an empty inline line, as redis ignores it
+        else:
+            reply, close = self.execute(queue, request)
         if close:
+            queue.put(reply)
             queue.shutdown()  # what else it sent is dropped unread
-            del self.sessions[queue]
+            return None
+        return reply
 
-    def answer_requests(self, session: Session, data: bytes) -> Tuple[bytes, bool]:
-        """Add `data` to the session's unparsed bytes and answer every whole request:
-        (the replies, whether to close the connection after them)."""
-        buffer = session.unparsed
-        buffer += data
-        if len(buffer) < session.needed:
-            return b"", False  # a large value still arriving: do not parse it again
-        replies = []
-        position = 0
-        close = False
-        try:
-            while position < len(buffer) and not close:
-                arguments, end = parse_request(buffer, position)
-                if arguments is None:
-                    session.needed = end - position
-                    break
-                position = end
-                if not arguments:
-                    continue  # an empty inline line, as redis ignores it
-                reply, close = self.execute(session, arguments)
-                replies.append(reply)
-        except ProtocolError as problem:
-            replies.append(error(f"ERR Protocol error: {problem}"))
-            close = True
-        if not close and (len(buffer) - position > MAX_REQUEST_BYTES
-                          or session.needed > MAX_REQUEST_BYTES):
-            replies.append(error("ERR Protocol error: request larger than "
-                                 f"{MAX_REQUEST_BYTES} bytes"))
-            close = True
-        del buffer[:position]
-        if not buffer:
-            session.needed = 0
-        return b"".join(replies), close
-
-    def execute(self, session: Session, arguments: List[bytes]) -> Tuple[bytes, bool]:
+    def execute(self, queue: ConnectionQueue, arguments: List[bytes]) -> Tuple[bytes, bool]:
         """(reply, whether to close): the store's, or the transaction's (MULTI/EXEC)."""
         name = arguments[0].lower()
         if name == b"multi":
-            if session.transaction is not None:
+            if queue.transaction is not None:
                 return error("ERR MULTI calls can not be nested"), False
-            session.transaction, session.transaction_bytes = [], 0
+            queue.transaction, queue.transaction_bytes = [], 0
             return OK, False
         if name in (b"exec", b"discard"):
-            commands, session.transaction = session.transaction, None
+            commands, queue.transaction = queue.transaction, None
             if commands is None:
                 return error(f"ERR {name.decode().upper()} without MULTI"), False
             if name == b"discard":
                 return OK, False
             results = [self.store.execute(command)[0] for command in commands]
             return b"*%d\r\n" % len(results) + b"".join(results), False
-        if session.transaction is not None and name != b"quit":
-            session.transaction_bytes += sum(map(len, arguments))
-            if session.transaction_bytes > MAX_REQUEST_BYTES:
+        if queue.transaction is not None and name != b"quit":
+            queue.transaction_bytes += sum(map(len, arguments))
+            if queue.transaction_bytes > MAX_REQUEST_BYTES:
                 # Queued commands are held until EXEC: bounded like one request.
-                session.transaction = None
+                queue.transaction = None
                 return error(f"ERR transaction larger than {MAX_REQUEST_BYTES} bytes"), True
-            session.transaction.append(arguments)
+            queue.transaction.append(arguments)
             return simple("QUEUED"), False
         return self.store.execute(arguments)
 
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    server = TCPServer("localhost", port, KeyValueServer())
+    app = KeyValueServer()
+    server = TCPServer("localhost", port, app.on_request, **app.keywords())
     print(f"key-value store listening on {server.ip}:{server.port}", flush=True)
     server.run()
