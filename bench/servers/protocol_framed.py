@@ -44,25 +44,49 @@ class LineEcho(asyncio.Protocol):
 
 def resp_protocol():
     kvstore = load_example("kvstore")
-    commands = kvstore.KeyValueServer()  # the store, its framing, MULTI/EXEC per session
+    commands = kvstore.KeyValueServer()  # the store, and MULTI/EXEC kept per connection
 
     class RespStore(asyncio.Protocol):
         def connection_made(self, transport):
             self.transport = transport
-            self.session = kvstore.Session()
+            self.buffer = b""
+            self.needed = 0  # parse again once the buffer is this long
+            commands.open_session(self)  # the protocol object carries its MULTI
 
         def data_received(self, data):
-            replies, close = commands.answer_requests(self.session, data)
+            buffer = self.buffer + data if self.buffer else data
+            if len(buffer) < self.needed:
+                self.buffer = buffer  # a large value still arriving: not parsed again
+                return
+            replies = []
+            position = 0
+            close = False
+            try:
+                while position < len(buffer) and not close:
+                    arguments, end = kvstore.parse_request(buffer, position)
+                    if arguments is None:
+                        self.needed = end - position
+                        break
+                    position = end
+                    if arguments:
+                        reply, close = commands.execute(self, arguments)
+                        replies.append(reply)
+            except kvstore.ProtocolError as problem:
+                replies.append(kvstore.error(f"ERR Protocol error: {problem}"))
+                close = True
             if replies:
-                self.transport.write(replies)
-            if close:
+                self.transport.write(b"".join(replies))
+            self.buffer = buffer[position:]
+            if not self.buffer:
+                self.needed = 0
+            if close or len(self.buffer) > kvstore.MAX_REQUEST_BYTES:
                 self.transport.close()
 
     return RespStore
 
 
 def http_protocol():
-    responder = load_example("http").HttpResponder()  # its framing and answers
+    http = load_example("http")
 
     class HttpResponder(asyncio.Protocol):
         def connection_made(self, transport):
@@ -70,13 +94,33 @@ def http_protocol():
             self.buffer = b""
 
         def data_received(self, data):
-            buffer = self.buffer + data
-            responses, consumed, keep_alive = responder.answer_requests(buffer)
+            buffer = self.buffer + data if self.buffer else data
+            responses = []
+            position = 0
+            keep_alive = True
+            try:
+                while keep_alive:
+                    head_end = buffer.find(b"\r\n\r\n", position)
+                    if head_end < 0:
+                        if len(buffer) - position > http.MAX_HEAD_BYTES:
+                            raise http.BadRequest(b"431 Request Header Fields Too Large",
+                                                  "head too large")
+                        break
+                    method, target, version, headers = http.parse_head(buffer[position:head_end])
+                    request_end = head_end + 4 + http.body_length(headers)
+                    if request_end > len(buffer):
+                        break  # its body is still arriving
+                    keep_alive = http.keeps_alive(version, headers)
+                    responses.append(http.answer(method, target, keep_alive))
+                    position = request_end
+            except http.BadRequest as problem:
+                responses.append(http.response(problem.status, f"{problem}\n".encode(), False))
+                keep_alive = False
             if responses:
-                self.transport.write(responses)
+                self.transport.write(b"".join(responses))
             if not keep_alive:
                 self.transport.close()
-            self.buffer = buffer[consumed:]
+            self.buffer = buffer[position:]
 
     return HttpResponder
 

@@ -47,14 +47,16 @@ def main():
     parser.add_argument("--backlog", type=int, default=1024)
     parser.add_argument("--backend", choices=["epoll", "poll"], default="epoll")
     args = parser.parse_args()
+    keywords = {}
     if args.program == "lines":
         callback = LineEcho()
-    elif args.program == "resp":
-        callback = load_example("kvstore").KeyValueServer()
     else:
-        callback = load_example("http").HttpResponder()
+        # The example itself: its framer, its callback returning each reply.
+        app = load_example("kvstore").KeyValueServer() if args.program == "resp" else \
+            load_example("http").HttpResponder()
+        callback, keywords = app.on_request, app.keywords()
     server = TCPServer("localhost", args.port, callback, maximum_connections=args.backlog,
-                       backend=args.backend)
+                       backend=args.backend, **keywords)
     print(server.port, flush=True)
     server.run()
 

@@ -11,6 +11,7 @@ bound port as the first line of stdout, then serves until killed.
 """
 import argparse
 import asyncio
+import types
 
 from framing_common import load_example
 
@@ -50,7 +51,8 @@ def resp_handler():
         return arguments
 
     async def serve_store(reader, writer):
-        session = kvstore.Session()
+        session = types.SimpleNamespace()  # its MULTI, as the store keeps it on a queue
+        commands.open_session(session)
         try:
             while (arguments := await read_command(reader)) is not None:
                 if not arguments:
