@@ -19,9 +19,9 @@
 # A close begins (begin_close) at the peer's EOF (PEER_CLOSED), queue.shutdown()
 # (QUEUE_SHUTDOWN), a failing callback (CALLBACK_FAILED), stop() (SERVER_STOPPING),
 # the idle timeout (IDLE_TIMEOUT) or input its framer rejects (FRAMING_ERROR); what is
-# queued is sent first. Once the close has
-# begun, whatever the peer still sends is read and dropped: left unread, it would make
-# the kernel answer the final close() with RST and throw away the tail of the reply.
+# queued is sent first. Once the close has begun, whatever the peer still sends is
+# read and dropped: left unread, it would make the kernel answer the final close()
+# with RST and throw away the tail of the reply.
 #
 # Any state goes to CLOSED at once (close/abort) on a reset or vanished peer
 # (PEER_RESET), another socket error (IO_ERROR), a hang-up with nothing left to read
@@ -312,11 +312,12 @@ cdef class Connection:
         self.remember_proxied_peer(header)
         self.become(OPEN)
         cdef Py_ssize_t header_length = header.length
-        if len(pending) > header_length and loop.framer is not None:
-            loop.framer.feed(self, PyBytes_AS_STRING(pending) + header_length,
-                             len(pending) - header_length)
-        elif len(pending) > header_length:
-            self.call_callback(pending[header_length:])
+        if len(pending) > header_length:
+            if loop.framer is not None:
+                loop.framer.feed(self, PyBytes_AS_STRING(pending) + header_length,
+                                 len(pending) - header_length)
+            else:
+                self.call_callback(pending[header_length:])
         return 0
 
     cdef int call_callback(self, object data) except -1:

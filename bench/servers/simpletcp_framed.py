@@ -1,9 +1,12 @@
-"""The framed programs of issue 12 on simpletcp, as a user writes them today: the read
-callback buffers each connection's unfinished message itself.
+"""The framed programs of issue 12 on simpletcp. By default as a user wrote them before
+compiled framing: the read callback buffers each connection's unfinished message itself.
 
   --program lines   answers every "\\n"-terminated line with itself (W5)
   --program resp    the Redis-compatible store of examples/kvstore (redis-benchmark)
   --program http    the HTTP/1.1 responder of examples/http (wrk)
+
+  --framing compiled  (lines only) the loop frames: TCPServer(framing=Lines(...)), and
+                      the callback returns each line as its answer
 
 Prints the bound port as the first line of stdout, then serves until killed.
 """
@@ -11,6 +14,7 @@ import argparse
 import weakref
 
 from framing_common import load_example
+from simpletcp.framing import Lines
 from simpletcp.tcpserver import TCPServer
 
 MAX_LINE_BYTES = 64 * 1024
@@ -40,21 +44,34 @@ class LineEcho:
             self.unfinished[queue] = data[start:]
 
 
+def answer_line(queue, line):
+    """With framing=Lines(keep_delimiter=True): each call is one line; its answer,
+    returned, is queued by the loop."""
+    return line
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--program", choices=("lines", "resp", "http"), required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--backlog", type=int, default=1024)
     parser.add_argument("--backend", choices=["epoll", "poll"], default="epoll")
+    parser.add_argument("--framing", choices=["callback", "compiled"], default="callback")
     args = parser.parse_args()
-    if args.program == "lines":
+    framing = None
+    if args.framing == "compiled":
+        if args.program != "lines":
+            parser.error("--framing compiled is for --program lines")
+        callback = answer_line
+        framing = Lines(keep_delimiter=True, max_length=MAX_LINE_BYTES)
+    elif args.program == "lines":
         callback = LineEcho()
     elif args.program == "resp":
         callback = load_example("kvstore").KeyValueServer()
     else:
         callback = load_example("http").HttpResponder()
     server = TCPServer("localhost", args.port, callback, maximum_connections=args.backlog,
-                       backend=args.backend)
+                       backend=args.backend, framing=framing)
     print(server.port, flush=True)
     server.run()
 
