@@ -110,6 +110,10 @@ SERVERS = [
     Server("simpletcp_lines", "simpletcp, lines framed in the callback",
            python_server("simpletcp_framed.py", "--program", "lines"),
            requires=("simpletcp.tcpserver",), workloads=("W5",), line_framing=True),
+    # The same with issue 12's compiled framing: Lines, and each answer returned.
+    Server("simpletcp_framed_lines", "simpletcp, Lines framing, answer returned",
+           python_server("simpletcp_framed.py", "--program", "lines", "--framing", "compiled"),
+           requires=("simpletcp.framing",), workloads=("W5",), line_framing=True),
     Server("uvloop_lines", "uvloop Protocol, lines framed by hand",
            python_server("protocol_framed.py", "--program", "lines"),
            requires=("uvloop",), workloads=("W5",), line_framing=True),
@@ -192,7 +196,7 @@ WORKLOADS = [
              ("requests_per_s", "cpu_us_per_request", "p50_us", "p99_us",
               "server_cpu_pct", "loadgen_cpu_pct"),
              lines=16, counted_requests=(200, 2_000), smoke_counted_requests=(20, 200),
-             floor="c_epoll_lines", compared=("simpletcp_lines", "uvloop_lines")),
+             floor="c_epoll_lines", compared=("simpletcp_framed_lines", "uvloop_lines")),
 ]
 WORKLOADS_BY_NAME = {workload.name: workload for workload in WORKLOADS}
 

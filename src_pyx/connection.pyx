@@ -19,9 +19,9 @@
 # A close begins (begin_close) at the peer's EOF (PEER_CLOSED), queue.shutdown()
 # (QUEUE_SHUTDOWN), a failing callback (CALLBACK_FAILED), stop() (SERVER_STOPPING),
 # the idle timeout (IDLE_TIMEOUT) or input its framer rejects (FRAMING_ERROR); what is
-# queued is sent first. Once the close has
-# begun, whatever the peer still sends is read and dropped: left unread, it would make
-# the kernel answer the final close() with RST and throw away the tail of the reply.
+# queued is sent first. Once the close has begun, whatever the peer still sends is
+# read and dropped: left unread, it would make the kernel answer the final close()
+# with RST and throw away the tail of the reply.
 #
 # Any state goes to CLOSED at once (close/abort) on a reset or vanished peer
 # (PEER_RESET), another socket error (IO_ERROR), a hang-up with nothing left to read

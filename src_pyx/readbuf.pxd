@@ -17,5 +17,5 @@ cdef class ReadBuffer:
     cdef bytes spare              # the last bytes handed to a callback, to reuse if we can
 
     cdef int allocate(self, Py_ssize_t slice_size) except -1
-    cdef bytes take(self, Py_ssize_t offset, Py_ssize_t size)
+    cdef inline bytes take(self, Py_ssize_t offset, Py_ssize_t size)
     cdef bytes take_at(self, const char *start, Py_ssize_t size)

@@ -29,7 +29,7 @@ cdef class ReadBuffer:
         self.capacity = capacity
         return 0
 
-    cdef bytes take(self, Py_ssize_t offset, Py_ssize_t size):
+    cdef inline bytes take(self, Py_ssize_t offset, Py_ssize_t size):
         """The `size` bytes read into `memory` at `offset`, as a bytes object."""
         return self.take_at(self.memory + offset, size)
 

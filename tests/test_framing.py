@@ -14,8 +14,8 @@ import pytest
 from simpletcp.framing import (DEFAULT_MAX_LENGTH, FixedSize, Framer, FramingError,
                                LengthPrefixed, Lines, NeedMore)
 from simpletcp.tcpserver import TCPServer
-from support import (TIMEOUT, connect, connect_slow_reader, echo, proxy_v1, recv_exactly,
-                     recv_until_eof)
+from support import (TIMEOUT, child_server, connect, connect_slow_reader, echo, proxy_v1,
+                     recv_exactly, recv_until_eof)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,6 +53,15 @@ def in_random_pieces(client, data, seed):
         size = pieces.choice([1, 2, 3, 7, 64, 1000, 3000])
         client.sendall(data[start:start + size])
         start += size
+
+
+def assert_whole_from_random_pieces(server, messages, data, expected, seed):
+    """Send ``data`` in random pieces: the ``expected`` messages come back answered,
+    and reached the callback whole, in order."""
+    reply = exchange(server, data, answers(expected),
+                     send=lambda client, data: in_random_pieces(client, data, seed))
+    assert reply == answers(expected)
+    assert messages.received == expected
 
 
 def exchange(server, data, expected, send=None):
@@ -98,10 +107,7 @@ def test_lines_in_random_pieces_arrive_whole_and_in_order(serve, seed):
     lines = [bytes([65 + (n % 26)]) * random.Random(n + seed).randrange(0, 3000)
              for n in range(300)]
     data = b"".join(line + b"\r\n" for line in lines)
-    reply = exchange(server, data, answers(lines),
-                     send=lambda client, data: in_random_pieces(client, data, seed))
-    assert reply == answers(lines)
-    assert messages.received == lines
+    assert_whole_from_random_pieces(server, messages, data, lines, seed)
 
 
 def test_a_delimiter_split_at_every_point_between_two_reads_is_found(serve):
@@ -234,9 +240,7 @@ def test_length_prefixed_messages_in_random_pieces(serve, seed):
     payloads = [bytes([n % 251]) * random.Random(n * seed).randrange(0, 5000)
                 for n in range(200)]
     data = b"".join(length_prefixed(p, 4, "big", False) for p in payloads)
-    reply = exchange(server, data, answers(payloads),
-                     send=lambda client, data: in_random_pieces(client, data, seed))
-    assert reply == answers(payloads)
+    assert_whole_from_random_pieces(server, messages, data, payloads, seed)
 
 
 # ----------------------------------------------------------------------------- FixedSize
@@ -246,11 +250,7 @@ def test_fixed_size_records_whatever_the_pieces(serve, size):
     messages = Messages()
     server = serve(messages, framing=FixedSize(size))
     records = [bytes([n % 256]) * size for n in range(max(3, 30_000 // size))]
-    data = b"".join(records)
-    reply = exchange(server, data, answers(records),
-                     send=lambda client, data: in_random_pieces(client, data, size))
-    assert reply == answers(records)
-    assert messages.received == records
+    assert_whole_from_random_pieces(server, messages, b"".join(records), records, size)
 
 
 def test_fixed_size_one_byte_per_packet(serve):
@@ -484,6 +484,26 @@ def test_each_connection_has_its_own_unfinished_message(serve):
         assert recv_exactly(second, len(answers([b"second"]))) == answers([b"second"])
         first.sendall(b"st\n")
         assert recv_exactly(first, len(answers([b"first"]))) == answers([b"first"])
+
+
+WORKERS_FRAMED = """
+from simpletcp.framing import Lines
+from simpletcp.tcpserver import TCPServer
+
+server = TCPServer("localhost", 0, lambda queue, line: b"%d:%s;" % (len(line), line),
+                   workers=2, framing=Lines())
+print(server.port, flush=True)
+server.run()
+"""
+
+
+def test_each_worker_process_frames_as_told():
+    with child_server(WORKERS_FRAMED) as (child, port):
+        for _ in range(4):  # connections land on either worker
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+                trickle(client, b"ab\n\ncd\n")
+                expected = answers([b"ab", b"", b"cd"])
+                assert recv_exactly(client, len(expected)) == expected
 
 
 def test_framing_none_hands_over_the_bytes_as_they_arrive(serve):

@@ -177,22 +177,19 @@ def test_a_framing_error_from_a_custom_framer_is_logged_as_bad_input(serve, capl
     assert record.exc_info is None
 
 
-def test_a_custom_framer_that_raises_is_logged_with_its_traceback(serve, caplog):
+@pytest.mark.parametrize("request_bytes, what, cause", [
+    (b"*one\n!\n", "RespLike.frame() raised IndexError", IndexError),
+    (b"*one\n?\n", "RespLike.frame() returned 'three'", TypeError),
+], ids=["raises", "answers nonsense"])
+def test_a_custom_framer_with_a_bug_is_logged_as_an_error_with_its_cause(serve, caplog,
+                                                                        request_bytes, what,
+                                                                        cause):
     answering = Answering()
     server = serve(answering, framing=RespLike())
-    record = assert_closed_after_replies(server, b"*one\n!\n", b"ok *one\n\n", answering,
-                                         caplog, what="RespLike.frame() raised IndexError",
-                                         bystander=RESP_LIKE_BYSTANDER, level=logging.ERROR)
-    assert isinstance(record.exc_info[1], IndexError)
-
-
-def test_a_custom_framer_that_answers_nonsense_is_a_framer_error(serve, caplog):
-    answering = Answering()
-    server = serve(answering, framing=RespLike())
-    record = assert_closed_after_replies(server, b"*one\n?\n", b"ok *one\n\n", answering,
-                                         caplog, what="RespLike.frame() returned 'three'",
-                                         bystander=RESP_LIKE_BYSTANDER, level=logging.ERROR)
-    assert isinstance(record.exc_info[1], TypeError)
+    record = assert_closed_after_replies(server, request_bytes, b"ok *one\n\n", answering,
+                                         caplog, what=what, bystander=RESP_LIKE_BYSTANDER,
+                                         level=logging.ERROR)
+    assert isinstance(record.exc_info[1], cause)
 
 
 class Claims(Framer):

@@ -1,9 +1,13 @@
-"""The framed programs of issue 12 on simpletcp, as a user writes them today: the read
-callback buffers each connection's unfinished message itself.
+"""The framed programs of issue 12 on simpletcp.
 
-  --program lines   answers every "\\n"-terminated line with itself (W5)
-  --program resp    the Redis-compatible store of examples/kvstore (redis-benchmark)
-  --program http    the HTTP/1.1 responder of examples/http (wrk)
+  --program lines   answers every "\\n"-terminated line with itself (W5). By default as
+                    a user wrote it before compiled framing: the read callback buffers
+                    each connection's unfinished line itself. --framing compiled: the
+                    loop frames (TCPServer(framing=Lines(...))), and the callback
+                    returns each line as its answer.
+  --program resp    examples/kvstore itself (redis-benchmark): its RespFramer, its
+                    callback returning each reply
+  --program http    examples/http itself (wrk), likewise
 
 Prints the bound port as the first line of stdout, then serves until killed.
 """
@@ -11,6 +15,7 @@ import argparse
 import weakref
 
 from framing_common import load_example
+from simpletcp.framing import Lines
 from simpletcp.tcpserver import TCPServer
 
 MAX_LINE_BYTES = 64 * 1024
@@ -40,15 +45,28 @@ class LineEcho:
             self.unfinished[queue] = data[start:]
 
 
+def answer_line(queue, line):
+    """With framing=Lines(keep_delimiter=True): each call is one line; its answer,
+    returned, is queued by the loop."""
+    return line
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--program", choices=("lines", "resp", "http"), required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--backlog", type=int, default=1024)
     parser.add_argument("--backend", choices=["epoll", "poll"], default="epoll")
+    parser.add_argument("--framing", choices=["callback", "compiled"], default="callback")
     args = parser.parse_args()
     keywords = {}
-    if args.program == "lines":
+    if args.framing == "compiled":
+        if args.program != "lines":
+            parser.error("--framing compiled is for --program lines (resp and http are "
+                         "the examples, framed by their own Framer)")
+        callback = answer_line
+        keywords = dict(framing=Lines(keep_delimiter=True, max_length=MAX_LINE_BYTES))
+    elif args.program == "lines":
         callback = LineEcho()
     else:
         # The example itself: its framer, its callback returning each reply.
