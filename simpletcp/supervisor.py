@@ -76,7 +76,13 @@ class Supervisor:
         self.slots = [WorkerSlot(number) for number in range(1, worker_count + 1)]
         self._stop_requested = False
         self._stops_asked = 0  # how many times stop was asked: the second one hurries
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # The wake-up pipe (signals, stop()) is open while run() runs, and only then: a
+        # supervisor that never runs holds no descriptor, and a stop() after run() must
+        # not write into whatever has taken the pipe's descriptor number since. The lock
+        # keeps another thread's stop() from writing while run() closes it; re-entrant,
+        # for a signal handler's stop() that lands in the main thread meanwhile.
+        self._wake_read = self._wake_write = -1
+        self._wake_lock = threading.RLock()
         self._supervisor_pid = os.getpid()
 
     @property
@@ -92,21 +98,23 @@ class Supervisor:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("a server with workers must run() in the main thread "
                                "(it handles SIGCHLD, SIGINT and SIGTERM)")
-        previous = self._watch_signals()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            for slot in self.slots:
-                self._start(slot)
-            while not self._stop_requested:
-                self._wait(self._next_restart_in())
-                self._reap()
-                self._restart_due()
-            self._stop_workers()
+            previous = self._watch_signals()
+            try:
+                for slot in self.slots:
+                    self._start(slot)
+                while not self._stop_requested:
+                    self._wait(self._next_restart_in())
+                    self._reap()
+                    self._restart_due()
+                self._stop_workers()
+            finally:
+                self._kill_workers()  # only if anything above failed half-way
+                self._unwatch_signals(previous)
         finally:
-            self._kill_workers()  # only if anything above failed half-way
-            self._unwatch_signals(previous)
             self.listener.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._close_wake_pipe()
 
     def stop(self) -> None:
         """Ask the supervisor to stop its workers (from any thread or a signal handler).
@@ -115,10 +123,19 @@ class Supervisor:
         self._stops_asked += 1
         if self._stops_asked > 1:
             self._signal_workers(signal.SIGTERM)  # a second one: no more waiting
-        try:
-            os.write(self._wake_write, b"s")
-        except (BlockingIOError, OSError):
-            pass  # a wake-up is already pending, or run() has finished
+        with self._wake_lock:
+            if self._wake_write >= 0:  # else run() has not begun (it sees the flag) or ended
+                try:
+                    os.write(self._wake_write, b"s")
+                except BlockingIOError:
+                    pass  # a wake-up is already pending
+
+    def _close_wake_pipe(self) -> None:
+        with self._wake_lock:
+            # Each descriptor is forgotten and closed on one line, so that no signal
+            # handler's stop() runs between the two.
+            fd, self._wake_read = self._wake_read, -1; os.close(fd)  # noqa: E702
+            fd, self._wake_write = self._wake_write, -1; os.close(fd)  # noqa: E702
 
     def _watch_signals(self) -> SavedSignals:
         def on_stop_signal(signum: int, frame: object) -> None:

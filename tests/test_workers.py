@@ -6,13 +6,16 @@ workers are forked, which the test process itself must not be.
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, ServingCLI, process_gone, recv_exactly, wait_for
+from support import (TIMEOUT, ServingCLI, open_descriptors, process_gone, recv_exactly,
+                     wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -192,6 +195,39 @@ def test_a_server_with_workers_cannot_start_in_a_thread_or_count_connections():
         socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
 
 
+def test_a_server_with_workers_that_never_runs_holds_no_descriptor():
+    before = open_descriptors()
+    TCPServer("localhost", 0, lambda queue, data: None, workers=2).stop()
+    with TCPServer("localhost", 0, lambda queue, data: None, workers=2):
+        pass
+    assert open_descriptors() == before
+
+
+# run() with workers, stopped by a signal handler (no thread: the process forks), then
+# stop() again as a with-block's exit or a cleanup path does, once the application has
+# opened files: they take the lowest free descriptor numbers, those the server closed.
+STOP_AFTER_RUN = """
+import signal, tempfile
+from simpletcp.tcpserver import TCPServer
+server = TCPServer("localhost", 0, lambda queue, data: None, workers=2)
+signal.signal(signal.SIGALRM, lambda signum, frame: server.stop())
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+server.run()
+files = [tempfile.TemporaryFile() for _ in range(16)]
+server.stop()
+server.stop()
+for opened in files:
+    opened.seek(0)
+print("written into the files:", b"".join(opened.read() for opened in files))
+"""
+
+
+def test_stop_after_run_returned_writes_into_no_descriptor_reused_since():
+    result = subprocess.run([sys.executable, "-c", STOP_AFTER_RUN], capture_output=True,
+                            text=True, timeout=TIMEOUT * 3)
+    assert result.stdout == "written into the files: b''\n", result
+
+
 def _record_failure(action, failures):
     try:
         action()
@@ -209,8 +245,6 @@ def test_bad_workers_are_named(workers, error):
 
 
 def test_bad_workers_on_the_command_line_is_a_usage_error():
-    import subprocess
-    import sys
     result = subprocess.run([sys.executable, "-m", "simpletcp", "--workers", "0"],
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
