@@ -149,7 +149,9 @@ def adopt(sock: object) -> socket.socket:
 
 def from_descriptor(fd: object) -> socket.socket:
     """The listening socket open on descriptor ``fd`` (inherited from a supervisor or
-    systemd), checked as ``adopt`` checks."""
+    systemd), checked as ``adopt`` checks, and made close-on-exec, as sd_listen_fds()
+    makes systemd's and Python makes its own sockets: a program the application runs
+    must not inherit it and hold the port after the server has stopped."""
     fd = _arguments.check_int(fd, "fd", 0, _arguments.MAX_C_INT)
     try:
         os.fstat(fd)
@@ -160,10 +162,12 @@ def from_descriptor(fd: object) -> socket.socket:
     except OSError as exc:
         raise OSError(exc.errno, f"fd {fd} is not a socket: {exc.strerror}") from None
     try:
-        return adopt(sock)
+        adopt(sock)
     except BaseException:
         sock.detach()  # not ours to close: the caller's descriptor stays as it was
         raise
+    sock.set_inheritable(False)
+    return sock
 
 
 def systemd_sockets() -> List[socket.socket]:

@@ -11,7 +11,7 @@ import pytest
 
 from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, ServingCLI, recv_exactly
+from support import TIMEOUT, ServingCLI, recv_exactly, recv_until_eof
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -182,6 +182,39 @@ def test_a_numbered_descriptor_is_served():
     finally:
         child.terminate()
         child.wait(TIMEOUT)
+        sock.close()
+
+
+@pytest.mark.parametrize("how", ["systemd", "number"])
+def test_a_passed_descriptor_is_close_on_exec_once_taken(tmp_path, how):
+    """As sd_listen_fds() makes them: a program the application runs (os.system,
+    subprocess with close_fds=False) must not inherit the listening socket, or it would
+    hold the port after the server stops."""
+    (tmp_path / "inheritance_app.py").write_text(
+        "import os\n"
+        "def reply(queue, data):\n"
+        "    inheritable = os.get_inheritable(int(data))\n"
+        "    queue.put(b'inheritable' if inheritable else b'close-on-exec')\n")
+    sock = listening_tcp_socket()
+    port = sock.getsockname()[1]
+    if how == "systemd":
+        child = spawn_as_systemd_does(sock, "inheritance_app:reply", "--fd", "systemd")
+        served_fd = 3
+    else:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "simpletcp", "inheritance_app:reply", "--fd",
+             str(sock.fileno())], pass_fds=(sock.fileno(),), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        served_fd = sock.fileno()
+    try:
+        assert child.stdout.readline() == f"simpletcp: listening on 127.0.0.1:{port}\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            client.sendall(b"%d" % served_fd)
+            client.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(client) == b"close-on-exec"
+    finally:
+        child.kill()
+        child.wait()
         sock.close()
 
 
