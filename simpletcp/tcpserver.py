@@ -87,10 +87,7 @@ class TCPServer:
                 raise ValueError("give mode and port, or sock, not both (sock is already "
                                  "bound)")
         elif path is not None:
-            if port not in (None, 0) or isinstance(port, bool):
-                raise ValueError(f"port must be 0 (or None) with a 'unix:' mode, got "
-                                 f"{_arguments.shown(port)}")
-            port = 0
+            port = _listener.check_unix_port(port, allow_none=True)
         else:
             _arguments.check_mode(mode)
             if port is None:

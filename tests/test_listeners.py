@@ -3,6 +3,7 @@
 (``"unix:/path"``), and a port shared with other processes (``reuse_port=True``)."""
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -89,6 +90,20 @@ def test_a_unix_socket_the_caller_bound_is_served(serve, tmp_path):
 def test_sock_of_the_wrong_type_is_refused(bad, error, words):
     with pytest.raises(error, match=words):
         TCPServer(sock=bad, read_callback=echo)
+
+
+def test_an_ssl_socket_is_refused_not_served_in_plaintext():
+    """The loop reads and writes the descriptor itself: an ssl.SSLSocket's TLS would be
+    skipped, and its clients answered in plaintext."""
+    sock = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).wrap_socket(listening_tcp_socket(),
+                                                               server_side=True)
+    try:
+        with pytest.raises(TypeError, match="sock must be a plain socket.socket, got an "
+                                            "ssl.SSLSocket"):
+            TCPServer(sock=sock, read_callback=echo)
+        assert sock.fileno() >= 0  # left as it was
+    finally:
+        sock.close()
 
 
 def test_sock_that_is_not_listening_or_not_a_stream_or_closed_is_refused():
@@ -331,6 +346,9 @@ def test_a_server_that_never_ran_removes_its_socket_file(tmp_path):
     ({"mode": "unix:/" + "x" * 107}, ValueError, "at most 107"),
     ({"mode": "unix:/tmp/a\0b"}, ValueError, "NUL"),
     ({"mode": "unix:/tmp/x.sock", "port": 80}, ValueError, "port must be 0"),
+    ({"mode": "unix:/tmp/x.sock", "port": 0.0}, TypeError, "port must be an int"),
+    ({"mode": "unix:/tmp/x.sock", "port": False}, TypeError, "port must be an int"),
+    ({"mode": "unix:/tmp/x.sock", "port": "0"}, TypeError, "port must be an int"),
     ({"mode": "unix:/tmp/x.sock", "unix_permissions": 0o1777}, ValueError, "unix_permissions"),
     ({"mode": "unix:/tmp/x.sock", "unix_permissions": "660"}, TypeError, "unix_permissions"),
     ({"mode": "localhost", "unix_permissions": 0o600}, ValueError, "unix_permissions applies"),
@@ -345,6 +363,9 @@ def test_bad_unix_arguments_are_named(keywords, error, words):
 def test_clientsocket_refuses_a_port_with_a_unix_mode_and_a_long_path():
     with pytest.raises(ValueError, match="port must be 0"):
         ClientSocket("unix:/tmp/x.sock", 80)
+    for not_an_int in (0.0, False, None):
+        with pytest.raises(TypeError, match="port must be an int"):
+            ClientSocket("unix:/tmp/x.sock", not_an_int)
     with pytest.raises(ValueError, match="at most 107"):
         ClientSocket("unix:/" + "x" * 107, 0)
 
