@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import select
 import signal
@@ -161,8 +162,12 @@ class Supervisor:
 
     def _wait(self, timeout: Optional[float]) -> None:
         """Until a signal (a worker died, stop) or ``timeout`` seconds (a restart due)."""
-        ready, _, _ = select.select([self._wake_read], [], [], timeout)
-        if ready:
+        # poll(), not select(): the pipe's number may be above FD_SETSIZE (1024) in a
+        # process that has many files open.
+        waiting = select.poll()
+        waiting.register(self._wake_read, select.POLLIN)
+        milliseconds = None if timeout is None else math.ceil(timeout * 1000)
+        if waiting.poll(milliseconds):
             try:
                 while os.read(self._wake_read, 512):
                     pass

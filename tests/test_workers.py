@@ -4,6 +4,7 @@ Each test runs the server in a child process (``python -m simpletcp --workers N`
 workers are forked, which the test process itself must not be.
 """
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -226,6 +227,31 @@ def test_stop_after_run_returned_writes_into_no_descriptor_reused_since():
     result = subprocess.run([sys.executable, "-c", STOP_AFTER_RUN], capture_output=True,
                             text=True, timeout=TIMEOUT * 3)
     assert result.stdout == "written into the files: b''\n", result
+
+
+# A process that already has more than FD_SETSIZE (1024) descriptors open when it
+# starts its workers: the supervisor's own descriptors are numbered above 1024.
+MANY_DESCRIPTORS_OPEN = """
+import os, resource, signal
+from simpletcp.tcpserver import TCPServer
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = [open(os.devnull) for _ in range(1100)]
+server = TCPServer("localhost", 0, lambda queue, data: None, workers=2)
+signal.signal(signal.SIGALRM, lambda signum, frame: server.stop())
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+server.run()
+print("run returned")
+"""
+
+
+def test_workers_are_supervised_with_more_than_1024_descriptors_open():
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    result = subprocess.run([sys.executable, "-c", MANY_DESCRIPTORS_OPEN],
+                            capture_output=True, text=True, timeout=TIMEOUT * 3)
+    assert (result.returncode, result.stdout) == (0, "run returned\n"), result.stderr
 
 
 def _record_failure(action, failures):
