@@ -3,14 +3,15 @@
 instance stop, and an instance stopped gracefully mid-traffic (a rolling deploy) loses
 no reply on the connections it had accepted."""
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
-from haproxy_support import HAProxy
+from haproxy_support import HAProxy, haproxy_binary
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, recv_exactly
+from support import EXAMPLES, TIMEOUT, recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,6 +31,14 @@ def ask(port: int) -> "tuple[bytes, tuple]":
             assert chunk, f"closed after {reply!r}"
             reply += chunk
         return reply, client.getsockname()
+
+
+def test_the_example_configuration_is_one_haproxy_takes():
+    """examples/haproxy/haproxy.cfg, which the README points to, as HAProxy checks it."""
+    result = subprocess.run([haproxy_binary(), "-c", "-f",
+                             str(EXAMPLES / "haproxy" / "haproxy.cfg")],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("option", ["send-proxy", "send-proxy-v2"])

@@ -2,6 +2,7 @@
 (``sock=``), one systemd passes (socket activation, ``--fd``), a Unix domain socket
 (``"unix:/path"``), and a port shared with other processes (``reuse_port=True``)."""
 import os
+import shutil
 import socket
 import ssl
 import stat
@@ -12,7 +13,7 @@ import pytest
 
 from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, ServingCLI, recv_exactly, recv_until_eof
+from support import TIMEOUT, ServingCLI, recv_exactly, recv_until_eof, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,6 +184,31 @@ def test_systemd_socket_activation_serves_the_socket_on_descriptor_3():
         child.kill()
         child.wait()
         sock.close()
+
+
+def test_systemds_own_socket_activate_starts_the_server_with_workers(tmp_path):
+    """systemd's own tool, as a .socket unit does: it binds, passes the socket (with
+    LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES) and starts the service at the first
+    connection, which waits in the backlog meanwhile. The socket file is systemd's:
+    the server leaves it where it is when it stops."""
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.skip("needs systemd-socket-activate (Debian: the systemd package)")
+    path = str(tmp_path / "activated.sock")
+    # Without --accept it execs the service in its own process: LISTEN_PID is its pid.
+    child = subprocess.Popen([tool, "-l", path, sys.executable, "-m", "simpletcp",
+                              "--fd", "systemd", "--workers", "2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.path.exists(path))
+        assert exchange(path, family=socket.AF_UNIX) == b"ping"
+        assert child.stdout.readline() == f"simpletcp: listening on unix:{path}\n"
+        child.terminate()
+        assert child.wait(TIMEOUT) == 0
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_numbered_descriptor_is_served():
