@@ -136,7 +136,8 @@ class TCPServer:
             listener = _listener.adopt(sock)
         elif path is not None:
             listener, identity = _listener.bind_unix(path, maximum_connections, unix_permissions)
-            self._unix_socket = (path, identity)
+            # Removed on stop by its absolute path: the application may chdir meanwhile.
+            self._unix_socket = (os.path.abspath(path), identity)
         else:
             assert port is not None  # checked above
             listener = _listener.bind_tcp(mode, port, maximum_connections, reuse_port)

@@ -301,6 +301,16 @@ def test_a_unix_socket_serves_and_its_file_is_removed_on_stop(serve, tmp_path):
     assert not os.path.exists(path)
 
 
+def test_a_relative_unix_socket_path_is_removed_even_after_a_chdir(backend, tmp_path,
+                                                                   monkeypatch):
+    server = TCPServer("unix:app.sock", 0, echo, backend=backend).start()  # in tmp_path
+    assert server.ip == "app.sock"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # as a daemon's chdir("/") would
+    assert server.stop(timeout=TIMEOUT)
+    assert not (tmp_path / "app.sock").exists()
+
+
 def test_clientsocket_connects_to_a_unix_socket(serve, tmp_path):
     path = str(tmp_path / "app.sock")
     serve(echo, mode="unix:" + path)
