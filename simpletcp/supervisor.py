@@ -197,13 +197,17 @@ class Supervisor:
             if self._stop_requested:
                 continue
             lived = time.monotonic() - slot.started_at
-            if lived >= STABLE_SECONDS:
-                slot.restart_delay = RESTART_DELAY_FIRST
-            delay = slot.restart_delay
-            slot.restart_delay = min(delay * 2, RESTART_DELAY_MAX)
-            slot.restart_at = time.monotonic() + delay
-            logger.warning("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s",
-                           slot.number, pid, describe_status(status), lived, delay)
+            self._schedule_restart(slot, lived, f"worker {slot.number} (pid {pid}) "
+                                                f"{describe_status(status)} after {lived:.1f} s")
+
+    def _schedule_restart(self, slot: WorkerSlot, lived: float, what_happened: str) -> None:
+        """Start ``slot``'s worker again after its back-off, and log it."""
+        if lived >= STABLE_SECONDS:
+            slot.restart_delay = RESTART_DELAY_FIRST
+        delay = slot.restart_delay
+        slot.restart_delay = min(delay * 2, RESTART_DELAY_MAX)
+        slot.restart_at = time.monotonic() + delay
+        logger.warning("%s; restarting it in %.1f s", what_happened, delay)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -223,6 +227,12 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 self._become_worker()  # never returns
+        except OSError as error:
+            # For a moment (the process limit, memory): not a reason to take down the
+            # workers that serve. Tried again as if the worker had died at once.
+            self._schedule_restart(slot, 0.0, f"worker {slot.number} could not be started "
+                                              f"({error})")
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         slot.pid = pid

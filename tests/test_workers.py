@@ -254,6 +254,46 @@ def test_workers_are_supervised_with_more_than_1024_descriptors_open():
     assert (result.returncode, result.stdout) == (0, "run returned\n"), result.stderr
 
 
+# The supervisor's third fork fails (EAGAIN: the process limit, memory), when it
+# replaces a worker killed half a second in; the server is stopped a second later.
+FORK_FAILS_AT_A_RESTART = """
+import errno, logging, os, signal
+from simpletcp.tcpserver import TCPServer
+logging.basicConfig(level=logging.INFO)
+forks = 0
+real_fork = os.fork
+def fork():
+    global forks
+    forks += 1
+    if forks == 3:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+    return real_fork()
+os.fork = fork
+server = TCPServer("localhost", 0, lambda queue, data: queue.put(data), workers=2)
+def kill_a_worker(signum, frame):
+    os.kill(server.worker_pids[0], signal.SIGKILL)
+    signal.signal(signal.SIGALRM, lambda signum, frame: server.stop())
+    signal.setitimer(signal.ITIMER_REAL, 1.5)
+signal.signal(signal.SIGALRM, kill_a_worker)
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+server.run()
+print("run returned after", forks, "forks")
+"""
+
+
+def test_a_fork_that_fails_at_a_restart_is_retried_not_fatal():
+    """A fork that fails for a moment must not take the supervisor down, and the
+    workers serving with it (killed, their queued replies lost): it is retried with
+    the back-off of a worker that died at once."""
+    result = subprocess.run([sys.executable, "-c", FORK_FAILS_AT_A_RESTART],
+                            capture_output=True, text=True, timeout=TIMEOUT * 3)
+    assert (result.returncode, result.stdout) == (0, "run returned after 4 forks\n"), \
+        result.stderr
+    assert ("worker 1 could not be started ([Errno 11] Resource temporarily "
+            "unavailable); restarting it in 0.2 s") in result.stderr
+    assert result.stderr.count("was killed by SIGKILL") == 1  # only the one the test killed
+
+
 def _record_failure(action, failures):
     try:
         action()
