@@ -135,6 +135,34 @@ def test_a_worker_that_keeps_dying_is_restarted_with_a_growing_back_off(app):
         assert server.stop() == 0
 
 
+def zombie_children(pid: int) -> list:
+    """The children of process ``pid`` that exited and were not waited for."""
+    zombies = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
+            continue
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            zombies.append(int(entry))
+    return zombies
+
+
+def test_restarts_leak_no_descriptor_and_leave_no_zombie(app):
+    with ServingCLI(app, "--port", "0", "--workers", "2") as server:
+        supervisor = server.child.pid
+        pids = worker_pids(server, 2)
+        descriptors = open_descriptors(supervisor)
+        for restart in range(8):  # four per worker: back-offs of 0.1 to 0.8 s
+            os.kill(pids[restart % 2], signal.SIGKILL)
+            pids[restart % 2] = worker_pids(server, 3 + restart)[-1]
+        assert int(ask(server.port)) in pids
+        assert open_descriptors(supervisor) == descriptors
+        assert zombie_children(supervisor) == []
+        assert server.stop() == 0
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_stops_every_worker_gracefully_with_replies_sent(app, signum):
     # SIGINT goes to the whole process group, as Ctrl-C at a terminal does: the workers
