@@ -9,8 +9,8 @@ Why one socket shared before fork rather than SO_REUSEPORT: every worker accepts
 the one accept queue, so a worker that stops (a graceful stop, a crash) leaves the
 connections waiting in it to the others; with SO_REUSEPORT each worker has its own
 queue, the kernel hashes each new connection to one of them, and those hashed to a
-worker that closes its socket are reset. The supervisor keeps the socket open for its
-whole life, so while a worker is replaced nothing is refused. README's "Deploying"
+worker that closes its socket are reset. The supervisor keeps the socket open until it
+stops, so while a worker is replaced nothing is refused. README's "Deploying"
 section and BENCHMARKS.md say what it costs (balance).
 """
 from __future__ import annotations
@@ -283,6 +283,11 @@ class Supervisor:
         queued, closes) and wait for them all, up to the grace period and a margin."""
         for slot in self.slots:
             slot.restart_at = None
+        # No worker will accept any more: the port must refuse at once, as one process's
+        # does when it stops (a balancer then marks it down and retries elsewhere). Kept
+        # open, it would take connections into its backlog only to reset them at the end.
+        # (A socket systemd passed stays open in systemd, for the next process.)
+        self.listener.close()
         self._signal_workers(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_period + STOP_MARGIN_SECONDS
         while self.worker_pids and time.monotonic() < deadline:

@@ -16,13 +16,14 @@ import pytest
 
 from simpletcp.tcpserver import TCPServer
 from support import (TIMEOUT, ServingCLI, open_descriptors, process_gone, recv_exactly,
-                     wait_for)
+                     refused, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
 # The application the workers serve: "pid" is answered with the worker's pid; "hold"
 # blocks that worker's loop until the file "release" exists (it says it holds by making
-# "held"); "slow" is answered by a thread 0.5 s later (a reply queued when a stop comes).
+# "held"); "slow" is answered by a thread 0.5 s later (a reply queued when a stop comes);
+# "later" by a thread once "release" exists (the worker's loop serves on meanwhile).
 APP = '''
 import os, threading, time
 
@@ -31,6 +32,13 @@ def reply(queue, data):
         open("held", "w").close()
         while not os.path.exists("release"):
             time.sleep(0.01)
+    if data == b"later":
+        def when_released():
+            while not os.path.exists("release"):
+                time.sleep(0.01)
+            queue.put(b"released")
+        threading.Thread(target=when_released).start()
+        return
     if data == b"slow":
         def later():
             time.sleep(0.5)
@@ -185,6 +193,23 @@ def test_a_stop_signal_stops_every_worker_gracefully_with_replies_sent(app, sign
     assert all(process_gone(pid) for pid in pids)
     # The port is released: a new server can bind it at once.
     TCPServer("localhost", server.port, lambda q, d: None).stop()
+
+
+def test_a_stopping_server_with_workers_refuses_new_connections_at_once(app, tmp_path):
+    """As one process does: while the workers drain, the port refuses (a balancer's
+    health check sees it down, and it retries elsewhere). A socket still listening, with
+    no worker to accept, would take connections only to reset them, requests and all."""
+    with ServingCLI(app, "--port", "0", "--workers", "2", "--grace-period", "30") as server:
+        worker_pids(server, 2)
+        owed = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        owed.sendall(b"later")
+        time.sleep(0.1)  # the request reaches its worker's callback
+        server.child.send_signal(signal.SIGTERM)
+        wait_for(lambda: refused(server.port))
+        (tmp_path / "release").touch()
+        assert owed.recv(100) == b"released"  # the drain was still on: its reply came now
+        owed.close()
+        assert server.child.wait(TIMEOUT) == 0
 
 
 def test_workers_stop_when_the_supervisor_is_killed(app):
