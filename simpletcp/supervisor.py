@@ -75,6 +75,7 @@ class Supervisor:
         self.serve_worker = serve_worker
         self.grace_period = grace_period
         self.slots = [WorkerSlot(number) for number in range(1, worker_count + 1)]
+        self._ran = False  # run() has begun: a supervisor runs once (its listener closes)
         self._stop_requested = False
         self._stops_asked = 0  # how many times stop was asked: the second one hurries
         # The wake-up pipe (signals, stop()) is open while run() runs, and only then: a
@@ -99,6 +100,9 @@ class Supervisor:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("a server with workers must run() in the main thread "
                                "(it handles SIGCHLD, SIGINT and SIGTERM)")
+        if self._ran:
+            raise RuntimeError("this Supervisor has already run; create a new one")
+        self._ran = True
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             previous = self._watch_signals()
