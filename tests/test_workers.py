@@ -308,7 +308,8 @@ def test_workers_are_supervised_with_more_than_1024_descriptors_open():
 
 
 # The supervisor's third fork fails (EAGAIN: the process limit, memory), when it
-# replaces a worker killed half a second in; the server is stopped a second later.
+# replaces a worker killed half a second in; the server is stopped once the fourth
+# fork, the retry, has started a worker.
 FORK_FAILS_AT_A_RESTART = """
 import errno, logging, os, signal
 from simpletcp.tcpserver import TCPServer
@@ -320,14 +321,15 @@ def fork():
     forks += 1
     if forks == 3:
         raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-    return real_fork()
+    pid = real_fork()
+    if pid and forks == 4:
+        signal.signal(signal.SIGALRM, lambda signum, frame: server.stop())
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+    return pid
 os.fork = fork
 server = TCPServer("localhost", 0, lambda queue, data: queue.put(data), workers=2)
-def kill_a_worker(signum, frame):
-    os.kill(server.worker_pids[0], signal.SIGKILL)
-    signal.signal(signal.SIGALRM, lambda signum, frame: server.stop())
-    signal.setitimer(signal.ITIMER_REAL, 1.5)
-signal.signal(signal.SIGALRM, kill_a_worker)
+signal.signal(signal.SIGALRM, lambda signum, frame: os.kill(server.worker_pids[0],
+                                                            signal.SIGKILL))
 signal.setitimer(signal.ITIMER_REAL, 0.5)
 server.run()
 print("run returned after", forks, "forks")
