@@ -228,14 +228,17 @@ def test_a_numbered_descriptor_is_served():
 
 @pytest.mark.parametrize("how", ["systemd", "number"])
 def test_a_passed_descriptor_is_close_on_exec_once_taken(tmp_path, how):
-    """As sd_listen_fds() makes them: a program the application runs (os.system,
+    """As sd_listen_fds() leaves them: a program the application runs (os.system,
     subprocess with close_fds=False) must not inherit the listening socket, or it would
-    hold the port after the server stops."""
+    hold the port after the server stops; nor systemd's variables, or it would take
+    descriptor 3 for a socket of its own."""
     (tmp_path / "inheritance_app.py").write_text(
         "import os\n"
         "def reply(queue, data):\n"
         "    inheritable = os.get_inheritable(int(data))\n"
-        "    queue.put(b'inheritable' if inheritable else b'close-on-exec')\n")
+        "    queue.put(b'inheritable' if inheritable else b'close-on-exec')\n"
+        "    queue.put(b' %d' % len([name for name in os.environ\n"
+        "                             if name.startswith('LISTEN_')]))\n")
     sock = listening_tcp_socket()
     port = sock.getsockname()[1]
     if how == "systemd":
@@ -252,7 +255,7 @@ def test_a_passed_descriptor_is_close_on_exec_once_taken(tmp_path, how):
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
             client.sendall(b"%d" % served_fd)
             client.shutdown(socket.SHUT_WR)
-            assert recv_until_eof(client) == b"close-on-exec"
+            assert recv_until_eof(client) == b"close-on-exec 0"  # and no LISTEN_ variable
     finally:
         child.kill()
         child.wait()
