@@ -129,6 +129,18 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(app):
         assert server.stop() == 0
 
 
+def test_all_workers_killed_at_once_are_replaced_and_a_client_waiting_meanwhile_served(app):
+    with ServingCLI(app, "--port", "0", "--workers", "2") as server:
+        pids = worker_pids(server, 2)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: all(process_gone(pid) for pid in pids))
+        # No worker now: the connection waits in the supervisor's backlog until a
+        # replacement accepts it.
+        assert int(ask(server.port)) in worker_pids(server, 4)[2:]
+        assert server.stop() == 0
+
+
 def test_a_worker_that_keeps_dying_is_restarted_with_a_growing_back_off(app):
     with ServingCLI(app, "--port", "0", "--workers", "2") as server:
         victim = worker_pids(server, 2)[0]
