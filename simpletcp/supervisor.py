@@ -123,7 +123,15 @@ class Supervisor:
 
     def stop(self) -> None:
         """Ask the supervisor to stop its workers (from any thread or a signal handler).
-        A second call hurries the workers (they close without waiting)."""
+        A second call hurries the workers (they close without waiting).
+
+        In a worker (a callback that stops the server it is served by, as it may in one
+        process) it asks the supervisor, as SIGTERM does: every worker stops, this one
+        too. The worker's copy of this object has no pipe or workers of its own."""
+        if os.getpid() != self._supervisor_pid:
+            if os.getppid() == self._supervisor_pid:  # not a process that took its pid
+                os.kill(self._supervisor_pid, signal.SIGTERM)
+            return
         self._stop_requested = True
         self._stops_asked += 1
         if self._stops_asked > 1:
@@ -254,8 +262,11 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # see _start
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            # Forgotten as they are closed, so that nothing here writes to the numbers
+            # once the worker's own descriptors take them (not _close_wake_pipe: its lock
+            # may have been held by another thread at the fork).
+            fd, self._wake_read = self._wake_read, -1; os.close(fd)  # noqa: E702
+            fd, self._wake_write = self._wake_write, -1; os.close(fd)  # noqa: E702
             # Ctrl-C at a terminal signals the whole foreground process group: the
             # supervisor alone must get it, and stop each worker once (a second signal
             # would make a worker close without waiting).

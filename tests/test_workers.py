@@ -15,8 +15,8 @@ import time
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import (TIMEOUT, ServingCLI, open_descriptors, process_gone, recv_exactly,
-                     refused, wait_for)
+from support import (TIMEOUT, ServingCLI, child_server, open_descriptors, process_gone,
+                     recv_exactly, recv_until_eof, refused, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -222,6 +222,35 @@ def test_a_stopping_server_with_workers_refuses_new_connections_at_once(app, tmp
         assert owed.recv(100) == b"released"  # the drain was still on: its reply came now
         owed.close()
         assert server.child.wait(TIMEOUT) == 0
+
+
+# A callback that stops the server it is served by, as one may in one process: with
+# workers it runs in a worker, which holds the supervisor's TCPServer as the fork left it.
+STOPPED_BY_A_CALLBACK = """
+import logging
+from simpletcp.tcpserver import TCPServer
+logging.basicConfig(level=logging.INFO)
+
+def reply(queue, data):
+    queue.put(b"stopping")
+    server.stop()
+
+server = TCPServer("localhost", 0, reply, workers=2)
+print(server.port, flush=True)
+server.run()
+print("run returned", flush=True)
+"""
+
+
+def test_stop_in_a_workers_callback_stops_the_whole_server_gracefully():
+    with child_server(STOPPED_BY_A_CALLBACK) as (child, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            client.sendall(b"stop")
+            assert recv_until_eof(client) == b"stopping"  # its reply first, then closed
+        assert child.wait(TIMEOUT) == 0
+        assert child.stdout.readline() == "run returned\n"
+        log = child.stderr.read()
+        assert "Traceback" not in log and "SIGTERM: stopping 2 workers" in log, log
 
 
 def test_workers_stop_when_the_supervisor_is_killed(app):
