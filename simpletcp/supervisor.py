@@ -108,6 +108,8 @@ class Supervisor:
             previous = self._watch_signals()
             try:
                 for slot in self.slots:
+                    if self._stop_requested:
+                        break  # stopped while starting: no more workers to stop
                     self._start(slot)
                 while not self._stop_requested:
                     self._wait(self._next_restart_in())
