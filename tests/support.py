@@ -455,6 +455,27 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+# ---- behind a load balancer (test_haproxy.py, test_nginx.py) -----------------------------
+
+def who_am_i(ip, queue, data) -> None:
+    """A callback that replies with the client address the server sees: ip and
+    queue.peer."""
+    host, port = queue.peer
+    queue.put(f"{ip} {host} {port}\n".encode())
+
+
+def ask_who_am_i(port: int) -> "Tuple[bytes, Tuple[str, int]]":
+    """Ask who_am_i through ``port``: its reply, and the client's own address."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+        client.sendall(b"who?")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = client.recv(100)
+            assert chunk, f"closed after {reply!r}"
+            reply += chunk
+        return reply, client.getsockname()
+
+
 # ---- PROXY protocol headers, written by the tests (to feed the parser and servers) ----
 
 def proxy_v1(source=("192.0.2.7", 51000), destination=("198.51.100.1", 443),

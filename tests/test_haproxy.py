@@ -11,26 +11,9 @@ import pytest
 
 from haproxy_support import HAProxy, haproxy_binary
 from simpletcp.tcpserver import TCPServer
-from support import EXAMPLES, TIMEOUT, recv_exactly
+from support import EXAMPLES, TIMEOUT, ask_who_am_i as ask, recv_exactly, who_am_i
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def who_am_i(ip, queue, data):
-    """Reply with the client address the server sees: ip and queue.peer."""
-    host, port = queue.peer
-    queue.put(f"{ip} {host} {port}\n".encode())
-
-
-def ask(port: int) -> "tuple[bytes, tuple]":
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
-        client.sendall(b"who?")
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = client.recv(100)
-            assert chunk, f"closed after {reply!r}"
-            reply += chunk
-        return reply, client.getsockname()
 
 
 def test_the_example_configuration_is_one_haproxy_takes():

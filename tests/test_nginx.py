@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, wait_for
+from support import TIMEOUT, ask_who_am_i, wait_for, who_am_i
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,7 +89,11 @@ class Nginx:
         child = getattr(self, "child", None)
         if child is not None and child.poll() is None:
             child.terminate()
-            child.wait(TIMEOUT)
+            try:
+                child.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
         if child is not None:
             child.stderr.close()
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -107,8 +111,7 @@ def test_the_callback_sees_the_clients_address_through_nginx(backend):
     def recording(name):
         def callback(ip, queue, data):
             seen[name].append(queue.peer)
-            host, port = queue.peer
-            queue.put(f"{ip} {host} {port}\n".encode())
+            who_am_i(ip, queue, data)
         return callback
 
     with TCPServer("localhost", 0, recording("s1"), proxy_protocol=True,
@@ -117,14 +120,7 @@ def test_the_callback_sees_the_clients_address_through_nginx(backend):
                       backend=backend).start() as s2, \
             Nginx([s1.port, s2.port]) as nginx:
         for _ in range(4):
-            with socket.create_connection(("127.0.0.1", nginx.port), timeout=TIMEOUT) as client:
-                client.sendall(b"who?")
-                reply = b""
-                while not reply.endswith(b"\n"):
-                    chunk = client.recv(100)
-                    assert chunk, f"closed after {reply!r}"
-                    reply += chunk
-                host, port = client.getsockname()
+            reply, (host, port) = ask_who_am_i(nginx.port)
             # The client's own port, not the one nginx connected from.
             assert reply == f"{host} {host} {port}\n".encode()
     # nginx's probe connections (listening()) carry a header too, and are seen by
