@@ -11,7 +11,8 @@ import pytest
 
 from haproxy_support import HAProxy, haproxy_binary
 from simpletcp.tcpserver import TCPServer
-from support import EXAMPLES, TIMEOUT, ask_who_am_i as ask, recv_exactly, who_am_i
+from support import (EXAMPLES, TIMEOUT, assert_each_reply_names_its_client, recv_exactly,
+                     two_proxied_who_am_i_servers)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,38 +27,19 @@ def test_the_example_configuration_is_one_haproxy_takes():
 
 @pytest.mark.parametrize("option", ["send-proxy", "send-proxy-v2"])
 def test_the_callback_sees_the_clients_address_through_haproxy(backend, option):
-    seen = {"s1": [], "s2": []}
-
-    def recording(name):
-        def callback(ip, queue, data):
-            seen[name].append(queue.peer)
-            who_am_i(ip, queue, data)
-        return callback
-
-    with TCPServer("localhost", 0, recording("s1"), proxy_protocol=True,
-                   backend=backend).start() as s1, \
-            TCPServer("localhost", 0, recording("s2"), proxy_protocol=True,
-                      backend=backend).start() as s2, \
+    with two_proxied_who_am_i_servers(backend) as (s1, s2, seen), \
             HAProxy([("s1", s1.port, option), ("s2", s2.port, option)]) as haproxy:
-        for _ in range(6):
-            reply, (client_host, client_port) = ask(haproxy.port)
-            # The client's own port, not the one HAProxy connected from.
-            assert reply == f"{client_host} {client_host} {client_port}\n".encode()
+        assert_each_reply_names_its_client(haproxy.port, 6)
         assert len(seen["s1"]) == len(seen["s2"]) == 3  # round robin: both served
 
 
 def test_haproxy_marks_a_stopped_instance_down_and_sends_to_the_other(backend):
-    with TCPServer("localhost", 0, who_am_i, proxy_protocol=True,
-                   backend=backend).start() as s1, \
-            TCPServer("localhost", 0, who_am_i, proxy_protocol=True,
-                      backend=backend).start() as s2, \
+    with two_proxied_who_am_i_servers(backend) as (s1, s2, seen), \
             HAProxy([("s1", s1.port, "send-proxy-v2"), ("s2", s2.port, "send-proxy-v2")]) \
             as haproxy:
         assert s2.stop(timeout=TIMEOUT)
         haproxy.wait_for_status({"s1": "UP", "s2": "DOWN"})
-        for _ in range(4):
-            reply, (host, port) = ask(haproxy.port)
-            assert reply == f"{host} {host} {port}\n".encode()
+        assert_each_reply_names_its_client(haproxy.port, 4)
 
 
 class NumberedReplies:

@@ -10,8 +10,8 @@ import tempfile
 
 import pytest
 
-from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, ask_who_am_i, wait_for, who_am_i
+from support import (TIMEOUT, assert_each_reply_names_its_client, end_process,
+                     two_proxied_who_am_i_servers, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,15 +86,9 @@ class Nginx:
             return False
 
     def close(self) -> None:
-        child = getattr(self, "child", None)
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        child = getattr(self, "child", None)  # none if nginx -t refused the configuration
         if child is not None:
+            end_process(child)
             child.stderr.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -106,23 +100,9 @@ class Nginx:
 
 
 def test_the_callback_sees_the_clients_address_through_nginx(backend):
-    seen = {"s1": [], "s2": []}
-
-    def recording(name):
-        def callback(ip, queue, data):
-            seen[name].append(queue.peer)
-            who_am_i(ip, queue, data)
-        return callback
-
-    with TCPServer("localhost", 0, recording("s1"), proxy_protocol=True,
-                   backend=backend).start() as s1, \
-            TCPServer("localhost", 0, recording("s2"), proxy_protocol=True,
-                      backend=backend).start() as s2, \
+    with two_proxied_who_am_i_servers(backend) as (s1, s2, seen), \
             Nginx([s1.port, s2.port]) as nginx:
-        for _ in range(4):
-            reply, (host, port) = ask_who_am_i(nginx.port)
-            # The client's own port, not the one nginx connected from.
-            assert reply == f"{host} {host} {port}\n".encode()
-    # nginx's probe connections (listening()) carry a header too, and are seen by
-    # neither callback: they send nothing after it.
+        assert_each_reply_names_its_client(nginx.port, 4)
+    # nginx's probe connection (listening()) carries a header too, and is seen by
+    # neither callback: it sends nothing after it. Round robin: both served.
     assert len(seen["s1"]) + len(seen["s2"]) == 4 and seen["s1"] and seen["s2"]
