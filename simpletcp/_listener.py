@@ -10,6 +10,7 @@ import errno
 import os
 import socket
 import stat
+import sys
 from typing import List, Optional, Tuple
 
 from simpletcp import _address, _arguments
@@ -36,6 +37,18 @@ def unix_path(mode: object) -> Optional[str]:
         raise ValueError(f"mode: the Unix socket path is {len(os.fsencode(path))} bytes long; "
                          f"the kernel takes at most {MAX_UNIX_PATH_BYTES}")
     return path
+
+
+def check_unix_port(port: object, allow_none: bool) -> int:
+    """The ``port`` given with a ``"unix:"`` mode, which has none: 0 (or None where
+    ``allow_none``), as an int is checked anywhere (bool and float are TypeErrors)."""
+    if port is None and allow_none:
+        return 0
+    port = _arguments.check_int(port, "port", 0, 65535)
+    if port != 0:
+        or_none = " (or None)" if allow_none else ""
+        raise ValueError(f"port must be 0{or_none} with a 'unix:' mode, got {port}")
+    return 0
 
 
 def bind_tcp(mode: object, port: int, backlog: int, reuse_port: bool) -> socket.socket:
@@ -136,6 +149,11 @@ def adopt(sock: object) -> socket.socket:
     makes it non-blocking)."""
     if not isinstance(sock, socket.socket):
         raise TypeError(f"sock must be a listening socket.socket, got {type(sock).__name__}")
+    ssl = sys.modules.get("ssl")  # not imported: sock cannot be one of its sockets
+    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+        # The loop reads and writes the descriptor itself: the TLS would be skipped.
+        raise TypeError("sock must be a plain socket.socket, got an ssl.SSLSocket (the "
+                        "server would answer its clients in plaintext)")
     if sock.fileno() < 0:
         raise ValueError("sock is closed")
     if sock.family not in FAMILIES:
@@ -149,7 +167,9 @@ def adopt(sock: object) -> socket.socket:
 
 def from_descriptor(fd: object) -> socket.socket:
     """The listening socket open on descriptor ``fd`` (inherited from a supervisor or
-    systemd), checked as ``adopt`` checks."""
+    systemd), checked as ``adopt`` checks, and made close-on-exec, as sd_listen_fds()
+    makes systemd's and Python makes its own sockets: a program the application runs
+    must not inherit it and hold the port after the server has stopped."""
     fd = _arguments.check_int(fd, "fd", 0, _arguments.MAX_C_INT)
     try:
         os.fstat(fd)
@@ -160,10 +180,12 @@ def from_descriptor(fd: object) -> socket.socket:
     except OSError as exc:
         raise OSError(exc.errno, f"fd {fd} is not a socket: {exc.strerror}") from None
     try:
-        return adopt(sock)
+        adopt(sock)
     except BaseException:
         sock.detach()  # not ours to close: the caller's descriptor stays as it was
         raise
+    sock.set_inheritable(False)
+    return sock
 
 
 def systemd_sockets() -> List[socket.socket]:

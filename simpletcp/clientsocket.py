@@ -35,11 +35,8 @@ class ClientSocket:
     ) -> None:
         self._unix_path = _listener.unix_path(mode)
         if self._unix_path is not None:
-            if isinstance(port, bool) or port != 0:
-                raise ValueError(f"port must be 0 with a 'unix:' mode, got "
-                                 f"{_arguments.shown(port)}")
             host = self._unix_path
-            self.connect_port = 0
+            self.connect_port = _listener.check_unix_port(port, allow_none=False)
         else:
             host = _address.mode_host(mode)
             if mode == "public":

@@ -102,6 +102,10 @@ def _parse_v1(data: bytes) -> Optional[ProxyHeader]:
             raise ProxyHeaderError("PROXY v1 header with a bare CR or LF")
         return None
     line = data[:end]
+    if b"\n" in line or b"\r" in line:
+        # Refused as it is while the line is incomplete: a header's fate must not depend
+        # on how TCP cut it into reads.
+        raise ProxyHeaderError("PROXY v1 header with a bare CR or LF")
     length = end + 2
     fields = line.split(b" ")  # the first is b"PROXY"
     protocol = fields[1]

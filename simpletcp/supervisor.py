@@ -9,14 +9,15 @@ Why one socket shared before fork rather than SO_REUSEPORT: every worker accepts
 the one accept queue, so a worker that stops (a graceful stop, a crash) leaves the
 connections waiting in it to the others; with SO_REUSEPORT each worker has its own
 queue, the kernel hashes each new connection to one of them, and those hashed to a
-worker that closes its socket are reset. The supervisor keeps the socket open for its
-whole life, so while a worker is replaced nothing is refused. README's "Deploying"
+worker that closes its socket are reset. The supervisor keeps the socket open until it
+stops, so while a worker is replaced nothing is refused. README's "Deploying"
 section and BENCHMARKS.md say what it costs (balance).
 """
 from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import select
 import signal
@@ -74,9 +75,16 @@ class Supervisor:
         self.serve_worker = serve_worker
         self.grace_period = grace_period
         self.slots = [WorkerSlot(number) for number in range(1, worker_count + 1)]
+        self._ran = False  # run() has begun: a supervisor runs once (its listener closes)
         self._stop_requested = False
         self._stops_asked = 0  # how many times stop was asked: the second one hurries
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # The wake-up pipe (signals, stop()) is open while run() runs, and only then: a
+        # supervisor that never runs holds no descriptor, and a stop() after run() must
+        # not write into whatever has taken the pipe's descriptor number since. The lock
+        # keeps another thread's stop() from writing while run() closes it; re-entrant,
+        # for a signal handler's stop() that lands in the main thread meanwhile.
+        self._wake_read = self._wake_write = -1
+        self._wake_lock = threading.RLock()
         self._supervisor_pid = os.getpid()
 
     @property
@@ -92,33 +100,57 @@ class Supervisor:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("a server with workers must run() in the main thread "
                                "(it handles SIGCHLD, SIGINT and SIGTERM)")
-        previous = self._watch_signals()
+        if self._ran:
+            raise RuntimeError("this Supervisor has already run; create a new one")
+        self._ran = True
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            for slot in self.slots:
-                self._start(slot)
-            while not self._stop_requested:
-                self._wait(self._next_restart_in())
-                self._reap()
-                self._restart_due()
-            self._stop_workers()
+            previous = self._watch_signals()
+            try:
+                for slot in self.slots:
+                    if self._stop_requested:
+                        break  # stopped while starting: no more workers to stop
+                    self._start(slot)
+                while not self._stop_requested:
+                    self._wait(self._next_restart_in())
+                    self._reap()
+                    self._restart_due()
+                self._stop_workers()
+            finally:
+                self._kill_workers()  # only if anything above failed half-way
+                self._unwatch_signals(previous)
         finally:
-            self._kill_workers()  # only if anything above failed half-way
-            self._unwatch_signals(previous)
             self.listener.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._close_wake_pipe()
 
     def stop(self) -> None:
         """Ask the supervisor to stop its workers (from any thread or a signal handler).
-        A second call hurries the workers (they close without waiting)."""
+        A second call hurries the workers (they close without waiting).
+
+        In a worker (a callback that stops the server it is served by, as it may in one
+        process) it asks the supervisor, as SIGTERM does: every worker stops, this one
+        too. The worker's copy of this object has no pipe or workers of its own."""
+        if os.getpid() != self._supervisor_pid:
+            if os.getppid() == self._supervisor_pid:  # not a process that took its pid
+                os.kill(self._supervisor_pid, signal.SIGTERM)
+            return
         self._stop_requested = True
         self._stops_asked += 1
         if self._stops_asked > 1:
             self._signal_workers(signal.SIGTERM)  # a second one: no more waiting
-        try:
-            os.write(self._wake_write, b"s")
-        except (BlockingIOError, OSError):
-            pass  # a wake-up is already pending, or run() has finished
+        with self._wake_lock:
+            if self._wake_write >= 0:  # else run() has not begun (it sees the flag) or ended
+                try:
+                    os.write(self._wake_write, b"s")
+                except BlockingIOError:
+                    pass  # a wake-up is already pending
+
+    def _close_wake_pipe(self) -> None:
+        with self._wake_lock:
+            # Each descriptor is forgotten and closed on one line, so that no signal
+            # handler's stop() runs between the two.
+            fd, self._wake_read = self._wake_read, -1; os.close(fd)  # noqa: E702
+            fd, self._wake_write = self._wake_write, -1; os.close(fd)  # noqa: E702
 
     def _watch_signals(self) -> SavedSignals:
         def on_stop_signal(signum: int, frame: object) -> None:
@@ -144,8 +176,12 @@ class Supervisor:
 
     def _wait(self, timeout: Optional[float]) -> None:
         """Until a signal (a worker died, stop) or ``timeout`` seconds (a restart due)."""
-        ready, _, _ = select.select([self._wake_read], [], [], timeout)
-        if ready:
+        # poll(), not select(): the pipe's number may be above FD_SETSIZE (1024) in a
+        # process that has many files open.
+        waiting = select.poll()
+        waiting.register(self._wake_read, select.POLLIN)
+        milliseconds = None if timeout is None else math.ceil(timeout * 1000)
+        if waiting.poll(milliseconds):
             try:
                 while os.read(self._wake_read, 512):
                     pass
@@ -175,13 +211,17 @@ class Supervisor:
             if self._stop_requested:
                 continue
             lived = time.monotonic() - slot.started_at
-            if lived >= STABLE_SECONDS:
-                slot.restart_delay = RESTART_DELAY_FIRST
-            delay = slot.restart_delay
-            slot.restart_delay = min(delay * 2, RESTART_DELAY_MAX)
-            slot.restart_at = time.monotonic() + delay
-            logger.warning("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s",
-                           slot.number, pid, describe_status(status), lived, delay)
+            self._schedule_restart(slot, lived, f"worker {slot.number} (pid {pid}) "
+                                                f"{describe_status(status)} after {lived:.1f} s")
+
+    def _schedule_restart(self, slot: WorkerSlot, lived: float, what_happened: str) -> None:
+        """Start ``slot``'s worker again after its back-off, and log it."""
+        if lived >= STABLE_SECONDS:
+            slot.restart_delay = RESTART_DELAY_FIRST
+        delay = slot.restart_delay
+        slot.restart_delay = min(delay * 2, RESTART_DELAY_MAX)
+        slot.restart_at = time.monotonic() + delay
+        logger.warning("%s; restarting it in %.1f s", what_happened, delay)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -201,6 +241,12 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 self._become_worker()  # never returns
+        except OSError as error:
+            # For a moment (the process limit, memory): not a reason to take down the
+            # workers that serve. Tried again as if the worker had died at once.
+            self._schedule_restart(slot, 0.0, f"worker {slot.number} could not be started "
+                                              f"({error})")
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         slot.pid = pid
@@ -218,8 +264,11 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # see _start
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            # Forgotten as they are closed, so that nothing here writes to the numbers
+            # once the worker's own descriptors take them (not _close_wake_pipe: its lock
+            # may have been held by another thread at the fork).
+            fd, self._wake_read = self._wake_read, -1; os.close(fd)  # noqa: E702
+            fd, self._wake_write = self._wake_write, -1; os.close(fd)  # noqa: E702
             # Ctrl-C at a terminal signals the whole foreground process group: the
             # supervisor alone must get it, and stop each worker once (a second signal
             # would make a worker close without waiting).
@@ -251,6 +300,11 @@ class Supervisor:
         queued, closes) and wait for them all, up to the grace period and a margin."""
         for slot in self.slots:
             slot.restart_at = None
+        # No worker will accept any more: the port must refuse at once, as one process's
+        # does when it stops (a balancer then marks it down and retries elsewhere). Kept
+        # open, it would take connections into its backlog only to reset them at the end.
+        # (A socket systemd passed stays open in systemd, for the next process.)
+        self.listener.close()
         self._signal_workers(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_period + STOP_MARGIN_SECONDS
         while self.worker_pids and time.monotonic() < deadline:

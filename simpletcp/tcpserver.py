@@ -99,10 +99,7 @@ class TCPServer:
                 raise ValueError("give mode and port, or sock, not both (sock is already "
                                  "bound)")
         elif path is not None:
-            if port not in (None, 0) or isinstance(port, bool):
-                raise ValueError(f"port must be 0 (or None) with a 'unix:' mode, got "
-                                 f"{_arguments.shown(port)}")
-            port = 0
+            port = _listener.check_unix_port(port, allow_none=True)
         else:
             _arguments.check_mode(mode)
             if port is None:
@@ -159,7 +156,8 @@ class TCPServer:
             listener = _listener.adopt(sock)
         elif path is not None:
             listener, identity = _listener.bind_unix(path, maximum_connections, unix_permissions)
-            self._unix_socket = (path, identity)
+            # Removed on stop by its absolute path: the application may chdir meanwhile.
+            self._unix_socket = (os.path.abspath(path), identity)
         else:
             assert port is not None  # checked above
             listener = _listener.bind_tcp(mode, port, maximum_connections, reuse_port)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from support import TIMEOUT
+from support import TIMEOUT, end_process
 
 #: How often HAProxy checks each server, in ms; one failed check marks it down and one
 #: success up, so a test sees a change within a few of these.
@@ -125,13 +125,7 @@ class HAProxy:
         raise AssertionError(f"HAProxy's servers: expected {wanted}, saw {seen}")
 
     def close(self) -> None:
-        if self.child.poll() is None:
-            self.child.terminate()
-            try:
-                self.child.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
+        end_process(self.child)
         self.frontend.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 

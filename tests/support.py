@@ -464,6 +464,17 @@ class ServingCLI:
         self.close()
 
 
+def end_process(child: subprocess.Popen) -> None:
+    """SIGTERM ``child``, SIGKILL it if it has not exited within TIMEOUT; reaped."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def process_gone(pid: int) -> bool:
     """Whether process ``pid`` has exited (a zombie nobody reaped counts as gone)."""
     try:
@@ -471,6 +482,54 @@ def process_gone(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
+
+
+# ---- behind a load balancer (test_haproxy.py, test_nginx.py) -----------------------------
+
+def who_am_i(ip, queue, data) -> None:
+    """A callback that replies with the client address the server sees: ip and
+    queue.peer."""
+    host, port = queue.peer
+    queue.put(f"{ip} {host} {port}\n".encode())
+
+
+@contextlib.contextmanager
+def two_proxied_who_am_i_servers(backend: str) -> Iterator[Tuple[TCPServer, TCPServer, dict]]:
+    """Two started servers with proxy_protocol=True answering who_am_i, and the peers
+    each one saw ({"s1": [...], "s2": [...]}): the instances behind a balancer."""
+    seen: dict = {"s1": [], "s2": []}
+
+    def recording(name: str) -> Callable[..., None]:
+        def callback(ip, queue, data) -> None:
+            seen[name].append(queue.peer)
+            who_am_i(ip, queue, data)
+        return callback
+
+    with TCPServer("localhost", 0, recording("s1"), proxy_protocol=True,
+                   backend=backend).start() as s1, \
+            TCPServer("localhost", 0, recording("s2"), proxy_protocol=True,
+                      backend=backend).start() as s2:
+        yield s1, s2, seen
+
+
+def assert_each_reply_names_its_client(port: int, times: int) -> None:
+    """Ask who_am_i through the balancer on ``port`` ``times`` times: each reply names
+    the client's own address and port, not the one the balancer connected from."""
+    for _ in range(times):
+        reply, (host, client_port) = ask_who_am_i(port)
+        assert reply == f"{host} {host} {client_port}\n".encode()
+
+
+def ask_who_am_i(port: int) -> "Tuple[bytes, Tuple[str, int]]":
+    """Ask who_am_i through ``port``: its reply, and the client's own address."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+        client.sendall(b"who?")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = client.recv(100)
+            assert chunk, f"closed after {reply!r}"
+            reply += chunk
+        return reply, client.getsockname()
 
 
 # ---- PROXY protocol headers, written by the tests (to feed the parser and servers) ----

@@ -3,69 +3,43 @@
 instance stop, and an instance stopped gracefully mid-traffic (a rolling deploy) loses
 no reply on the connections it had accepted."""
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
-from haproxy_support import HAProxy
+from haproxy_support import HAProxy, haproxy_binary
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, recv_exactly
+from support import (EXAMPLES, TIMEOUT, assert_each_reply_names_its_client, recv_exactly,
+                     two_proxied_who_am_i_servers)
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def who_am_i(ip, queue, data):
-    """Reply with the client address the server sees: ip and queue.peer."""
-    host, port = queue.peer
-    queue.put(f"{ip} {host} {port}\n".encode())
-
-
-def ask(port: int) -> "tuple[bytes, tuple]":
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
-        client.sendall(b"who?")
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = client.recv(100)
-            assert chunk, f"closed after {reply!r}"
-            reply += chunk
-        return reply, client.getsockname()
+def test_the_example_configuration_is_one_haproxy_takes():
+    """examples/haproxy/haproxy.cfg, which the README points to, as HAProxy checks it."""
+    result = subprocess.run([haproxy_binary(), "-c", "-f",
+                             str(EXAMPLES / "haproxy" / "haproxy.cfg")],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("option", ["send-proxy", "send-proxy-v2"])
 def test_the_callback_sees_the_clients_address_through_haproxy(backend, option):
-    seen = {"s1": [], "s2": []}
-
-    def recording(name):
-        def callback(ip, queue, data):
-            seen[name].append(queue.peer)
-            who_am_i(ip, queue, data)
-        return callback
-
-    with TCPServer("localhost", 0, recording("s1"), proxy_protocol=True,
-                   backend=backend).start() as s1, \
-            TCPServer("localhost", 0, recording("s2"), proxy_protocol=True,
-                      backend=backend).start() as s2, \
+    with two_proxied_who_am_i_servers(backend) as (s1, s2, seen), \
             HAProxy([("s1", s1.port, option), ("s2", s2.port, option)]) as haproxy:
-        for _ in range(6):
-            reply, (client_host, client_port) = ask(haproxy.port)
-            # The client's own port, not the one HAProxy connected from.
-            assert reply == f"{client_host} {client_host} {client_port}\n".encode()
+        assert_each_reply_names_its_client(haproxy.port, 6)
         assert len(seen["s1"]) == len(seen["s2"]) == 3  # round robin: both served
 
 
 def test_haproxy_marks_a_stopped_instance_down_and_sends_to_the_other(backend):
-    with TCPServer("localhost", 0, who_am_i, proxy_protocol=True,
-                   backend=backend).start() as s1, \
-            TCPServer("localhost", 0, who_am_i, proxy_protocol=True,
-                      backend=backend).start() as s2, \
+    with two_proxied_who_am_i_servers(backend) as (s1, s2, seen), \
             HAProxy([("s1", s1.port, "send-proxy-v2"), ("s2", s2.port, "send-proxy-v2")]) \
             as haproxy:
         assert s2.stop(timeout=TIMEOUT)
         haproxy.wait_for_status({"s1": "UP", "s2": "DOWN"})
-        for _ in range(4):
-            reply, (host, port) = ask(haproxy.port)
-            assert reply == f"{host} {host} {port}\n".encode()
+        assert_each_reply_names_its_client(haproxy.port, 4)
 
 
 class NumberedReplies:

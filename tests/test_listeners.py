@@ -2,7 +2,9 @@
 (``sock=``), one systemd passes (socket activation, ``--fd``), a Unix domain socket
 (``"unix:/path"``), and a port shared with other processes (``reuse_port=True``)."""
 import os
+import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 
 from simpletcp.clientsocket import ClientSocket
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, ServingCLI, recv_exactly
+from support import TIMEOUT, ServingCLI, recv_exactly, recv_until_eof, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,6 +91,20 @@ def test_a_unix_socket_the_caller_bound_is_served(serve, tmp_path):
 def test_sock_of_the_wrong_type_is_refused(bad, error, words):
     with pytest.raises(error, match=words):
         TCPServer(sock=bad, read_callback=echo)
+
+
+def test_an_ssl_socket_is_refused_not_served_in_plaintext():
+    """The loop reads and writes the descriptor itself: an ssl.SSLSocket's TLS would be
+    skipped, and its clients answered in plaintext."""
+    sock = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).wrap_socket(listening_tcp_socket(),
+                                                               server_side=True)
+    try:
+        with pytest.raises(TypeError, match="sock must be a plain socket.socket, got an "
+                                            "ssl.SSLSocket"):
+            TCPServer(sock=sock, read_callback=echo)
+        assert sock.fileno() >= 0  # left as it was
+    finally:
+        sock.close()
 
 
 def test_sock_that_is_not_listening_or_not_a_stream_or_closed_is_refused():
@@ -170,6 +186,31 @@ def test_systemd_socket_activation_serves_the_socket_on_descriptor_3():
         sock.close()
 
 
+def test_systemds_own_socket_activate_starts_the_server_with_workers(tmp_path):
+    """systemd's own tool, as a .socket unit does: it binds, passes the socket (with
+    LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES) and starts the service at the first
+    connection, which waits in the backlog meanwhile. The socket file is systemd's:
+    the server leaves it where it is when it stops."""
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.skip("needs systemd-socket-activate (Debian: the systemd package)")
+    path = str(tmp_path / "activated.sock")
+    # Without --accept it execs the service in its own process: LISTEN_PID is its pid.
+    child = subprocess.Popen([tool, "-l", path, sys.executable, "-m", "simpletcp",
+                              "--fd", "systemd", "--workers", "2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.path.exists(path))
+        assert exchange(path, family=socket.AF_UNIX) == b"ping"
+        assert child.stdout.readline() == f"simpletcp: listening on unix:{path}\n"
+        child.terminate()
+        assert child.wait(TIMEOUT) == 0
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_numbered_descriptor_is_served():
     sock = listening_tcp_socket()
     port = sock.getsockname()[1]
@@ -182,6 +223,42 @@ def test_a_numbered_descriptor_is_served():
     finally:
         child.terminate()
         child.wait(TIMEOUT)
+        sock.close()
+
+
+@pytest.mark.parametrize("how", ["systemd", "number"])
+def test_a_passed_descriptor_is_close_on_exec_once_taken(tmp_path, how):
+    """As sd_listen_fds() leaves them: a program the application runs (os.system,
+    subprocess with close_fds=False) must not inherit the listening socket, or it would
+    hold the port after the server stops; nor systemd's variables, or it would take
+    descriptor 3 for a socket of its own."""
+    (tmp_path / "inheritance_app.py").write_text(
+        "import os\n"
+        "def reply(queue, data):\n"
+        "    inheritable = os.get_inheritable(int(data))\n"
+        "    queue.put(b'inheritable' if inheritable else b'close-on-exec')\n"
+        "    queue.put(b' %d' % len([name for name in os.environ\n"
+        "                             if name.startswith('LISTEN_')]))\n")
+    sock = listening_tcp_socket()
+    port = sock.getsockname()[1]
+    if how == "systemd":
+        child = spawn_as_systemd_does(sock, "inheritance_app:reply", "--fd", "systemd")
+        served_fd = 3
+    else:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "simpletcp", "inheritance_app:reply", "--fd",
+             str(sock.fileno())], pass_fds=(sock.fileno(),), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        served_fd = sock.fileno()
+    try:
+        assert child.stdout.readline() == f"simpletcp: listening on 127.0.0.1:{port}\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            client.sendall(b"%d" % served_fd)
+            client.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(client) == b"close-on-exec 0"  # and no LISTEN_ variable
+    finally:
+        child.kill()
+        child.wait()
         sock.close()
 
 
@@ -225,6 +302,16 @@ def test_a_unix_socket_serves_and_its_file_is_removed_on_stop(serve, tmp_path):
     assert peers == [("", ("", 0))]
     assert server.stop(timeout=TIMEOUT)
     assert not os.path.exists(path)
+
+
+def test_a_relative_unix_socket_path_is_removed_even_after_a_chdir(backend, tmp_path,
+                                                                   monkeypatch):
+    server = TCPServer("unix:app.sock", 0, echo, backend=backend).start()  # in tmp_path
+    assert server.ip == "app.sock"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # as a daemon's chdir("/") would
+    assert server.stop(timeout=TIMEOUT)
+    assert not (tmp_path / "app.sock").exists()
 
 
 def test_clientsocket_connects_to_a_unix_socket(serve, tmp_path):
@@ -298,6 +385,9 @@ def test_a_server_that_never_ran_removes_its_socket_file(tmp_path):
     ({"mode": "unix:/" + "x" * 107}, ValueError, "at most 107"),
     ({"mode": "unix:/tmp/a\0b"}, ValueError, "NUL"),
     ({"mode": "unix:/tmp/x.sock", "port": 80}, ValueError, "port must be 0"),
+    ({"mode": "unix:/tmp/x.sock", "port": 0.0}, TypeError, "port must be an int"),
+    ({"mode": "unix:/tmp/x.sock", "port": False}, TypeError, "port must be an int"),
+    ({"mode": "unix:/tmp/x.sock", "port": "0"}, TypeError, "port must be an int"),
     ({"mode": "unix:/tmp/x.sock", "unix_permissions": 0o1777}, ValueError, "unix_permissions"),
     ({"mode": "unix:/tmp/x.sock", "unix_permissions": "660"}, TypeError, "unix_permissions"),
     ({"mode": "localhost", "unix_permissions": 0o600}, ValueError, "unix_permissions applies"),
@@ -312,6 +402,9 @@ def test_bad_unix_arguments_are_named(keywords, error, words):
 def test_clientsocket_refuses_a_port_with_a_unix_mode_and_a_long_path():
     with pytest.raises(ValueError, match="port must be 0"):
         ClientSocket("unix:/tmp/x.sock", 80)
+    for not_an_int in (0.0, False, None):
+        with pytest.raises(TypeError, match="port must be an int"):
+            ClientSocket("unix:/tmp/x.sock", not_an_int)
     with pytest.raises(ValueError, match="at most 107"):
         ClientSocket("unix:/" + "x" * 107, 0)
 

@@ -344,7 +344,7 @@ thread.join(10)
 threading.Timer(1.0, supervisor.stop).start()
 attempt("run with failing workers, then stop", supervisor.run, "ok")
 attempt("stop after run", supervisor.stop, "ok")
-attempt("run again", supervisor.run, ("OSError", "ValueError"))
+attempt("run again", supervisor.run, "RuntimeError")
 poke_everything("finished supervisor", supervisor, skip=FORKING)
 finish()
 '''

@@ -6,7 +6,7 @@ import ipaddress
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from simpletcp.proxyprotocol import (V1_MAX_LENGTH, V2_MAX_LENGTH, V2_SIGNATURE, ProxyHeader,
@@ -82,6 +82,8 @@ def test_an_oversized_v2_header_is_refused_from_its_first_16_bytes():
     (b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n", "port"),
     (b"PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n", "port"),
     (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "bare CR or LF"),
+    (b"PROXY UNKNOWN \r\r\n", "bare CR or LF"),  # as its first 16 bytes are
+    (b"PROXY UNKNOWN \n\r\n", "bare CR or LF"),
     (b"PROXY\r\n", "not a PROXY protocol header"),
     (b"PROXY \r\n", "protocol b''"),
     (V2_SIGNATURE + b"\x11\x11\x00\x0c", "version 1, not 2"),
@@ -124,6 +126,32 @@ def test_fuzz_valid_headers_truncated_anywhere(header_and_source, tail, data):
     assert parsed.source == (str(ipaddress.ip_address(source[0])), source[1])
     cut = data.draw(st.integers(0, len(header) - 1))
     assert parse_header(header[:cut]) is None
+
+
+def decided(data):
+    """What parse_header says of ``data``: a header, None (needs more) or "refused"."""
+    try:
+        return parse_header(data)
+    except ProxyHeaderError:
+        return "refused"
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([b"", b"PROXY ", b"PROXY TCP4 ", b"PROXY UNKNOWN", V2_SIGNATURE,
+                        V2_SIGNATURE + b"\x21\x11", v1()[:-3], v2()[:-2], v1(), v2()]),
+       st.binary(max_size=80) | st.lists(st.sampled_from(
+           [b"\r", b"\n", b" ", b"\r\n", b"1", b".", b":", b"1.2.3.4", b"::1", b"TCP4"]),
+           max_size=16).map(b"".join))
+@example(b"PROXY UNKNOWN", b" \r\r\n")  # refused cut before its end, taken whole (fixed)
+def test_fuzz_the_verdict_does_not_depend_on_how_the_bytes_were_cut(prefix, rest):
+    """The server parses what it has read so far after every read, and goes by the first
+    verdict that is not "needs more": that must be the verdict on all the bytes."""
+    data = prefix + rest
+    whole = decided(data)
+    first = next((verdict for verdict in map(decided, (data[:cut] for cut in
+                                                        range(len(data) + 1)))
+                  if verdict is not None), None)
+    assert first == whole
 
 
 def assert_refused_or_bounded(data):

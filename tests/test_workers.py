@@ -4,21 +4,26 @@ Each test runs the server in a child process (``python -m simpletcp --workers N`
 workers are forked, which the test process itself must not be.
 """
 import os
+import resource
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import TIMEOUT, ServingCLI, process_gone, recv_exactly, wait_for
+from support import (TIMEOUT, ServingCLI, child_server, open_descriptors, process_gone,
+                     recv_exactly, recv_until_eof, refused, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
 # The application the workers serve: "pid" is answered with the worker's pid; "hold"
 # blocks that worker's loop until the file "release" exists (it says it holds by making
-# "held"); "slow" is answered by a thread 0.5 s later (a reply queued when a stop comes).
+# "held"); "slow" is answered by a thread 0.5 s later (a reply queued when a stop comes);
+# "later" by a thread once "release" exists (the worker's loop serves on meanwhile).
 APP = '''
 import os, threading, time
 
@@ -27,6 +32,13 @@ def reply(queue, data):
         open("held", "w").close()
         while not os.path.exists("release"):
             time.sleep(0.01)
+    if data == b"later":
+        def when_released():
+            while not os.path.exists("release"):
+                time.sleep(0.01)
+            queue.put(b"released")
+        threading.Thread(target=when_released).start()
+        return
     if data == b"slow":
         def later():
             time.sleep(0.5)
@@ -117,6 +129,18 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(app):
         assert server.stop() == 0
 
 
+def test_all_workers_killed_at_once_are_replaced_and_a_client_waiting_meanwhile_served(app):
+    with ServingCLI(app, "--port", "0", "--workers", "2") as server:
+        pids = worker_pids(server, 2)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: all(process_gone(pid) for pid in pids))
+        # No worker now: the connection waits in the supervisor's backlog until a
+        # replacement accepts it.
+        assert int(ask(server.port)) in worker_pids(server, 4)[2:]
+        assert server.stop() == 0
+
+
 def test_a_worker_that_keeps_dying_is_restarted_with_a_growing_back_off(app):
     with ServingCLI(app, "--port", "0", "--workers", "2") as server:
         victim = worker_pids(server, 2)[0]
@@ -128,6 +152,34 @@ def test_a_worker_that_keeps_dying_is_restarted_with_a_growing_back_off(app):
                   for line in server.wait_for_log("restarting it in", 3)]
         assert delays == ["0.1 s", "0.2 s", "0.4 s"]
         assert int(ask(server.port))  # and it serves
+        assert server.stop() == 0
+
+
+def zombie_children(pid: int) -> list:
+    """The children of process ``pid`` that exited and were not waited for."""
+    zombies = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
+            continue
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            zombies.append(int(entry))
+    return zombies
+
+
+def test_restarts_leak_no_descriptor_and_leave_no_zombie(app):
+    with ServingCLI(app, "--port", "0", "--workers", "2") as server:
+        supervisor = server.child.pid
+        pids = worker_pids(server, 2)
+        descriptors = open_descriptors(supervisor)
+        for restart in range(8):  # four per worker: back-offs of 0.1 to 0.8 s
+            os.kill(pids[restart % 2], signal.SIGKILL)
+            pids[restart % 2] = worker_pids(server, 3 + restart)[-1]
+        assert int(ask(server.port)) in pids
+        assert open_descriptors(supervisor) == descriptors
+        assert zombie_children(supervisor) == []
         assert server.stop() == 0
 
 
@@ -153,6 +205,53 @@ def test_a_stop_signal_stops_every_worker_gracefully_with_replies_sent(app, sign
     assert all(process_gone(pid) for pid in pids)
     # The port is released: a new server can bind it at once.
     TCPServer("localhost", server.port, lambda q, d: None).stop()
+
+
+def test_a_stopping_server_with_workers_refuses_new_connections_at_once(app, tmp_path):
+    """As one process does: while the workers drain, the port refuses (a balancer's
+    health check sees it down, and it retries elsewhere). A socket still listening, with
+    no worker to accept, would take connections only to reset them, requests and all."""
+    with ServingCLI(app, "--port", "0", "--workers", "2", "--grace-period", "30") as server:
+        worker_pids(server, 2)
+        owed = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        owed.sendall(b"later")
+        time.sleep(0.1)  # the request reaches its worker's callback
+        server.child.send_signal(signal.SIGTERM)
+        wait_for(lambda: refused(server.port))
+        (tmp_path / "release").touch()
+        assert owed.recv(100) == b"released"  # the drain was still on: its reply came now
+        owed.close()
+        assert server.child.wait(TIMEOUT) == 0
+
+
+# A callback that stops the server it is served by, as one may in one process: with
+# workers it runs in a worker, which holds the supervisor's TCPServer as the fork left it.
+STOPPED_BY_A_CALLBACK = """
+import logging
+from simpletcp.tcpserver import TCPServer
+logging.basicConfig(level=logging.INFO)
+
+def reply(queue, data):
+    queue.put(b"stopping")
+    server.stop()
+
+server = TCPServer("localhost", 0, reply, workers=2)
+print(server.port, flush=True)
+server.run()
+print("run returned", flush=True)
+"""
+
+
+def test_stop_in_a_workers_callback_stops_the_whole_server_gracefully():
+    with child_server(STOPPED_BY_A_CALLBACK) as (child, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            client.sendall(b"stop")
+            assert recv_until_eof(client) == b"stopping"  # its reply first, then closed
+        assert child.wait(TIMEOUT) == 0
+        assert child.stdout.readline() == "run returned\n"
+        log = child.stderr.read()
+        # (The supervisor may be still starting the second worker when it is asked.)
+        assert "Traceback" not in log and "SIGTERM: stopping" in log, log
 
 
 def test_workers_stop_when_the_supervisor_is_killed(app):
@@ -192,6 +291,133 @@ def test_a_server_with_workers_cannot_start_in_a_thread_or_count_connections():
         socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
 
 
+def test_a_server_with_workers_that_never_runs_holds_no_descriptor():
+    before = open_descriptors()
+    TCPServer("localhost", 0, lambda queue, data: None, workers=2).stop()
+    with TCPServer("localhost", 0, lambda queue, data: None, workers=2):
+        pass
+    assert open_descriptors() == before
+
+
+# run() with workers, stopped by a signal handler (no thread: the process forks), then
+# stop() again as a with-block's exit or a cleanup path does, once the application has
+# opened files: they take the lowest free descriptor numbers, those the server closed.
+STOP_AFTER_RUN = """
+import signal, tempfile
+from simpletcp.tcpserver import TCPServer
+server = TCPServer("localhost", 0, lambda queue, data: None, workers=2)
+signal.signal(signal.SIGALRM, lambda signum, frame: server.stop())
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+server.run()
+files = [tempfile.TemporaryFile() for _ in range(16)]
+server.stop()
+server.stop()
+for opened in files:
+    opened.seek(0)
+print("written into the files:", b"".join(opened.read() for opened in files))
+"""
+
+
+def test_stop_after_run_returned_writes_into_no_descriptor_reused_since():
+    result = subprocess.run([sys.executable, "-c", STOP_AFTER_RUN], capture_output=True,
+                            text=True, timeout=TIMEOUT * 3)
+    assert result.stdout == "written into the files: b''\n", result
+
+
+# A process that already has more than FD_SETSIZE (1024) descriptors open when it
+# starts its workers: the supervisor's own descriptors are numbered above 1024.
+MANY_DESCRIPTORS_OPEN = """
+import os, resource, signal
+from simpletcp.tcpserver import TCPServer
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = [open(os.devnull) for _ in range(1100)]
+server = TCPServer("localhost", 0, lambda queue, data: None, workers=2)
+signal.signal(signal.SIGALRM, lambda signum, frame: server.stop())
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+server.run()
+print("run returned")
+"""
+
+
+def test_workers_are_supervised_with_more_than_1024_descriptors_open():
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    result = subprocess.run([sys.executable, "-c", MANY_DESCRIPTORS_OPEN],
+                            capture_output=True, text=True, timeout=TIMEOUT * 3)
+    assert (result.returncode, result.stdout) == (0, "run returned\n"), result.stderr
+
+
+# The supervisor's third fork fails (EAGAIN: the process limit, memory), when it
+# replaces a worker killed half a second in; the server is stopped once the fourth
+# fork, the retry, has started a worker.
+FORK_FAILS_AT_A_RESTART = """
+import errno, logging, os, signal
+from simpletcp.tcpserver import TCPServer
+logging.basicConfig(level=logging.INFO)
+forks = 0
+real_fork = os.fork
+def fork():
+    global forks
+    forks += 1
+    if forks == 3:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+    pid = real_fork()
+    if pid and forks == 4:
+        signal.signal(signal.SIGALRM, lambda signum, frame: server.stop())
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+    return pid
+os.fork = fork
+server = TCPServer("localhost", 0, lambda queue, data: queue.put(data), workers=2)
+signal.signal(signal.SIGALRM, lambda signum, frame: os.kill(server.worker_pids[0],
+                                                            signal.SIGKILL))
+signal.setitimer(signal.ITIMER_REAL, 0.5)
+server.run()
+print("run returned after", forks, "forks")
+"""
+
+
+# SIGTERM comes while the supervisor starts its workers: right after the first fork.
+STOPPED_WHILE_STARTING = """
+import os, signal
+from simpletcp.tcpserver import TCPServer
+forks = 0
+real_fork = os.fork
+def fork():
+    global forks
+    forks += 1
+    pid = real_fork()
+    if pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return pid
+os.fork = fork
+server = TCPServer("localhost", 0, lambda queue, data: None, workers=3)
+server.run()
+print("run returned after", forks, "forks")
+"""
+
+
+def test_a_stop_while_the_workers_start_starts_no_more_of_them():
+    result = subprocess.run([sys.executable, "-c", STOPPED_WHILE_STARTING],
+                            capture_output=True, text=True, timeout=TIMEOUT * 3)
+    assert (result.returncode, result.stdout) == (0, "run returned after 1 forks\n"), \
+        result.stderr
+
+
+def test_a_fork_that_fails_at_a_restart_is_retried_not_fatal():
+    """A fork that fails for a moment must not take the supervisor down, and the
+    workers serving with it (killed, their queued replies lost): it is retried with
+    the back-off of a worker that died at once."""
+    result = subprocess.run([sys.executable, "-c", FORK_FAILS_AT_A_RESTART],
+                            capture_output=True, text=True, timeout=TIMEOUT * 3)
+    assert (result.returncode, result.stdout) == (0, "run returned after 4 forks\n"), \
+        result.stderr
+    assert ("worker 1 could not be started ([Errno 11] Resource temporarily "
+            "unavailable); restarting it in 0.2 s") in result.stderr
+    assert result.stderr.count("was killed by SIGKILL") == 1  # only the one the test killed
+
+
 def _record_failure(action, failures):
     try:
         action()
@@ -209,8 +435,6 @@ def test_bad_workers_are_named(workers, error):
 
 
 def test_bad_workers_on_the_command_line_is_a_usage_error():
-    import subprocess
-    import sys
     result = subprocess.run([sys.executable, "-m", "simpletcp", "--workers", "0"],
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
