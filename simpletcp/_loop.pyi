@@ -6,6 +6,7 @@ internal classes included: they exist at runtime, but cannot be created from Pyt
 """
 import queue
 import socket
+import ssl
 import sys
 from typing import Any, Callable, NoReturn, Optional, SupportsIndex, Tuple, Union, final
 
@@ -50,6 +51,8 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     def pending_bytes(self) -> int: ...
     @property
     def peer(self) -> Tuple[str, int]: ...
+    @property
+    def ssl_object(self) -> Optional[ssl.SSLObject]: ...
     # The server consumes the queue: these raise NotImplementedError.
     def get(self, *args: object, **kwargs: object) -> NoReturn: ...
     def get_nowait(self, *args: object, **kwargs: object) -> NoReturn: ...
@@ -62,6 +65,18 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
 @final
 class Timers:
     """Internal: every timed thing the loop waits for."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
+class TLSServer:
+    """Internal: the loop's TLS settings."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
+class TLSConnection:
+    """Internal: one connection's TLS session."""
 
     def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
 
@@ -117,6 +132,9 @@ class Loop:
         idle_timeout: float,
         proxy_header_parser: Optional[Callable[[bytes], Any]],
         proxy_header_timeout: float,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        ssl_handshake_timeout: float = 60.0,
+        ssl_shutdown_timeout: float = 30.0,
     ) -> None: ...
     @property
     def backend(self) -> str: ...

@@ -16,11 +16,15 @@ from includes.socket cimport *
 # scheduling and logging, and the loop finds connections by descriptor.
 cdef class Loop
 cdef class ActivityList
+# Connection holds its TLSConnection, which is declared after it (tls.pxd).
+cdef class TLSConnection
+cdef class TLSServer
 
 include "throttle.pxd"
 include "poller.pxd"
 include "outbuf.pxd"
 include "readbuf.pxd"
 include "connection.pxd"
+include "tls.pxd"
 include "timers.pxd"
 include "serverloop.pxd"

@@ -9,7 +9,9 @@ the whole hot path at once. ARCHITECTURE.md draws the house.
 
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
+from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport (EAGAIN, ECONNABORTED, ECONNRESET, EINTR,
@@ -74,5 +76,6 @@ include "outbuf.pyx"
 include "readbuf.pyx"
 include "sockets.pyx"
 include "connection.pyx"
+include "tls.pyx"
 include "timers.pyx"
 include "serverloop.pyx"

@@ -64,6 +64,7 @@ cdef class Loop:
     cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
     cdef LogThrottle proxy_log    # "no valid PROXY header"
     cdef object proxy_header_parser  # proxy_protocol: proxyprotocol.parse_header; else None
+    cdef TLSServer tls            # ssl=: the SSLContext and TLS timeouts (tls.pyx); else None
 
     cdef Timers timers            # every timed thing (timers.pyx)
     cdef double now               # monotonic time, read once per turn of the loop

@@ -415,7 +415,7 @@ poke_everything("ShutDown('x')", m.ShutDown("x"))
 finish()
 '''
 for internal in ("Connection", "ActivityList", "Poller", "EpollPoller", "PollPoller",
-                 "LogThrottle", "ReadBuffer", "Timers"):
+                 "LogThrottle", "ReadBuffer", "Timers", "TLSServer", "TLSConnection"):
     PROGRAMS[internal] = INTERNAL.format(name=internal)
 
 # The module's functions, with what a caller could pass.
