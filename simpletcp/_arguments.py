@@ -125,6 +125,21 @@ def check_ssl_context(context: object) -> Any:
     return context
 
 
+def check_client_ssl_context(context: object) -> Any:
+    """``context`` (ClientSocket's ``ssl``): a client-side ssl.SSLContext, or None."""
+    if context is None:
+        return None
+    import ssl
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext (or None), got "
+                        f"{type(context).__name__}")
+    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        raise ValueError("ssl must be a client-side context: ssl.create_default_context() "
+                         "(with load_verify_locations() for a private CA); this one is "
+                         "PROTOCOL_TLS_SERVER")
+    return context
+
+
 def check_mode(mode: object) -> str:
     """``mode``: a non-empty str that can be a host name; TypeError/ValueError naming it."""
     if not isinstance(mode, str):

@@ -92,6 +92,8 @@ SERVER_DOCUMENTED = {
     "reuse_port": lambda v, _: isinstance(v, bool),
     "proxy_protocol": lambda v, _: isinstance(v, bool),
     "proxy_header_timeout": lambda v, _: is_number(v) and 0 < v <= WEEK,
+    "ssl_handshake_timeout": lambda v, _: is_number(v) and 0 < v <= WEEK,
+    "ssl_shutdown_timeout": lambda v, _: is_number(v) and 0 < v <= WEEK,
 }
 # mode: a str can still fail to resolve (OSError) or be refused by IDNA (ValueError).
 GOOD_MODES = ["localhost", "public", "127.0.0.1", "::1"]
@@ -111,6 +113,8 @@ SERVER_VALID = {
     "reuse_port": st.booleans(),
     "proxy_protocol": st.booleans(),
     "proxy_header_timeout": st.sampled_from([1e-300, 5, WEEK]),
+    "ssl_handshake_timeout": st.sampled_from([1e-300, 60, WEEK]),
+    "ssl_shutdown_timeout": st.sampled_from([1e-300, 30, WEEK]),
 }
 
 

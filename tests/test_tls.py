@@ -75,6 +75,22 @@ def test_ten_megabytes_each_way_arrive_whole_and_in_order(serve, server_context,
         assert tls_exchange(client, payload, len(payload)) == payload
 
 
+def test_a_small_recv_bytes_gets_records_in_slices(serve, server_context, client_context):
+    # recv_bytes=7: the read buffer (7 × 128 bytes) is smaller than a TLS record, so a
+    # record is decrypted in several reads, each handed out in 7-byte slices.
+    sizes = []
+
+    def echo_and_measure(queue, data):
+        sizes.append(len(data))
+        queue.put(data)
+
+    payload = bytes(i % 247 for i in range(100_000))
+    server = serve(echo_and_measure, ssl=server_context, recv_bytes=7)
+    with connect_tls(server, client_context) as client:
+        assert tls_exchange(client, payload, len(payload)) == payload
+    assert max(sizes) == 7 and sum(sizes) == len(payload)
+
+
 def test_one_ten_megabyte_put_arrives_whole(serve, server_context, client_context):
     big = bytes(i % 249 for i in range(10 * 1024 * 1024))
 
@@ -156,6 +172,14 @@ def test_stop_sends_queued_replies_then_close_notify(serve, server_context, clie
         assert client.recv(100) == b""  # close_notify, not a ragged EOF
         stopper.join(TIMEOUT)
     assert not server.running
+
+
+def test_the_idle_timeout_closes_with_close_notify(serve, server_context, client_context):
+    server = serve(echo, ssl=server_context, idle_timeout=0.5)
+    with connect_tls(server, client_context, suppress_ragged_eofs=False) as client:
+        client.sendall(b"once")
+        assert recv_exactly(client, 4) == b"once"
+        assert client.recv(100) == b""  # after 0.5 s of nothing: close_notify, then EOF
 
 
 def test_a_tls_error_after_the_handshake_closes_with_tls_error_logged_as_warning(
