@@ -7,6 +7,10 @@ cdef enum:
     # put stays plaintext in the connection's output, where the high-water mark counts
     # it, so a 10 MB put is not held twice over.
     ENCRYPT_AHEAD = 262144
+    # The most plaintext one TLS record holds. Chunks smaller than this (a callback's
+    # recv_bytes-sized replies) are gathered into one SSLObject.write(): one record,
+    # not one per chunk, each with its own header, tag and call.
+    RECORD_SIZE = 16384
 
 
 cdef enum TLSPhase:
@@ -22,6 +26,7 @@ cdef class TLSServer:
     cdef object context           # the user's ssl.SSLContext, server side
     cdef double shutdown_timeout  # seconds a connection lingers after its close_notify
     cdef object plaintext_view    # a writable memoryview of the loop's ReadBuffer
+    cdef char *gathered           # RECORD_SIZE bytes: small chunks copied into one record
     cdef LogThrottle error_log    # "TLS handshake failed", "TLS error"
 
     cdef int attach(self, ReadBuffer buffer) except -1
@@ -43,6 +48,7 @@ cdef class TLSConnection:
     cdef int deliver(self, Connection connection) except -1
     cdef int flush(self, Connection connection) except -1
     cdef int encrypt(self, Connection connection) except -1
+    cdef Py_ssize_t encrypt_gathered(self, OutputBuffer *plain) except -1
     cdef int take_output(self) except -1
     cdef bint send_close_notify(self, Connection connection) except -1
     cdef int drop_unsent(self, Connection connection) except -1

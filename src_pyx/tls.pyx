@@ -32,12 +32,18 @@ cdef class TLSServer:
     def __init__(self, *args, **kwargs):
         internal_class(self)
 
+    def __dealloc__(self):
+        free(self.gathered)
+
     cdef int attach(self, ReadBuffer buffer) except -1:
         # SSLObject.read() decrypts into the loop's read buffer: the ciphertext there
         # has been copied into the incoming BIO already.
         self.plaintext_view = PyMemoryView_FromMemory(buffer.memory, buffer.capacity,
                                                       PyBUF_WRITE)
         self.error_log = LogThrottle.__new__(LogThrottle)
+        self.gathered = <char *>malloc(RECORD_SIZE)
+        if self.gathered == NULL:
+            raise MemoryError()
         return 0
 
     cdef TLSConnection wrap(self):
@@ -188,7 +194,8 @@ cdef class TLSConnection:
 
     cdef int encrypt(self, Connection connection) except -1:
         """Move plaintext from the connection's output to the ciphertext buffer, up to
-        ENCRYPT_AHEAD: whole chunks as they are, a larger one a slice at a time."""
+        ENCRYPT_AHEAD: a chunk of a record or more as it is (a larger one a slice at a
+        time), smaller ones gathered a record at a time."""
         cdef OutputBuffer *plain = &connection.output
         cdef Py_ssize_t budget = ENCRYPT_AHEAD - self.ciphertext.pending, size, offset
         cdef object chunk
@@ -197,6 +204,9 @@ cdef class TLSConnection:
                 chunk = <object>plain.chunks[plain.head]
                 offset = plain.offset
                 size = PyBytes_GET_SIZE(chunk) - offset
+                if size < RECORD_SIZE and plain.pending > size:
+                    budget -= self.encrypt_gathered(plain)
+                    continue
                 if size > budget:
                     size = budget
                 # Taken out of the output before OpenSSL sees it: SSLObject.write()
@@ -213,6 +223,23 @@ cdef class TLSConnection:
             self.take_output()
             return self.fail(connection, error)
         return self.take_output()
+
+    cdef Py_ssize_t encrypt_gathered(self, OutputBuffer *plain) except -1:
+        """Copy the first chunks of `plain`, up to a record, into one buffer and encrypt
+        that: how many bytes. (Taken out of the output first, as in encrypt.)"""
+        cdef char *gathered = self.server.gathered
+        cdef Py_ssize_t size = 0, take
+        cdef PyObject *chunk
+        while plain.pending and size < RECORD_SIZE:
+            chunk = plain.chunks[plain.head]
+            take = PyBytes_GET_SIZE(<object>chunk) - plain.offset
+            if take > RECORD_SIZE - size:
+                take = RECORD_SIZE - size
+            memcpy(gathered + size, PyBytes_AS_STRING(<object>chunk) + plain.offset, take)
+            outbuf_consume(plain, take)
+            size += take
+        self.ssl_object.write(PyMemoryView_FromMemory(gathered, size, PyBUF_READ))
+        return size
 
     cdef int take_output(self) except -1:
         """What the SSLObject wrote (handshake flights, records, alerts) joins the
