@@ -138,34 +138,57 @@ cdef class TLSConnection:
         return self.deliver(connection)
 
     cdef int deliver(self, Connection connection) except -1:
-        """Decrypt what the incoming BIO holds, one record at a time, and hand it to the
-        callback in recv_bytes slices. All of it, as a plain read's slices are, even
-        above the high-water mark: input left in the BIO would wait for a readiness
-        event that may never come (the poller watches the socket, not the BIO)."""
+        """Decrypt what the incoming BIO holds into the read buffer, record after record
+        until it is full, and hand that to the callback in recv_bytes slices, as a
+        plain read is handed out. All of it, even above the high-water mark: input left
+        in the BIO would wait for a readiness event that may never come (the poller
+        watches the socket, not the BIO)."""
         cdef ReadBuffer buffer = connection.loop.read_buffer
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, filled
+        cdef bint peer_closed, more
+        cdef object failure
         while connection.state == OPEN:
-            try:
-                n = self.ssl_object.read(buffer.capacity, self.server.plaintext_view)
-            except _SSLWantReadError:
-                break  # the rest of a record is still on its way
-            except _SSLZeroReturnError:
-                n = 0
-            except _SSLError as error:
+            filled = 0
+            peer_closed = more = False
+            failure = None
+            while filled < buffer.capacity:
+                try:
+                    n = self.ssl_object.read(
+                        buffer.capacity - filled,
+                        self.server.plaintext_view if filled == 0 else
+                        PyMemoryView_FromMemory(buffer.memory + filled,
+                                                buffer.capacity - filled, PyBUF_WRITE))
+                except _SSLWantReadError:
+                    break  # the rest of a record is still on its way
+                except _SSLZeroReturnError:
+                    n = 0
+                except _SSLError as error:
+                    failure = error
+                    break
+                if n == 0:
+                    # The peer's close_notify (SSLObject.read() returns nothing for it):
+                    # it has said all it will, and may still read what it is owed.
+                    peer_closed = True
+                    break
+                filled += n
+                # A read returns one record at most: the buffer full, the record may go
+                # on in the SSLObject; otherwise more is owed only if the BIO has more.
+                more = filled == buffer.capacity and self.ssl_object.pending()
+                if not more and not self.incoming.pending:
+                    break
+            if filled:
+                # What came before a close_notify or an error is the peer's all the same.
+                if filled <= buffer.slice_size:
+                    connection.call_callback(buffer.take(0, filled))
+                else:
+                    connection.hand_out_slices(filled)
+            if failure is not None:
                 self.take_output()
-                return self.fail(connection, error)
-            if n == 0:
-                # The peer's close_notify (SSLObject.read() returns nothing for it): it
-                # has said all it will, and may still read what it is owed.
+                return self.fail(connection, failure)
+            if peer_closed:
                 connection.begin_close(PEER_CLOSED)
                 break
-            if n <= buffer.slice_size:
-                connection.call_callback(buffer.take(0, n))
-            else:
-                connection.hand_out_slices(n)
-            # SSLObject.read() returns one record at most; less than the buffer holds
-            # means the record is done, and more is owed only if the BIO has more.
-            if (n < buffer.capacity or not self.ssl_object.pending()) and not self.incoming.pending:
+            if not (more or (filled == buffer.capacity and self.incoming.pending)):
                 break
         # A TLS 1.3 KeyUpdate asks for one in return; reading writes it.
         return self.take_output()

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -89,6 +90,26 @@ def test_a_small_recv_bytes_gets_records_in_slices(serve, server_context, client
     with connect_tls(server, client_context) as client:
         assert tls_exchange(client, payload, len(payload)) == payload
     assert max(sizes) == 7 and sum(sizes) == len(payload)
+
+
+def test_a_large_recv_bytes_gets_slices_across_records(serve, server_context, client_context):
+    # A record holds at most 16 KiB; a read of several is handed out in recv_bytes
+    # slices, as a plain read is, not record by record.
+    sizes = []
+
+    def slow_first(queue, data):
+        if not sizes:
+            time.sleep(0.3)  # the loop is busy: what follows piles up in the socket
+        sizes.append(len(data))
+        queue.put(data)
+
+    server = serve(slow_first, ssl=server_context, recv_bytes=65536)
+    payload = bytes(i % 241 for i in range(100_000))
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"first")
+        client.sendall(payload)
+        assert recv_exactly(client, 5 + len(payload)) == b"first" + payload
+    assert max(sizes) > 16384, sizes
 
 
 def test_one_ten_megabyte_put_arrives_whole(serve, server_context, client_context):
