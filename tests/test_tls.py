@@ -195,6 +195,24 @@ def test_stop_sends_queued_replies_then_close_notify(serve, server_context, clie
     assert not server.running
 
 
+def test_an_immediate_shutdown_mid_reply_resets_rather_than_close_notify(
+        serve, server_context, client_context):
+    hand_off = HandOff()
+    server = serve(hand_off, ssl=server_context)
+    with connect_tls(server, client_context, suppress_ragged_eofs=False) as client:
+        client.sendall(b"go")
+        queue = hand_off.first_queue()
+        queue.put(b"R" * (32 * 1024 * 1024))  # more than the sockets between us hold
+        assert recv_exactly(client, 100_000) == b"R" * 100_000  # part of it is out
+        queue.shutdown(immediate=True)
+        # The rest is dropped: a close_notify would let the client take the part for the
+        # whole reply (and could not authenticate after records it never got).
+        with pytest.raises((ConnectionResetError, ssl.SSLError)):
+            while client.recv(1 << 20):
+                pass
+        wait_for(lambda: "closed: reply cut" in repr(queue))
+
+
 def test_the_idle_timeout_closes_with_close_notify(serve, server_context, client_context):
     server = serve(echo, ssl=server_context, idle_timeout=0.5)
     with connect_tls(server, client_context, suppress_ragged_eofs=False) as client:

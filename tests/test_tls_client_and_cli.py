@@ -115,3 +115,19 @@ class server_at:
 
     def __init__(self, ip, port):
         self.ip, self.port = ip, port
+
+
+def test_cli_workers_each_serve_tls(tls_files, client_context, tmp_path):
+    # The context is made before the fork; each worker wraps its own connections.
+    (tmp_path / "pid_app.py").write_text(
+        "import os\n\ndef reply(queue, data):\n    queue.put(str(os.getpid()).encode())\n")
+    with ServingCLI("pid_app:reply", "--port", "0", "--workers", "2",
+                    "--certfile", str(tls_files["certfile"]),
+                    "--keyfile", str(tls_files["keyfile"]), cwd=tmp_path) as server:
+        lines = server.wait_for_log("started (pid", 2)
+        pids = {line.rsplit("(pid ", 1)[1].split(")")[0] for line in lines}
+        for _ in range(4):
+            with connect_tls(server_at("127.0.0.1", server.port), client_context) as client:
+                client.sendall(b"pid?")
+                assert client.recv(100).decode() in pids
+        assert server.stop(signal.SIGTERM) == 0
