@@ -9,9 +9,10 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from simpletcp import __version__
-from simpletcp import _listener
+from simpletcp import _listener, _tls
 from simpletcp.tcpserver import (BACKENDS, DEFAULT_GRACE_PERIOD, DEFAULT_HIGH_WATER,
-                                 DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RECV_BYTES, TCPServer)
+                                 DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RECV_BYTES,
+                                 DEFAULT_SSL_HANDSHAKE_TIMEOUT, TCPServer)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -91,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_PROXY_HEADER_TIMEOUT,
                         help="seconds a connection has to send its PROXY header "
                              f"(default: {DEFAULT_PROXY_HEADER_TIMEOUT:g})")
+    # gunicorn's names (the issue's); uvicorn's --ssl-* spellings work too.
+    parser.add_argument("--certfile", "--ssl-certfile", default=None, metavar="PEM",
+                        help="serve TLS: the server's certificate chain (PEM)")
+    parser.add_argument("--keyfile", "--ssl-keyfile", default=None, metavar="PEM",
+                        help="its private key (PEM; default: in --certfile)")
+    parser.add_argument("--ca-certs", "--ssl-ca-certs", default=None, metavar="PEM",
+                        help="CA certificates to verify client certificates with; a "
+                             "client may present one (see --require-client-cert)")
+    parser.add_argument("--require-client-cert", action="store_true",
+                        help="mutual TLS: refuse clients without a certificate that "
+                             "--ca-certs verifies")
+    parser.add_argument("--ssl-handshake-timeout", type=float,
+                        default=DEFAULT_SSL_HANDSHAKE_TIMEOUT,
+                        help="seconds a TLS handshake may take "
+                             f"(default: {DEFAULT_SSL_HANDSHAKE_TIMEOUT:g})")
     parser.add_argument("--recv-bytes", type=int, default=DEFAULT_RECV_BYTES,
                         help=f"most bytes handed to one callback (default: {DEFAULT_RECV_BYTES})")
     parser.add_argument("--backlog", type=int, default=None,
@@ -121,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: TCPServer arguments whose flag is not --the-same-name.
 FLAG_OF_ARGUMENT = {"maximum_connections": "--backlog", "read_callback": "MODULE:CALLABLE",
-                    "sock": "--fd"}
+                    "sock": "--fd", "ssl": "--certfile"}
 
 
 def _octal(text: str) -> int:
@@ -178,11 +194,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             except TargetError as exc:
                 parser.error(_naming_the_flag(f"{argument}: {exc}"))
 
+    if args.certfile is None:
+        for given, flag in ((args.keyfile, "--keyfile"), (args.ca_certs, "--ca-certs"),
+                            (args.require_client_cert, "--require-client-cert")):
+            if given:
+                parser.error(f"argument {flag}: needs --certfile (the server's certificate)")
+    if args.require_client_cert and args.ca_certs is None:
+        parser.error("argument --require-client-cert: needs --ca-certs, the CA "
+                     "certificates that client certificates are verified against")
     if args.fd is not None and (args.mode is not None or args.port is not None):
         parser.error("argument --fd: the socket is already bound: give --fd, or "
                      "--mode/--port, not both")
     try:
         sock = None
+        context = None
+        if args.certfile is not None:
+            context = _tls.server_context(args.certfile, args.keyfile, args.ca_certs,
+                                          args.require_client_cert)
         mode, port = args.mode, args.port
         if args.fd is not None:
             sock = listening_socket(args.fd)
@@ -199,6 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             unix_permissions=args.unix_permissions, proxy_protocol=args.proxy_protocol,
             proxy_header_timeout=args.proxy_header_timeout,
             on_connect=events["on_connect"], on_disconnect=events["on_disconnect"],
+            ssl=context, ssl_handshake_timeout=args.ssl_handshake_timeout,
         )
     except (TypeError, ValueError) as exc:
         parser.error(_naming_the_flag(str(exc)))

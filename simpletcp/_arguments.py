@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Literal, Optional, overload
+from typing import Any, Literal, Optional, overload
 
 #: The most bytes one read hands a callback (or one ClientSocket.send() returns): 64 MiB.
 #: A socket's receive buffer holds a few MiB at most, so a larger read buffer would be
@@ -102,6 +102,42 @@ def check_wait_seconds(value: object, name: str) -> Optional[float]:
         raise ValueError(f"{name} must be a non-negative number of seconds, "
                          f"got {shown(value)}")
     return None if value > threading.TIMEOUT_MAX else float(value)
+
+
+def check_ssl_context(context: object) -> Any:
+    """``context`` (TCPServer's ``ssl``): a server-side ssl.SSLContext, or None."""
+    if context is None:
+        return None
+    try:
+        import ssl
+    except ImportError:  # a Python built without OpenSSL
+        raise ValueError("ssl= needs Python's ssl module, which this Python lacks") from None
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext (or None), got "
+                        f"{type(context).__name__}")
+    if context.protocol == ssl.PROTOCOL_TLS_CLIENT or context.check_hostname:
+        # A client's context cannot serve: it checks a host name the server has none
+        # of, and asks for the certificate of the "server", which is the client here.
+        raise ValueError("ssl must be a server-side context: "
+                         "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) or "
+                         "ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), then load_cert_chain(); "
+                         "this one is for clients (PROTOCOL_TLS_CLIENT or check_hostname)")
+    return context
+
+
+def check_client_ssl_context(context: object) -> Any:
+    """``context`` (ClientSocket's ``ssl``): a client-side ssl.SSLContext, or None."""
+    if context is None:
+        return None
+    import ssl
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext (or None), got "
+                        f"{type(context).__name__}")
+    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        raise ValueError("ssl must be a client-side context: ssl.create_default_context() "
+                         "(with load_verify_locations() for a private CA); this one is "
+                         "PROTOCOL_TLS_SERVER")
+    return context
 
 
 def check_mode(mode: object) -> str:

@@ -7,6 +7,7 @@ internal classes included: they exist at runtime, but cannot be created from Pyt
 import enum
 import queue
 import socket
+import ssl
 import sys
 from typing import Any, Callable, List, NoReturn, Optional, SupportsIndex, Tuple, Union, final
 
@@ -41,6 +42,7 @@ class CloseReason(enum.IntEnum):
     SERVER_ABORTED = 12
     PROXY_HEADER_REJECTED = 13
     FRAMING_ERROR = 14
+    TLS_ERROR = 15
 
 @final
 class Connection:
@@ -76,6 +78,8 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     # queue.Queue's); tests/stubtest_allowlist.txt says so to stubtest.
     def __getattr__(self, name: str) -> Any: ...
     def __setattr__(self, name: str, value: Any) -> None: ...
+    @property
+    def ssl_object(self) -> Optional[ssl.SSLObject]: ...
     # The server consumes the queue: these raise NotImplementedError.
     def get(self, *args: object, **kwargs: object) -> NoReturn: ...
     def get_nowait(self, *args: object, **kwargs: object) -> NoReturn: ...
@@ -94,6 +98,18 @@ class Events:
 @final
 class Timers:
     """Internal: every timed thing the loop waits for."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
+class TLSServer:
+    """Internal: the loop's TLS settings."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
+
+@final
+class TLSConnection:
+    """Internal: one connection's TLS session."""
 
     def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
 
@@ -177,6 +193,9 @@ class Loop:
         on_connect_takes_ip: bool = False,
         on_disconnect: Optional[Callable[..., Any]] = None,
         on_disconnect_takes_ip: bool = False,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        ssl_handshake_timeout: float = 60.0,
+        ssl_shutdown_timeout: float = 30.0,
     ) -> None: ...
     @property
     def backend(self) -> str: ...

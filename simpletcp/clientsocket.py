@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import socket
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from simpletcp import _address, _arguments, _listener
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 #: Seconds a connect, send or receive may take before socket.timeout is raised.
 DEFAULT_TIMEOUT = 10.0
@@ -23,6 +26,10 @@ class ClientSocket:
     The original's attributes keep their meaning: ``connect_ip`` and ``connect_port``
     (where send() connects), ``closed`` (no connection is open) and ``used`` (send()
     has sent something).
+
+    ``ssl``: a client-side ``ssl.SSLContext`` (``ssl.create_default_context()``): every
+    connection is TLS, its certificate checked against ``server_hostname`` (default:
+    ``mode``, "localhost" for "localhost" and "public"; required with a 'unix:' mode).
     """
 
     def __init__(
@@ -32,6 +39,9 @@ class ClientSocket:
         recv_bytes: int = 2048,
         single_use: bool = True,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
+        *,
+        ssl: Optional[_ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
     ) -> None:
         self._unix_path = _listener.unix_path(mode)
         if self._unix_path is not None:
@@ -52,6 +62,24 @@ class ClientSocket:
         self.single_use = single_use
         self.timeout = _arguments.check_seconds(timeout, "timeout", allow_zero=False,
                                                 allow_none=True)
+        self.ssl = _arguments.check_client_ssl_context(ssl)
+        if server_hostname is not None:
+            if not isinstance(server_hostname, str):
+                raise TypeError(f"server_hostname must be a str, got "
+                                f"{type(server_hostname).__name__}")
+            if self.ssl is None:
+                raise ValueError("server_hostname applies to TLS: give ssl= too")
+        elif self.ssl is not None:
+            if self._unix_path is not None:
+                if self.ssl.check_hostname:
+                    raise ValueError("server_hostname is required with ssl= and a "
+                                     "'unix:' mode: the name the certificate is checked "
+                                     "against")
+            else:
+                # The name the user gave, which the certificate names (not the address
+                # it resolves to); the original's "public" means this host too.
+                server_hostname = "localhost" if mode in ("localhost", "public") else mode
+        self.server_hostname = server_hostname
         self.used = False
         self._socket: Optional[socket.socket] = None
         if not single_use:
@@ -83,6 +111,10 @@ class ClientSocket:
         sock.settimeout(self.timeout)
         try:
             sock.connect(sockaddr)
+            if self.ssl is not None:
+                # The handshake now, under the same timeout: a certificate that does not
+                # verify raises ssl.SSLCertVerificationError here.
+                sock = self.ssl.wrap_socket(sock, server_hostname=self.server_hostname)
         except BaseException:
             sock.close()
             raise

@@ -10,11 +10,14 @@ import logging
 import os
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
 
 from simpletcp import _arguments, _callback, _listener, _signals, framing as _framing, proxyprotocol
 from simpletcp._loop import BACKENDS, CloseReason, ConnectionQueue, Loop, ShutDown
 from simpletcp.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 __all__ = ["TCPServer", "ConnectionQueue", "CloseReason", "ShutDown", "BACKENDS"]
 
@@ -27,6 +30,10 @@ DEFAULT_HIGH_WATER = 1024 * 1024
 #: How long a connection may take to send its PROXY protocol header (proxy_protocol=True):
 #: a load balancer sends it with its first bytes, so only a stray client waits this long.
 DEFAULT_PROXY_HEADER_TIMEOUT = 5.0
+#: ssl=: how long a TLS handshake may take (asyncio's default), and how long a
+#: connection waits for the peer to close after its close_notify (asyncio's too).
+DEFAULT_SSL_HANDSHAKE_TIMEOUT = 60.0
+DEFAULT_SSL_SHUTDOWN_TIMEOUT = 30.0
 
 logger = logging.getLogger("simpletcp")
 
@@ -64,6 +71,10 @@ class TCPServer:
       opens, before any read_callback for it; what it puts is sent first.
     - ``on_disconnect(queue)`` or ``on_disconnect(ip, queue)``: called once when a
       connection that had on_connect closed; ``queue.close_reason`` says why.
+    - ``ssl``: a server-side ``ssl.SSLContext`` (with its certificate loaded): every
+      connection is TLS; the callback sees plaintext, and ``queue.ssl_object`` the
+      session. ``ssl_handshake_timeout`` (default 60 s) bounds the handshake,
+      ``ssl_shutdown_timeout`` (default 30 s) the wait for the peer's close after ours.
     """
 
     def __init__(
@@ -89,6 +100,9 @@ class TCPServer:
         framing: Optional[_framing.Framing] = None,
         on_connect: Optional[Callable[..., Any]] = None,
         on_disconnect: Optional[Callable[..., Any]] = None,
+        ssl: Optional[_ssl.SSLContext] = None,
+        ssl_handshake_timeout: float = DEFAULT_SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float = DEFAULT_SSL_SHUTDOWN_TIMEOUT,
     ) -> None:
         if read_callback is None:
             raise TypeError("read_callback is required: callback(queue, data) or "
@@ -150,6 +164,11 @@ class TCPServer:
         proxy_header_timeout = _arguments.check_seconds(
             proxy_header_timeout, "proxy_header_timeout", allow_zero=False, allow_none=False)
         framing = _framing.check_framing(framing)
+        ssl = _arguments.check_ssl_context(ssl)
+        ssl_handshake_timeout = _arguments.check_seconds(
+            ssl_handshake_timeout, "ssl_handshake_timeout", allow_zero=False, allow_none=False)
+        ssl_shutdown_timeout = _arguments.check_seconds(
+            ssl_shutdown_timeout, "ssl_shutdown_timeout", allow_zero=False, allow_none=False)
 
         self._unix_socket: Optional[Tuple[str, os.stat_result]] = None  # to remove on stop
         if sock is not None:
@@ -174,7 +193,8 @@ class TCPServer:
                     high_water, low_water, connection_limit or 0, idle_timeout or 0.0,
                     proxyprotocol.parse_header if proxy_protocol else None,
                     proxy_header_timeout, framing, on_connect, on_connect_takes_ip,
-                    on_disconnect, on_disconnect_takes_ip,
+                    on_disconnect, on_disconnect_takes_ip, ssl, ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
                 )
             else:
                 worker_keywords = dict(
@@ -182,7 +202,9 @@ class TCPServer:
                     low_water=low_water, connection_limit=connection_limit,
                     idle_timeout=idle_timeout, proxy_protocol=proxy_protocol,
                     proxy_header_timeout=proxy_header_timeout, framing=framing,
-                    on_connect=on_connect, on_disconnect=on_disconnect)
+                    on_connect=on_connect, on_disconnect=on_disconnect, ssl=ssl,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout)
 
                 def serve_worker() -> None:
                     # In the forked worker: this object (the worker's copy) answers for
@@ -223,6 +245,9 @@ class TCPServer:
         self.framing = framing
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
+        self.ssl = ssl
+        self.ssl_handshake_timeout = ssl_handshake_timeout
+        self.ssl_shutdown_timeout = ssl_shutdown_timeout
         # Guards _started and _stopped. Re-entrant: a signal handler that calls stop()
         # runs in the main thread, possibly while that thread is inside _claim() or stop().
         self._state = threading.RLock()

@@ -25,6 +25,9 @@ cdef enum:
 cdef enum ConnectionState:
     AWAITING_PROXY_HEADER  # proxy_protocol: reading the PROXY header; nothing reaches the
                      # callback and nothing is owed (read_proxy_header); then OPEN
+                     # (or AWAITING_TLS_HANDSHAKE with ssl=)
+    AWAITING_TLS_HANDSHAKE  # ssl=: the TLS handshake is under way; nothing reaches the
+                     # callback (TLSConnection.handshake); then OPEN
     OPEN             # the callback gets what arrives; its replies are sent
     DRAINING         # closing: what is queued is being sent; input is dropped
     AWAITING_WORKER  # stopping, all sent, but user code still holds the queue (Loop.check_awaiting_workers)
@@ -51,6 +54,7 @@ cdef enum CloseReason:
     PROXY_HEADER_REJECTED  # proxy_protocol: no valid PROXY header in time (reset)
     FRAMING_ERROR    # framing=: a message over max_length, a malformed length header,
                      # a custom framer that failed
+    TLS_ERROR        # ssl=: the handshake failed or timed out, or a TLS error (logged)
 
 
 @cython.final
@@ -87,6 +91,7 @@ cdef class Connection:
     cdef Connection newer
     cdef bytes proxy_header_pending  # AWAITING_PROXY_HEADER: the header's bytes so far
     cdef PartialMessage *partial  # framing=: the start of a message no read finished yet
+    cdef TLSConnection tls    # ssl=: its encryption (tls.pyx); None for a plain connection
 
     # The peer and the queue
     cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1
@@ -108,6 +113,7 @@ cdef class Connection:
     cdef inline int on_readable(self) except -1
     cdef inline int read_for_callback(self) except -1
     cdef int read_proxy_header(self) except -1
+    cdef inline int hand_out(self, Py_ssize_t n) except -1
     cdef int hand_out_slices(self, Py_ssize_t n) except -1
     cdef int call_callback(self, object data) except -1
     cdef int take_reply(self, object result, str callback=*) except -1
@@ -122,6 +128,8 @@ cdef class Connection:
     # Sending and settling
     cdef int send_and_settle(self) except -1
     cdef inline int flush(self) except -1
+    cdef inline int send_all(self, OutputBuffer *buffer) except -1
+    cdef inline Py_ssize_t owed(self) noexcept
     cdef inline void apply_backpressure(self)
     cdef inline int update_interest(self) except -1
     # Life (the diagram at the top of connection.pyx)
@@ -131,5 +139,6 @@ cdef class Connection:
     cdef int start_lingering(self) except -1
     cdef inline bint saw_eof(self) noexcept
     cdef int unacknowledged(self)
+    cdef inline double linger_limit(self) noexcept
     cdef void close(self, CloseReason reason)
     cdef void abort(self, CloseReason reason)

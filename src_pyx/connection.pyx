@@ -9,6 +9,9 @@
 # A connection's life (ConnectionState, changed only by become(); CloseReason says why):
 #
 #   (AWAITING_PROXY_HEADER ──header read──> OPEN, with proxy_protocol; read_proxy_header)
+#   (AWAITING_TLS_HANDSHAKE ──handshake done──> OPEN, with ssl=, after any PROXY header;
+#    TLSConnection.handshake in tls.pyx. A clean close sends TLS's close_notify before
+#    the lingering close; a TLS error (TLS_ERROR) sends OpenSSL's alert instead.)
 #
 #   OPEN ──close begins──> DRAINING ──all sent──> LINGERING ──peer's EOF / a bound──> CLOSED
 #                              │                ↑     (or CLOSED at once, see finish_close)
@@ -62,6 +65,9 @@ cdef class Connection:
             self.state = AWAITING_PROXY_HEADER
             self.proxy_header_pending = b""
             loop.timers.awaiting_proxy_header.append(self)
+        elif self.tls is not None:
+            self.state = AWAITING_TLS_HANDSHAKE  # OPEN once it is done (TLSConnection.handshake)
+            loop.timers.awaiting_tls_handshake.append(self)
         else:
             self.state = OPEN
             if loop.timers.idle_timeout:
@@ -163,6 +169,8 @@ cdef class Connection:
             return 0
         self.begin_close(QUEUE_SHUTDOWN)
         if immediate:
+            if self.tls is not None:
+                self.tls.drop_unsent(self)
             if self.output.offset:
                 # Part of a put is out and the rest is dropped: a graceful close would
                 # let the peer take that part for the whole (finish_close resets).
@@ -225,7 +233,12 @@ cdef class Connection:
 
     cdef inline int on_readable(self) except -1:
         if self.state == OPEN:
-            self.read_for_callback()
+            if self.tls is None:
+                self.read_for_callback()
+            else:
+                self.tls.read_for_callback(self)
+        elif self.state == AWAITING_TLS_HANDSHAKE:
+            self.tls.handshake(self, None)
         elif self.state == AWAITING_PROXY_HEADER:
             self.read_proxy_header()
         elif self.input_open:
@@ -263,8 +276,15 @@ cdef class Connection:
             if errno != EINTR:
                 return self.on_io_error(errno, "recv")
         self.mark_active(loop.now)
-        if loop.framer is not None:
-            return loop.framer.feed(self, buffer.memory, n)  # whole messages (framing.pyx)
+        return self.hand_out(n)
+
+    cdef inline int hand_out(self, Py_ssize_t n) except -1:
+        """The `n` bytes at the start of the read buffer (a plain read's, or what TLS
+        decrypted) to the callback: whole messages with framing= (framing.pyx), else
+        as they came, in recv_bytes slices."""
+        cdef ReadBuffer buffer = self.loop.read_buffer
+        if self.loop.framer is not None:
+            return self.loop.framer.feed(self, buffer.memory, n)
         if n <= buffer.slice_size:
             return self.call_callback(buffer.take(0, n))  # one piece: a small request
         return self.hand_out_slices(n)
@@ -311,6 +331,10 @@ cdef class Connection:
             return 0
         self.proxy_header_pending = None
         self.remember_proxied_peer(header)
+        if self.tls is not None:
+            # The header comes first, then the handshake (a balancer passing TLS through).
+            self.become(AWAITING_TLS_HANDSHAKE)
+            return self.tls.handshake(self, pending[header.length:])
         self.become(OPEN)
         cdef Py_ssize_t header_length = header.length
         if self.state != OPEN or len(pending) <= header_length:  # on_connect may close it
@@ -434,7 +458,7 @@ cdef class Connection:
             elif errno != EINTR:
                 return self.on_io_error(errno, "recv")
         if self.state == LINGERING and (
-                self.saw_eof() or loop.now - self.linger_started >= LINGER_MAX_MS / 1000.0):
+                self.saw_eof() or loop.now - self.linger_started >= self.linger_limit()):
             self.close(self.close_reason)
         return 0
 
@@ -474,7 +498,7 @@ cdef class Connection:
         cannot take the part it got for the whole reply. Otherwise the close is
         graceful (finish_close).
         """
-        if self.output.pending:
+        if self.owed():
             self.abort(IDLE_TIMEOUT)
             return 0
         self.begin_close(IDLE_TIMEOUT)
@@ -498,7 +522,7 @@ cdef class Connection:
         cdef int unacknowledged = self.unacknowledged()
         if (unacknowledged > 0
                 and (unacknowledged < self.linger_unacknowledged or not self.input_open)
-                and self.loop.now - self.linger_started < LINGER_MAX_MS / 1000.0):
+                and self.loop.now - self.linger_started < self.linger_limit()):
             self.linger_unacknowledged = unacknowledged
             self.mark_active(self.loop.now)  # it is still receiving what was sent
         else:
@@ -522,7 +546,7 @@ cdef class Connection:
             self.flush()
             if self.fd < 0:
                 return 0
-        if (self.state == DRAINING or self.state == AWAITING_WORKER) and not self.output.pending:
+        if (self.state == DRAINING or self.state == AWAITING_WORKER) and not self.owed():
             self.finish_close()
             if self.fd < 0:
                 return 0
@@ -530,10 +554,16 @@ cdef class Connection:
         return self.update_interest()
 
     cdef inline int flush(self) except -1:
+        if self.tls is not None:
+            return self.tls.flush(self)  # encrypts what was put, sends the ciphertext
+        return self.send_all(&self.output)
+
+    cdef inline int send_all(self, OutputBuffer *buffer) except -1:
+        """Send what `buffer` holds until it is empty or the socket is full."""
         cdef Py_ssize_t sent
         cdef int error
-        while self.output.pending:
-            sent = outbuf_send(&self.output, self.fd)
+        while buffer.pending:
+            sent = outbuf_send(buffer, self.fd)
             if sent < 0:
                 error = errno
                 if would_block(error):
@@ -544,6 +574,12 @@ cdef class Connection:
                 break
             self.mark_active(self.loop.now)
         return 0
+
+    cdef inline Py_ssize_t owed(self) noexcept:
+        """Bytes the peer is still owed: what was put and, with TLS, the ciphertext."""
+        if self.tls is None:
+            return self.output.pending
+        return self.output.pending + self.tls.ciphertext.pending
 
     cdef inline void apply_backpressure(self):
         # A peer that sends but does not read would otherwise grow its output buffer
@@ -565,7 +601,7 @@ cdef class Connection:
                     wanted = READABLE
             elif self.input_open:
                 wanted = READABLE  # to drop it, and to see the peer's EOF
-            if self.output.pending:
+            if self.owed():
                 wanted |= WRITABLE
         if wanted != self.interest:
             self.loop.poller.modify(self.fd, wanted)
@@ -577,8 +613,15 @@ cdef class Connection:
     cdef int become(self, ConnectionState state) except -1:
         """The one place the state changes, with what entering each state takes."""
         self.state = state
-        if state == OPEN:
-            # From AWAITING_PROXY_HEADER: the header timeout gives way to the idle one.
+        if state == AWAITING_TLS_HANDSHAKE:
+            # From AWAITING_PROXY_HEADER: the handshake's timeout starts now.
+            if self.listed_in is not None:
+                self.listed_in.unlink(self)
+            self.last_active = self.loop.now
+            self.loop.timers.awaiting_tls_handshake.append(self)
+        elif state == OPEN:
+            # From AWAITING_PROXY_HEADER or AWAITING_TLS_HANDSHAKE: their timeout gives
+            # way to the idle one.
             if self.listed_in is not None:
                 self.listed_in.unlink(self)
             if self.loop.timers.idle_timeout:
@@ -603,7 +646,8 @@ cdef class Connection:
 
     cdef void begin_close(self, CloseReason reason):
         """Stop serving the peer: send what is queued, then close (see finish_close)."""
-        if self.state == OPEN or self.state == AWAITING_PROXY_HEADER:
+        if (self.state == OPEN or self.state == AWAITING_PROXY_HEADER
+                or self.state == AWAITING_TLS_HANDSHAKE):
             self.close_reason = reason
             self.become(DRAINING)
 
@@ -621,6 +665,8 @@ cdef class Connection:
             if self.state != AWAITING_WORKER:
                 self.become(AWAITING_WORKER)
             return 0
+        if self.tls is not None and self.tls.send_close_notify(self):
+            return 0  # TLS's close_notify is on its way: the TCP close follows it
         if self.saw_eof():
             self.close(self.close_reason)  # nothing can arrive to cause a reset
             return 0
@@ -650,6 +696,13 @@ cdef class Connection:
             return 0
         return queued
 
+    cdef inline double linger_limit(self) noexcept:
+        """The longest this connection lingers: LINGER_MAX_MS, or with TLS
+        ssl_shutdown_timeout (the wait for the peer's close after our close_notify)."""
+        if self.tls is None:
+            return LINGER_MAX_MS / 1000.0
+        return self.tls.server.shutdown_timeout
+
     cdef void close(self, CloseReason reason):
         """Close now, for `reason`: the close's own (a graceful end passes the reason
         its close began for; a reset, a hang-up, the grace period's end say theirs)."""
@@ -660,6 +713,8 @@ cdef class Connection:
         self.close_reason = reason
         self.become(CLOSED)
         outbuf_clear(&self.output)
+        if self.tls is not None:
+            outbuf_clear(&self.tls.ciphertext)
         if self.listed_in is not None:
             self.listed_in.unlink(self)
         self.loop.remove(self, fd)
@@ -793,6 +848,13 @@ class ConnectionQueue(_queue.Queue):
         begun: why it is closing); None while it is open."""
         return close_reason_of(connection_of(self).close_reason)
 
+    @property
+    def ssl_object(self):
+        """The ssl.SSLObject of a TLS connection (ssl=): getpeercert(), version(),
+        cipher(), selected_alpn_protocol()...; None for a plain one."""
+        cdef TLSConnection tls = connection_of(self).tls
+        return None if tls is None else tls.ssl_object
+
     def _consumed_by_server(self, *args, **kwargs):
         raise NotImplementedError(
             "a connection queue is consumed by the server: only put(), put_nowait(), "
@@ -830,6 +892,8 @@ cdef str life_of(Connection connection):
 cdef str state_name(ConnectionState state):
     if state == AWAITING_PROXY_HEADER:
         return "awaiting PROXY header"
+    if state == AWAITING_TLS_HANDSHAKE:
+        return "awaiting TLS handshake"
     if state == OPEN:
         return "open"
     if state == DRAINING:
@@ -872,4 +936,6 @@ cdef str close_reason_name(CloseReason reason):
         return "PROXY header rejected"
     if reason == FRAMING_ERROR:
         return "framing error"
+    if reason == TLS_ERROR:
+        return "TLS error"
     return f"reason {<int>reason}"

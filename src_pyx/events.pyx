@@ -35,6 +35,7 @@ cdef object close_reason_enum = _enum.IntEnum(
         ("SERVER_ABORTED", SERVER_ABORTED),
         ("PROXY_HEADER_REJECTED", PROXY_HEADER_REJECTED),
         ("FRAMING_ERROR", FRAMING_ERROR),
+        ("TLS_ERROR", TLS_ERROR),
     ],
     module="simpletcp",
 )

@@ -19,6 +19,9 @@ cdef class Loop
 cdef class ActivityList
 # A connection keeps its unfinished message (framing.pxd), which framers fill.
 cdef class Connection
+# Connection holds its TLSConnection, which is declared after it (tls.pxd).
+cdef class TLSConnection
+cdef class TLSServer
 
 include "throttle.pxd"
 include "poller.pxd"
@@ -27,5 +30,6 @@ include "readbuf.pxd"
 include "framing.pxd"
 include "connection.pxd"
 include "events.pxd"
+include "tls.pxd"
 include "timers.pxd"
 include "serverloop.pxd"

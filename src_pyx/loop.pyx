@@ -10,8 +10,10 @@ the whole hot path at once. ARCHITECTURE.md draws the house.
 from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
+from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.dict cimport PyDict_Keys
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
@@ -80,5 +82,6 @@ include "sockets.pyx"
 include "framing.pyx"
 include "connection.pyx"
 include "events.pyx"
+include "tls.pyx"
 include "timers.pyx"
 include "serverloop.pyx"

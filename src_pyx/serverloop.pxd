@@ -67,6 +67,7 @@ cdef class Loop:
     cdef object proxy_header_parser  # proxy_protocol: proxyprotocol.parse_header; else None
     cdef Events events            # on_connect, on_disconnect, the open connections (events.pyx)
     cdef MessageFramer framer     # framing=: cuts input into messages (framing.pyx); else None
+    cdef TLSServer tls            # ssl=: the SSLContext and TLS timeouts (tls.pyx); else None
 
     cdef Timers timers            # every timed thing (timers.pyx)
     cdef double now               # monotonic time, read once per turn of the loop

@@ -52,7 +52,8 @@ cdef class Loop:
                  Py_ssize_t low_water, Py_ssize_t connection_limit, double idle_timeout,
                  proxy_header_parser, double proxy_header_timeout, framing=None,
                  on_connect=None, bint on_connect_takes_ip=False, on_disconnect=None,
-                 bint on_disconnect_takes_ip=False):
+                 bint on_disconnect_takes_ip=False, ssl_context=None,
+                 double ssl_handshake_timeout=60.0, double ssl_shutdown_timeout=30.0):
         # TCPServer owns the arguments: their defaults and checks are there. What is
         # checked here is what memory safety needs (a socket to take a descriptor from,
         # a read buffer of at least one byte).
@@ -102,6 +103,15 @@ cdef class Loop:
         self.read_buffer = ReadBuffer.__new__(ReadBuffer)
         self.read_buffer.allocate(recv_bytes)
         self.framer = compile_framing(framing)
+        if ssl_context is not None:
+            if _SSLContext is None or not isinstance(ssl_context, _SSLContext):
+                raise TypeError(f"ssl_context must be an ssl.SSLContext, got "
+                                f"{type(ssl_context).__name__}")
+            self.tls = TLSServer.__new__(TLSServer)
+            self.tls.context = ssl_context
+            self.tls.shutdown_timeout = ssl_shutdown_timeout
+            self.tls.attach(self.read_buffer)
+            self.timers.tls_handshake_timeout = ssl_handshake_timeout
         # Last: a poller means a whole loop (check_initialized).
         self.poller = make_poller(backend)
         self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
@@ -241,6 +251,10 @@ cdef class Loop:
                 self.begin_stop()
             if self.scheduled_connections:
                 self.serve_scheduled()
+                # Serving may have let other threads run (TLS releases the GIL in
+                # OpenSSL, a logging handler may block): a stop() or put() of theirs
+                # found the loop not `sleeping` and did not wake it. Look again.
+                continue
             if self.events.unannounced:
                 # on_disconnect, outside the loop's own work; what it did (stop(), puts
                 # to other connections, their shutdown()) is served from the top.
@@ -371,6 +385,8 @@ cdef class Loop:
         try:
             connection = Connection.__new__(Connection)
             connection.remember_peer(address, self.callback_takes_ip)
+            if self.tls is not None:
+                connection.tls = self.tls.wrap()  # its SSLObject (OpenSSL may be short of memory)
             self.reserve_slot(fd)
             self.poller.register(fd, READABLE)
         except Exception as error:
@@ -533,6 +549,9 @@ cdef class Loop:
         while timers.proxy_header_late(self.now):
             self.reject_proxy_header(timers.awaiting_proxy_header.oldest,
                                      f"no PROXY header within {timers.proxy_header_timeout:g} s")
+        while timers.tls_handshake_late(self.now):
+            connection = timers.awaiting_tls_handshake.oldest
+            connection.tls.reject_late_handshake(connection)
         while timers.linger_quiet(self.now):
             connection = timers.lingering.oldest
             try:
@@ -560,7 +579,7 @@ cdef class Loop:
         cdef list waiting = []
         cdef Connection connection
         for connection in self.awaiting_workers:
-            if connection.state == AWAITING_WORKER and not connection.output.pending:
+            if connection.state == AWAITING_WORKER and not connection.owed():
                 self.handle(connection, WRITABLE)  # closes or lingers once let go of
             if connection.state == AWAITING_WORKER:
                 waiting.append(connection)  # a late reply is going out, or may yet come
@@ -633,7 +652,7 @@ cdef class Loop:
         for fd in range(self.connections_capacity):
             if self.connections[fd] != NULL:
                 connection = <Connection>self.connections[fd]
-                if connection.output.pending:
+                if connection.owed():
                     connection.abort(reason)
                 else:
                     connection.close(reason)

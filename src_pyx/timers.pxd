@@ -31,6 +31,10 @@ cdef class Timers:
     # partial header does not touch them: trickling does not extend the deadline).
     cdef ActivityList awaiting_proxy_header
     cdef double proxy_header_timeout  # seconds
+    # ssl=: connections whose TLS handshake is not done, by accept time (or the end of
+    # their PROXY header); a flight the server sends (mark_active) restarts their time.
+    cdef ActivityList awaiting_tls_handshake
+    cdef double tls_handshake_timeout  # seconds
 
     cdef inline void start(self, TimerKind kind, double at) noexcept
     cdef inline void cancel(self, TimerKind kind) noexcept
@@ -39,4 +43,5 @@ cdef class Timers:
     cdef inline bint idle_expired(self, double now) noexcept
     cdef inline bint linger_quiet(self, double now) noexcept
     cdef inline bint proxy_header_late(self, double now) noexcept
+    cdef inline bint tls_handshake_late(self, double now) noexcept
     cdef double next_deadline(self) noexcept

@@ -54,6 +54,7 @@ cdef class Timers:
         self.idle = ActivityList.__new__(ActivityList)
         self.lingering = ActivityList.__new__(ActivityList)
         self.awaiting_proxy_header = ActivityList.__new__(ActivityList)
+        self.awaiting_tls_handshake = ActivityList.__new__(ActivityList)
 
     cdef inline void start(self, TimerKind kind, double at) noexcept:
         self.deadline[<int>kind] = at
@@ -88,6 +89,13 @@ cdef class Timers:
                 and self.awaiting_proxy_header.oldest.last_active
                 + self.proxy_header_timeout <= now)
 
+    cdef inline bint tls_handshake_late(self, double now) noexcept:
+        """Whether the connection waiting longest for its TLS handshake to be done has
+        had tls_handshake_timeout."""
+        return (self.awaiting_tls_handshake.oldest is not None
+                and self.awaiting_tls_handshake.oldest.last_active
+                + self.tls_handshake_timeout <= now)
+
     cdef double next_deadline(self) noexcept:
         """The earliest deadline of all; 0 if none is set."""
         cdef double earliest = 0, at
@@ -106,6 +114,10 @@ cdef class Timers:
                 earliest = at
         if self.awaiting_proxy_header.oldest is not None:
             at = self.awaiting_proxy_header.oldest.last_active + self.proxy_header_timeout
+            if earliest == 0 or at < earliest:
+                earliest = at
+        if self.awaiting_tls_handshake.oldest is not None:
+            at = self.awaiting_tls_handshake.oldest.last_active + self.tls_handshake_timeout
             if earliest == 0 or at < earliest:
                 earliest = at
         return earliest

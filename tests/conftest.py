@@ -2,6 +2,7 @@
 one runs once on each poller backend), the benchmark suite's C programs."""
 import pathlib
 import shutil
+import ssl
 import subprocess
 
 import pytest
@@ -122,3 +123,54 @@ def netcat():
 def redis_py():
     """The redis Python client (redis-py), from the test extra."""
     return pytest.importorskip("redis", reason="needs the redis package: pip install '.[test]'")
+
+
+# ------------------------------------------------------------------------------------ TLS
+# Certificates made for the session by trustme (a test CA, nothing committed): the
+# server's for localhost/127.0.0.1/::1, and a client certificate for mutual TLS.
+
+@pytest.fixture(scope="session")
+def tls_ca():
+    trustme = pytest.importorskip("trustme", reason="needs trustme: pip install '.[test]'")
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def tls_server_certificate(tls_ca):
+    return tls_ca.issue_cert("localhost", "127.0.0.1", "::1")
+
+
+@pytest.fixture
+def server_context(tls_server_certificate):
+    """A server-side ssl.SSLContext with the test CA's certificate for localhost."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_server_certificate.configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def client_context(tls_ca):
+    """A client-side ssl.SSLContext that trusts the test CA (and checks the host name)."""
+    context = ssl.create_default_context()
+    tls_ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture(scope="session")
+def tls_files(tls_ca, tls_server_certificate, tmp_path_factory):
+    """The test CA's certificate and the server's key and chain as PEM files, for
+    programs (openssl s_client, the CLI): a dict of paths."""
+    directory = tmp_path_factory.mktemp("tls")
+    files = {"ca": directory / "ca.pem", "certfile": directory / "server.pem",
+             "keyfile": directory / "server.key"}
+    tls_ca.cert_pem.write_to_path(str(files["ca"]))
+    tls_server_certificate.private_key_pem.write_to_path(str(files["keyfile"]))
+    for blob in tls_server_certificate.cert_chain_pems:
+        blob.write_to_path(str(files["certfile"]), append=True)
+    return files
+
+
+@pytest.fixture(scope="session")
+def openssl():
+    """Debian's openssl program (s_client)."""
+    return installed_program("openssl", "openssl")

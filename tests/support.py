@@ -564,3 +564,73 @@ def proxy_v2(source=("192.0.2.7", 51000), destination=("198.51.100.1", 443), com
 def proxy_tlv(kind: int, value: bytes) -> bytes:
     """One v2 TLV (type, 16-bit length, value)."""
     return bytes([kind]) + struct.pack("!H", len(value)) + value
+
+
+def connect_tls(server: TCPServer, context, server_hostname: str = "localhost",
+                timeout: float = TIMEOUT, **wrap_keywords) -> socket.socket:
+    """A TLS client of ``server``: connected, handshake done (ssl.SSLSocket)."""
+    raw = socket.create_connection((server.ip, server.port), timeout=timeout)
+    try:
+        return context.wrap_socket(raw, server_hostname=server_hostname, **wrap_keywords)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _tls_retry_errors():
+    import ssl
+    return (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def tls_send_until_stuck(sock: socket.socket, payload: bytes, quiet: float = 0.5) -> int:
+    """Send ``payload`` over TLS without reading, until the server has taken nothing for
+    ``quiet`` seconds: how many bytes went. One thread drives the SSLSocket (OpenSSL's
+    objects must not be used from two threads at once)."""
+    sent = 0
+    sock.setblocking(False)
+    try:
+        last_progress = time.monotonic()
+        while sent < len(payload) and time.monotonic() - last_progress < quiet:
+            select.select([], [sock], [], quiet)
+            try:
+                sent += sock.send(payload[sent:sent + 65536])
+                last_progress = time.monotonic()
+            except _tls_retry_errors():
+                time.sleep(0.01)
+    finally:
+        sock.settimeout(TIMEOUT)
+    return sent
+
+
+def tls_exchange(sock: socket.socket, payload: bytes, expected: int,
+                 timeout: float = 60.0) -> bytes:
+    """Send ``payload`` over TLS while reading, from one thread, until ``expected``
+    bytes have come back (or EOFError): the reply."""
+    sent = 0
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    sock.setblocking(False)
+    try:
+        while len(received) < expected:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(received)} of {expected} bytes in {timeout} s "
+                                     f"({sent} of {len(payload)} sent)")
+            writing = [sock] if sent < len(payload) else []
+            if not sock.pending():
+                select.select([sock], writing, [], 0.2)
+            if writing:
+                try:
+                    sent += sock.send(payload[sent:sent + 65536])
+                except _tls_retry_errors():
+                    pass
+            try:
+                while len(received) < expected:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        raise EOFError(f"closed after {len(received)} of {expected} bytes")
+                    received += chunk
+            except _tls_retry_errors():
+                pass
+    finally:
+        sock.settimeout(TIMEOUT)
+    return bytes(received)

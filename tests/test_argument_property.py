@@ -113,6 +113,8 @@ SERVER_DOCUMENTED = {
     "on_connect": lambda v, _: any(v is good for good in GOOD_EVENTS),
     "on_disconnect": lambda v, _: any(v is good for good in GOOD_EVENTS),
     "framing": lambda v, _: v is None or isinstance(v, FRAMERS),
+    "ssl_handshake_timeout": lambda v, _: is_number(v) and 0 < v <= WEEK,
+    "ssl_shutdown_timeout": lambda v, _: is_number(v) and 0 < v <= WEEK,
 }
 # mode: a str can still fail to resolve (OSError) or be refused by IDNA (ValueError).
 GOOD_MODES = ["localhost", "public", "127.0.0.1", "::1"]
@@ -137,6 +139,8 @@ SERVER_VALID = {
     "framing": st.sampled_from([None, Lines(), Lines(b"\r\n", 1, keep_delimiter=True),
                                 LengthPrefixed(8, "little", True, 2**32), FixedSize(1),
                                 WholeReads()]),
+    "ssl_handshake_timeout": st.sampled_from([1e-300, 60, WEEK]),
+    "ssl_shutdown_timeout": st.sampled_from([1e-300, 30, WEEK]),
 }
 
 

@@ -406,7 +406,7 @@ def test_close_reason_is_importable_and_mirrors_the_loop():
         "PEER_CLOSED", "QUEUE_SHUTDOWN", "CALLBACK_FAILED", "SERVER_STOPPING",
         "IDLE_TIMEOUT", "REPLY_CUT", "PEER_RESET", "IO_ERROR", "HUNG_UP", "LOOP_ERROR",
         "GRACE_EXPIRED", "SERVER_ABORTED", "PROXY_HEADER_REJECTED",
-        "FRAMING_ERROR"]
+        "FRAMING_ERROR", "TLS_ERROR"]
     import pickle
     assert pickle.loads(pickle.dumps(CloseReason.IDLE_TIMEOUT)) is CloseReason.IDLE_TIMEOUT
 

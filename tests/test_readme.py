@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -153,7 +154,7 @@ class Shell:
                                       stdin=subprocess.DEVNULL, stdout=output,
                                       stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_until_it_answers(server, port, log)
+            wait_until_it_answers(server, port, log, tls="--certfile" in command[-1])
             yield
             os.killpg(server.pid, signal.SIGINT)  # Ctrl-C
             status = server.wait(timeout=60)
@@ -168,14 +169,23 @@ def tail(log, lines=40):
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_until_it_answers(server, port, log):
+def wait_until_it_answers(server, port, log, tls=False):
+    """Until the server answers "ping" on ``port``: over TLS (any certificate) if ``tls``,
+    as a server started with --certfile only speaks TLS."""
     deadline = time.monotonic() + SERVER_START_TIMEOUT
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     while time.monotonic() < deadline:
         if server.poll() is not None:
             pytest.fail(f"exited {server.returncode} before answering on port {port}:\n"
                         f"{tail(log)}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            with contextlib.ExitStack() as stack:
+                client = stack.enter_context(
+                    socket.create_connection(("127.0.0.1", port), timeout=10))
+                if tls:
+                    client = stack.enter_context(context.wrap_socket(client))
                 client.sendall(b"ping\n")
                 if client.recv(100):
                     return

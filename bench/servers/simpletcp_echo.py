@@ -6,6 +6,7 @@ import argparse
 import time
 
 from simpletcp.tcpserver import TCPServer
+from tls_context import add_tls_arguments, server_context
 
 
 def echo(queue, data):
@@ -34,11 +35,13 @@ def main():
                         help="worker processes (bench/workers.py compares 1 and 2)")
     parser.add_argument("--work-us", type=float, default=0,
                         help="CPU microseconds the callback spends per message first")
+    add_tls_arguments(parser)
     args = parser.parse_args()
 
     callback = working_echo(args.work_us / 1e6) if args.work_us else echo
     server = TCPServer("localhost", args.port, callback, maximum_connections=args.backlog,
-                       recv_bytes=args.recv_bytes, backend=args.backend, workers=args.workers)
+                       recv_bytes=args.recv_bytes, backend=args.backend, workers=args.workers,
+                       ssl=server_context(args))
     print(server.port, flush=True)
     server.run()
 

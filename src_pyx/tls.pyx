@@ -1,0 +1,339 @@
+# TLS: a connection's encryption, by the standard library's ssl module.
+#
+# Each connection gets an ssl.SSLObject over two ssl.MemoryBIOs (SSLContext.wrap_bio,
+# server side), so the loop keeps its own non-blocking socket and OpenSSL never touches
+# it: recv() lands in the loop's ReadBuffer as for a plain connection and is written to
+# the incoming BIO; SSLObject.read() decrypts into that same buffer, and the callback
+# gets its slices exactly as it gets a plain read's. What the user puts stays plaintext
+# in the connection's OutputBuffer (where backpressure counts it) until flush() encrypts
+# it, at most ENCRYPT_AHEAD at a time, into this room's ciphertext buffer, which is
+# what the socket sends. Only the loop's thread calls the SSLObject: OpenSSL's objects
+# are not safe to share between threads, and put() from any thread only queues plaintext.
+# Its calls release the GIL, so other threads run in them: whatever the loop had read
+# of the connection's output before one must be read again after it (encrypt).
+#
+# The connection's life (connection.pyx) gains one state, AWAITING_TLS_HANDSHAKE, after
+# accept (or after the PROXY header): nothing reaches the callback before the handshake
+# is done, and Timers bounds how long it may take. A clean close writes close_notify
+# before the lingering close shuts the TCP side; a TLS error (TLS_ERROR) sends OpenSSL's
+# alert and closes without one.
+
+try:
+    from ssl import (MemoryBIO as _MemoryBIO, SSLContext as _SSLContext, SSLError as _SSLError,
+                     SSLWantReadError as _SSLWantReadError,
+                     SSLZeroReturnError as _SSLZeroReturnError)
+except ImportError:  # a Python built without OpenSSL: TCPServer refuses ssl= there
+    _MemoryBIO = _SSLContext = _SSLError = _SSLWantReadError = _SSLZeroReturnError = None
+
+
+cdef class TLSServer:
+    """The loop's TLS settings: the user's SSLContext and what every connection shares."""
+
+    def __init__(self, *args, **kwargs):
+        internal_class(self)
+
+    def __dealloc__(self):
+        free(self.gathered)
+
+    cdef int attach(self, ReadBuffer buffer) except -1:
+        # SSLObject.read() decrypts into the loop's read buffer: the ciphertext there
+        # has been copied into the incoming BIO already.
+        self.plaintext_view = PyMemoryView_FromMemory(buffer.memory, buffer.capacity,
+                                                      PyBUF_WRITE)
+        self.error_log = LogThrottle.__new__(LogThrottle)
+        self.gathered = <char *>malloc(RECORD_SIZE)
+        if self.gathered == NULL:
+            raise MemoryError()
+        return 0
+
+    cdef TLSConnection wrap(self):
+        cdef TLSConnection tls = TLSConnection.__new__(TLSConnection)
+        tls.server = self
+        tls.incoming = _MemoryBIO()
+        tls.outgoing = _MemoryBIO()
+        tls.ssl_object = self.context.wrap_bio(tls.incoming, tls.outgoing, server_side=True)
+        tls.phase = TLS_HANDSHAKING
+        return tls
+
+
+cdef class TLSConnection:
+    """One connection's TLS: its SSLObject, its BIOs and the ciphertext it owes."""
+
+    def __init__(self, *args, **kwargs):
+        internal_class(self)
+
+    def __dealloc__(self):
+        outbuf_clear(&self.ciphertext)
+
+    # ---- reading ----------------------------------------------------------------------
+
+    cdef ssize_t receive(self, Connection connection) except -2:
+        """One recv() of ciphertext, written to the incoming BIO: how many bytes, 0 at
+        the peer's EOF, -1 if none (would block, or an error the connection handled)."""
+        cdef ReadBuffer buffer = connection.loop.read_buffer
+        cdef ssize_t n
+        while True:
+            n = recv(connection.fd, buffer.memory, buffer.capacity, 0)
+            if n > 0:
+                self.incoming.write(PyMemoryView_FromMemory(buffer.memory, n, PyBUF_READ))
+                return n
+            if n == 0:
+                return 0
+            if would_block(errno):
+                return -1
+            if errno != EINTR:
+                connection.on_io_error(errno, "recv")
+                return -1
+
+    cdef int handshake(self, Connection connection, bytes early) except -1:
+        """AWAITING_TLS_HANDSHAKE: take the next flight of the handshake (what recv()
+        gives, or `early`, what followed a PROXY header) and answer it; once it is
+        done the connection is OPEN and what came with the last flight goes to the
+        callback."""
+        cdef ssize_t n
+        if early is None:
+            n = self.receive(connection)
+            if n == 0:
+                # Gone before the handshake was done: nothing was owed to it.
+                self.phase = TLS_FAILED
+                connection.loop.log(logging.DEBUG, "connection %s closed during the TLS "
+                                    "handshake", (connection.describe(),))
+                connection.close(PEER_CLOSED)
+                return 0
+            if n < 0:
+                return 0
+        elif early:
+            self.incoming.write(early)
+        try:
+            self.ssl_object.do_handshake()
+        except _SSLWantReadError:
+            return self.take_output()
+        except Exception as error:
+            # SSLError (not TLS, a bad certificate, no shared protocol...), or what the
+            # context's sni_callback raised: OpenSSL's alert goes out, then the close.
+            self.take_output()
+            return self.fail(connection, error)
+        self.take_output()
+        self.phase = TLS_ESTABLISHED
+        connection.become(OPEN)
+        if self.incoming.pending:
+            return self.deliver(connection)
+        return 0
+
+    cdef int read_for_callback(self, Connection connection) except -1:
+        """OPEN: as Connection.read_for_callback, through the SSLObject."""
+        cdef ssize_t n
+        if connection.paused:
+            return 0
+        n = self.receive(connection)
+        if n == 0:
+            # A TCP EOF without close_notify: what was sent before it is served all the
+            # same (HTTP/1.1 clients do this), and the close is the peer's.
+            connection.input_open = False
+            connection.begin_close(PEER_CLOSED)
+            return 0
+        if n < 0:
+            return 0
+        connection.mark_active(connection.loop.now)
+        return self.deliver(connection)
+
+    cdef int deliver(self, Connection connection) except -1:
+        """Decrypt what the incoming BIO holds into the read buffer, record after record
+        until it is full, and hand that to the callback in recv_bytes slices, as a
+        plain read is handed out. All of it, even above the high-water mark: input left
+        in the BIO would wait for a readiness event that may never come (the poller
+        watches the socket, not the BIO)."""
+        cdef ReadBuffer buffer = connection.loop.read_buffer
+        cdef Py_ssize_t n, filled
+        cdef bint peer_closed, more
+        cdef object failure
+        while connection.state == OPEN:
+            filled = 0
+            peer_closed = more = False
+            failure = None
+            while filled < buffer.capacity:
+                try:
+                    n = self.ssl_object.read(
+                        buffer.capacity - filled,
+                        self.server.plaintext_view if filled == 0 else
+                        PyMemoryView_FromMemory(buffer.memory + filled,
+                                                buffer.capacity - filled, PyBUF_WRITE))
+                except _SSLWantReadError:
+                    break  # the rest of a record is still on its way
+                except _SSLZeroReturnError:
+                    n = 0
+                except _SSLError as error:
+                    failure = error
+                    break
+                if n == 0:
+                    # The peer's close_notify (SSLObject.read() returns nothing for it):
+                    # it has said all it will, and may still read what it is owed.
+                    peer_closed = True
+                    break
+                filled += n
+                # A read returns one record at most: the buffer full, the record may go
+                # on in the SSLObject; otherwise more is owed only if the BIO has more.
+                more = filled == buffer.capacity and self.ssl_object.pending()
+                if not more and not self.incoming.pending:
+                    break
+            if filled:
+                # What came before a close_notify or an error is the peer's all the same.
+                connection.hand_out(filled)
+            if failure is not None:
+                self.take_output()
+                return self.fail(connection, failure)
+            if peer_closed:
+                connection.begin_close(PEER_CLOSED)
+                break
+            if not (more or (filled == buffer.capacity and self.incoming.pending)):
+                break
+        # A TLS 1.3 KeyUpdate asks for one in return; reading writes it.
+        return self.take_output()
+
+    # ---- writing ------------------------------------------------------------------------
+
+    cdef int flush(self, Connection connection) except -1:
+        """Connection.flush: encrypt what the user put, ENCRYPT_AHEAD at a time, and
+        send the ciphertext until the socket is full or nothing is left."""
+        if self.phase != TLS_ESTABLISHED and connection.output.pending:
+            # Put after close_notify or a TLS error (a worker's late reply while
+            # stopping): it can no longer be encrypted, and would be owed for ever.
+            connection.loop.log(logging.DEBUG, "connection %s: %d bytes put after its TLS "
+                                "session ended were dropped",
+                                (connection.describe(), connection.output.pending))
+            outbuf_clear(&connection.output)
+        while connection.fd >= 0:
+            if connection.output.pending and self.ciphertext.pending < ENCRYPT_AHEAD:
+                self.encrypt(connection)
+            if not self.ciphertext.pending:
+                return 0
+            connection.send_all(&self.ciphertext)
+            if self.ciphertext.pending:
+                return 0  # the socket is full (or the connection closed, or backs off)
+        return 0
+
+    cdef int encrypt(self, Connection connection) except -1:
+        """Move plaintext from the connection's output to the ciphertext buffer, up to
+        ENCRYPT_AHEAD: a chunk of a record or more as it is (a larger one a slice at a
+        time), smaller ones gathered a record at a time."""
+        cdef OutputBuffer *plain = &connection.output
+        cdef Py_ssize_t budget = ENCRYPT_AHEAD - self.ciphertext.pending, size, offset
+        cdef object chunk
+        try:
+            while plain.pending and budget > 0:
+                chunk = <object>plain.chunks[plain.head]
+                offset = plain.offset
+                size = PyBytes_GET_SIZE(chunk) - offset
+                if size < RECORD_SIZE and plain.pending > size:
+                    budget -= self.encrypt_gathered(plain)
+                    continue
+                if size > budget:
+                    size = budget
+                # Taken out of the output before OpenSSL sees it: SSLObject.write()
+                # releases the GIL, and a put() or shutdown(immediate=True) from another
+                # thread may change the output meanwhile. `chunk` keeps its bytes alive.
+                outbuf_consume(plain, size)
+                if offset == 0 and size == PyBytes_GET_SIZE(chunk):
+                    self.ssl_object.write(chunk)
+                else:
+                    self.ssl_object.write(PyMemoryView_FromMemory(
+                        PyBytes_AS_STRING(chunk) + offset, size, PyBUF_READ))
+                budget -= size
+        except _SSLError as error:
+            self.take_output()
+            return self.fail(connection, error)
+        return self.take_output()
+
+    cdef Py_ssize_t encrypt_gathered(self, OutputBuffer *plain) except -1:
+        """Copy the first chunks of `plain`, up to a record, into one buffer and encrypt
+        that: how many bytes. (Taken out of the output first, as in encrypt.)"""
+        cdef char *gathered = self.server.gathered
+        cdef Py_ssize_t size = 0, take
+        cdef PyObject *chunk
+        while plain.pending and size < RECORD_SIZE:
+            chunk = plain.chunks[plain.head]
+            take = PyBytes_GET_SIZE(<object>chunk) - plain.offset
+            if take > RECORD_SIZE - size:
+                take = RECORD_SIZE - size
+            memcpy(gathered + size, PyBytes_AS_STRING(<object>chunk) + plain.offset, take)
+            outbuf_consume(plain, take)
+            size += take
+        self.ssl_object.write(PyMemoryView_FromMemory(gathered, size, PyBUF_READ))
+        return size
+
+    cdef int take_output(self) except -1:
+        """What the SSLObject wrote (handshake flights, records, alerts) joins the
+        ciphertext owed, in order."""
+        cdef bytes written = self.outgoing.read()  # b"" if none: one call, not two
+        if PyBytes_GET_SIZE(written):
+            outbuf_push(&self.ciphertext, written)
+        return 0
+
+    # ---- closing -----------------------------------------------------------------------
+
+    cdef bint send_close_notify(self, Connection connection) except -1:
+        """Connection.finish_close, once everything put is sent: write our close_notify
+        (once, and only after a handshake that completed) and send it. True while it is
+        still going out (the connection waits to be writable) or the connection closed."""
+        if self.phase == TLS_ESTABLISHED:
+            self.phase = TLS_CLOSED
+            try:
+                # Writes close_notify; then wants the peer's, which the lingering close
+                # does not wait for in TLS terms (it waits for the TCP close).
+                self.ssl_object.unwrap()
+            except _SSLError:
+                pass
+            self.take_output()
+            connection.send_all(&self.ciphertext)
+        return connection.fd < 0 or self.ciphertext.pending > 0
+
+    cdef int drop_unsent(self, Connection connection) except -1:
+        """queue.shutdown(immediate=True): nothing more is encrypted. Ciphertext already
+        made is dropped too; a record cut short, or missing ones, would make the peer
+        fail on our close_notify: that close is a reset (REPLY_CUT)."""
+        if self.ciphertext.pending or connection.output.offset:
+            connection.close_reason = REPLY_CUT
+        outbuf_clear(&self.ciphertext)
+        return 0
+
+    cdef int fail(self, Connection connection, object error) except -1:
+        """A TLS error (OpenSSL's alert, if any, is in the ciphertext): log it, at most
+        once per 10 s with a count, and close once the alert is out. Nothing more can be
+        encrypted, so what the user had put is dropped."""
+        cdef bint handshaking = self.phase == TLS_HANDSHAKING
+        cdef LogThrottle throttle = self.server.error_log
+        self.phase = TLS_FAILED
+        outbuf_clear(&connection.output)
+        if throttle.report_due():
+            connection.loop.log(
+                logging.WARNING, "closing connection %s: %s: %s%s",
+                (connection.describe(),
+                 "TLS handshake failed" if handshaking else "TLS error",
+                 describe_tls_error(error), since_last(throttle.skipped, "TLS errors")))
+        connection.begin_close(TLS_ERROR)
+        return 0
+
+    cdef int reject_late_handshake(self, Connection connection) except -1:
+        """ssl_handshake_timeout passed before the handshake was done (Loop's timer):
+        reset, as nothing was owed to it, and say so at most once per 10 s."""
+        cdef LogThrottle throttle = self.server.error_log
+        self.phase = TLS_FAILED
+        if throttle.report_due():
+            connection.loop.log(
+                logging.WARNING, "closing connection %s: no TLS handshake within %g s%s",
+                (connection.describe(), connection.loop.timers.tls_handshake_timeout,
+                 since_last(throttle.skipped, "TLS errors")))
+        connection.abort(TLS_ERROR)
+        return 0
+
+
+cdef str describe_tls_error(object error):
+    """OpenSSL's reason for `error` (and a certificate's verification message), without
+    the _ssl.c line number str() adds."""
+    reason = getattr(error, "reason", None)
+    verify_message = getattr(error, "verify_message", None)
+    if reason is None:
+        return f"{type(error).__name__}: {error}"
+    if verify_message:
+        return f"{reason} ({verify_message})"
+    return reason

@@ -1,0 +1,133 @@
+"""TLS for the client and the command line: ClientSocket(ssl=..., server_hostname=...)
+against a TLS server, and python -m simpletcp --certfile/--keyfile/--ca-certs/
+--require-client-cert (gunicorn's names; uvicorn's --ssl-* spellings are aliases)."""
+import signal
+import ssl
+import subprocess
+import sys
+
+import pytest
+
+from simpletcp.clientsocket import ClientSocket
+from support import ServingCLI, connect_tls, echo, recv_exactly
+
+
+# ---- ClientSocket ------------------------------------------------------------------------
+
+def test_clientsocket_speaks_tls_and_checks_the_certificate(serve, server_context,
+                                                           client_context):
+    server = serve(echo, ssl=server_context)
+    client = ClientSocket("localhost", server.port, ssl=client_context)
+    assert client.send("hello over TLS") == b"hello over TLS"
+    assert client.server_hostname == "localhost"
+    with ClientSocket("localhost", server.port, single_use=False,
+                      ssl=client_context) as kept:
+        assert kept.send(b"one") == b"one"
+        assert kept.send(b"two") == b"two"
+        assert kept.connected
+
+
+def test_clientsocket_refuses_a_certificate_it_cannot_verify(serve, server_context,
+                                                            client_context):
+    server = serve(echo, ssl=server_context)
+    untrusting = ssl.create_default_context()  # the system's CAs, not the test CA
+    with pytest.raises(ssl.SSLCertVerificationError):
+        ClientSocket("localhost", server.port, ssl=untrusting).send(b"x")
+    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch|match"):
+        ClientSocket("localhost", server.port, ssl=client_context,
+                     server_hostname="elsewhere.example").send(b"x")
+
+
+def test_clientsocket_tls_arguments_are_checked(server_context, client_context):
+    with pytest.raises(TypeError, match="ssl must be an ssl.SSLContext"):
+        ClientSocket("localhost", 5000, ssl="ca.pem")
+    with pytest.raises(ValueError, match="ssl must be a client-side context"):
+        ClientSocket("localhost", 5000, ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    with pytest.raises(ValueError, match="server_hostname applies to TLS"):
+        ClientSocket("localhost", 5000, server_hostname="localhost")
+    with pytest.raises(TypeError, match="server_hostname must be a str"):
+        ClientSocket("localhost", 5000, ssl=client_context, server_hostname=b"localhost")
+    with pytest.raises(ValueError, match="server_hostname is required"):
+        ClientSocket("unix:/tmp/nothing.sock", 0, ssl=client_context)
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "simpletcp", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.mark.parametrize("certfile, keyfile", [("--certfile", "--keyfile"),
+                                               ("--ssl-certfile", "--ssl-keyfile")])
+def test_cli_serves_tls_with_certfile_and_keyfile(tls_files, client_context, certfile,
+                                                  keyfile):
+    # gunicorn's flags, and uvicorn's spellings of them.
+    with ServingCLI("--port", "0", certfile, str(tls_files["certfile"]),
+                    keyfile, str(tls_files["keyfile"])) as server:
+        with connect_tls(server_at("127.0.0.1", server.port), client_context) as client:
+            client.sendall(b"over the CLI")
+            assert recv_exactly(client, 12) == b"over the CLI"
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_cli_require_client_cert(tls_files, tls_ca, client_context):
+    with ServingCLI("--port", "0", "--certfile", str(tls_files["certfile"]),
+                    "--keyfile", str(tls_files["keyfile"]), "--ca-certs",
+                    str(tls_files["ca"]), "--require-client-cert") as server:
+        where = server_at("127.0.0.1", server.port)
+        with pytest.raises((ssl.SSLError, ConnectionResetError, EOFError)):
+            with connect_tls(where, client_context) as client:
+                client.sendall(b"no certificate")
+                if not client.recv(100):
+                    raise EOFError
+        tls_ca.issue_cert("client@example.test").configure_cert(client_context)
+        with connect_tls(where, client_context) as client:
+            client.sendall(b"with one")
+            assert recv_exactly(client, 8) == b"with one"
+        server.wait_for_log("TLS handshake failed")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--keyfile", "k.pem"], "argument --keyfile: needs --certfile"),
+    (["--ca-certs", "ca.pem"], "argument --ca-certs: needs --certfile"),
+    (["--certfile", "c.pem", "--require-client-cert"],
+     "argument --require-client-cert: needs --ca-certs"),
+    (["--ssl-handshake-timeout", "0"], "argument --ssl-handshake-timeout"),
+])
+def test_cli_tls_flag_mistakes_are_usage_errors(args, words):
+    result = cli("--port", "0", *args)
+    assert result.returncode == 2
+    assert words in result.stderr
+
+
+def test_cli_an_unreadable_certificate_is_an_error_not_a_traceback(tmp_path):
+    result = cli("--port", "0", "--certfile", str(tmp_path / "missing.pem"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("simpletcp: ") and "Traceback" not in result.stderr
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    result = cli("--port", "0", "--certfile", str(tmp_path / "junk.pem"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+class server_at:
+    """What connect_tls needs of a server: ip and port."""
+
+    def __init__(self, ip, port):
+        self.ip, self.port = ip, port
+
+
+def test_cli_workers_each_serve_tls(tls_files, client_context, tmp_path):
+    # The context is made before the fork; each worker wraps its own connections.
+    (tmp_path / "pid_app.py").write_text(
+        "import os\n\ndef reply(queue, data):\n    queue.put(str(os.getpid()).encode())\n")
+    with ServingCLI("pid_app:reply", "--port", "0", "--workers", "2",
+                    "--certfile", str(tls_files["certfile"]),
+                    "--keyfile", str(tls_files["keyfile"]), cwd=tmp_path) as server:
+        lines = server.wait_for_log("started (pid", 2)
+        pids = {line.rsplit("(pid ", 1)[1].split(")")[0] for line in lines}
+        for _ in range(4):
+            with connect_tls(server_at("127.0.0.1", server.port), client_context) as client:
+                client.sendall(b"pid?")
+                assert client.recv(100).decode() in pids
+        assert server.stop(signal.SIGTERM) == 0
