@@ -396,3 +396,41 @@ def test_a_client_side_context_is_refused(client_context):
 def test_tls_timeouts_are_checked(server_context, name, value, error):
     with pytest.raises(error, match=name):
         TCPServer("localhost", 0, echo, ssl=server_context, **{name: value})
+
+
+# ---- TLS with the other features of a protocol server ------------------------------------
+
+def test_tls_with_framing_events_and_returned_replies(serve, server_context, client_context):
+    # The chat's recipe over TLS: on_connect speaks first once the handshake is done
+    # (queue.ssl_object is there already), Lines frames the plaintext however the
+    # records cut it, the returned reply is encrypted, on_disconnect hears the end.
+    from simpletcp import CloseReason
+    from simpletcp.framing import Lines
+    seen = []
+
+    def greet(queue):
+        seen.append(("connect", queue.ssl_object.version()))
+        return b"hello " + queue.ssl_object.version().encode() + b"\n"
+
+    def shout(queue, line):
+        seen.append(("line", line))
+        return line.upper() + b"\n"
+
+    server = serve(shout, ssl=server_context, framing=Lines(max_length=100),
+                   on_connect=greet, on_disconnect=lambda queue: seen.append(
+                       ("disconnect", queue.close_reason)))
+    with connect_tls(server, client_context) as client:
+        banner = b"hello " + client.version().encode() + b"\n"
+        assert recv_exactly(client, len(banner)) == banner
+        for byte in b"one\ntw":  # one byte per TLS record
+            client.sendall(bytes([byte]))
+        client.sendall(b"o\n" + b"many\n" * 1000)
+        expected = b"ONE\nTWO\n" + b"MANY\n" * 1000
+        assert recv_exactly(client, len(expected)) == expected
+        client.sendall(b"x" * 200)  # over max_length: this connection is closed
+        wait_for(lambda: seen and seen[-1][0] == "disconnect")
+    wait_for(lambda: seen and seen[-1][0] == "disconnect")
+    assert seen[0] == ("connect", seen[0][1]) and seen[0][1] in ("TLSv1.2", "TLSv1.3")
+    assert [entry for entry in seen if entry[0] == "line"] == (
+        [("line", b"one"), ("line", b"two")] + [("line", b"many")] * 1000)
+    assert seen[-1] == ("disconnect", CloseReason.FRAMING_ERROR)
