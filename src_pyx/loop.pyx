@@ -7,10 +7,12 @@ implemented in the .pyx of the same name, included here, so that the C compiler 
 the whole hot path at once. ARCHITECTURE.md draws the house.
 """
 
+from cpython.bool cimport PyBool_Check
 from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF

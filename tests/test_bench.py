@@ -385,8 +385,8 @@ def framed_server(request):
     started = []
 
     def start(program):
-        if request.param == "simpletcp_compiled" and program != "lines":
-            pytest.skip("the compiled framing's server runs W5 (lines) only")
+        if request.param == "simpletcp_compiled" and program == "http":
+            pytest.skip("the compiled framing's server runs W5 (lines) and RESP only")
         script, *options = FRAMED_SERVERS[request.param]
         proc = subprocess.Popen([sys.executable, str(BENCH / "servers" / script), "--program",
                                  program, "--port", "0", *options], cwd=BENCH / "servers",
@@ -453,7 +453,7 @@ def test_resp_suite_smoke_reports_every_server(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "resp-timed-smoke.json").read_text())["results"]
     for pipeline in ("P1", "P16"):
-        for name in ("simpletcp_resp", "uvloop_resp", "asyncio_resp"):
+        for name in ("simpletcp_resp", "simpletcp_framed_resp", "uvloop_resp", "asyncio_resp"):
             cell = results[pipeline][name]
             assert cell["status"] == "ok", cell["reason"]
             assert cell["median"]["requests_per_s"] > 0

@@ -5,8 +5,10 @@ compiled framing: the read callback buffers each connection's unfinished message
   --program resp    the Redis-compatible store of examples/kvstore (redis-benchmark)
   --program http    the HTTP/1.1 responder of examples/http (wrk)
 
-  --framing compiled  (lines only) the loop frames: TCPServer(framing=Lines(...)), and
-                      the callback returns each line as its answer
+  --framing compiled  the loop frames, and the callback returns each answer:
+                      lines with TCPServer(framing=Lines(...)); resp with a framer
+                      written in Python on simpletcp.framing.Framer over the store's
+                      own parser (the callback gets the parsed command)
 
 Prints the bound port as the first line of stdout, then serves until killed.
 """
@@ -14,7 +16,7 @@ import argparse
 import weakref
 
 from framing_common import load_example
-from simpletcp.framing import Lines
+from simpletcp.framing import Framer, FramingError, Lines, NeedMore
 from simpletcp.tcpserver import TCPServer
 
 MAX_LINE_BYTES = 64 * 1024
@@ -50,6 +52,41 @@ def answer_line(queue, line):
     return line
 
 
+def resp_on_compiled_framing():
+    """(callback, framing) of the store of examples/kvstore with the loop's buffering: a
+    Framer whose frame() is the store's own parse_request, so the callback gets each
+    command parsed. MULTI's per-connection state is in a table keyed weakly by the
+    queue, as the store keeps it (a queue attribute once queues take them)."""
+    kvstore = load_example("kvstore")
+    store = kvstore.KeyValueServer()
+    sessions = weakref.WeakKeyDictionary()
+
+    class RespRequests(Framer):
+        def frame(self, data, start):
+            try:
+                arguments, end = kvstore.parse_request(data, start)
+            except kvstore.ProtocolError as problem:
+                raise FramingError(str(problem)) from None
+            if arguments is None:
+                return NeedMore(end - len(data))
+            return end - start, arguments
+
+    def execute(queue, arguments):
+        if not arguments:
+            return None  # an empty inline line, as redis ignores it
+        session = sessions.get(queue)
+        if session is None:
+            session = sessions[queue] = kvstore.Session()
+        reply, close = store.execute(session, arguments)
+        if close:
+            queue.put(reply)
+            queue.shutdown()
+            return None
+        return reply
+
+    return execute, RespRequests(max_length=kvstore.MAX_REQUEST_BYTES)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--program", choices=("lines", "resp", "http"), required=True)
@@ -59,11 +96,13 @@ def main():
     parser.add_argument("--framing", choices=["callback", "compiled"], default="callback")
     args = parser.parse_args()
     framing = None
-    if args.framing == "compiled":
-        if args.program != "lines":
-            parser.error("--framing compiled is for --program lines")
+    if args.framing == "compiled" and args.program == "lines":
         callback = answer_line
         framing = Lines(keep_delimiter=True, max_length=MAX_LINE_BYTES)
+    elif args.framing == "compiled" and args.program == "resp":
+        callback, framing = resp_on_compiled_framing()
+    elif args.framing == "compiled":
+        parser.error("--framing compiled is for --program lines or resp")
     elif args.program == "lines":
         callback = LineEcho()
     elif args.program == "resp":
