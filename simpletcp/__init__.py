@@ -44,3 +44,6 @@ try:
     _importlib.import_module("simpletcp._loop")
 except ImportError as _error:
     raise ImportError(_explain_missing_loop(_error), name=__name__, path=__file__) from _error
+
+# Why a connection closed (queue.close_reason), for on_disconnect.
+from simpletcp._loop import CloseReason as CloseReason  # noqa: E402  (after the check above)

@@ -6,7 +6,7 @@ import importlib
 import logging
 import re
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from simpletcp import __version__
 from simpletcp import _listener
@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the callback to serve, by import path (e.g. myapp.handlers:echo); "
              "default: a built-in echo",
     )
+    parser.add_argument("--on-connect", default=None, metavar="MODULE:CALLABLE",
+                        help="called with each new connection's queue (or ip, queue) "
+                             "before its first read; what it puts is sent first")
+    parser.add_argument("--on-disconnect", default=None, metavar="MODULE:CALLABLE",
+                        help="called with each closed connection's queue (or ip, queue); "
+                             "queue.close_reason says why it closed")
     parser.add_argument("--mode", default=None,
                         help="'localhost' (127.0.0.1), 'public' (0.0.0.0), an address "
                              "to bind, or unix:PATH for a Unix socket (default: localhost)")
@@ -152,15 +158,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     callback: Callable[..., Any] = echo
-    if args.target:
+    events: Dict[str, Optional[Callable[..., Any]]] = {"on_connect": None,
+                                                      "on_disconnect": None}
+    if args.target or args.on_connect or args.on_disconnect:
         # Like uvicorn: the working directory is importable, so `python -m simpletcp app:cb`
         # finds app.py where it is run.
         if "" not in sys.path:
             sys.path.insert(0, "")
+    if args.target:
         try:
             callback = load_target(args.target)
         except TargetError as exc:
             parser.error(str(exc))  # exits with status 2
+    for argument in events:
+        target = getattr(args, argument)
+        if target:
+            try:
+                events[argument] = load_target(target)
+            except TargetError as exc:
+                parser.error(_naming_the_flag(f"{argument}: {exc}"))
 
     if args.fd is not None and (args.mode is not None or args.port is not None):
         parser.error("argument --fd: the socket is already bound: give --fd, or "
@@ -182,6 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             workers=args.workers, reuse_port=args.reuse_port, sock=sock,
             unix_permissions=args.unix_permissions, proxy_protocol=args.proxy_protocol,
             proxy_header_timeout=args.proxy_header_timeout,
+            on_connect=events["on_connect"], on_disconnect=events["on_disconnect"],
         )
     except (TypeError, ValueError) as exc:
         parser.error(_naming_the_flag(str(exc)))

@@ -1,20 +1,40 @@
-"""Working out, once, how the user's read_callback wants to be called."""
+"""Working out, once, how each of the user's callbacks wants to be called.
+
+Every callback the server calls (``read_callback``, ``on_connect``, ``on_disconnect``)
+comes in two forms, with or without the peer's ``ip`` first, as the original simpleTCP's
+read_callback did; this module alone decides which, the same way for all of them.
+"""
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Dict, Tuple
+
+#: What each callback is given after the optional ``ip``.
+PARAMETERS: Dict[str, Tuple[str, ...]] = {
+    "read_callback": ("queue", "data"),
+    "on_connect": ("queue",),
+    "on_disconnect": ("queue",),
+}
 
 
-def check_runs_when_called(read_callback: object) -> None:
+def forms(argument: str) -> str:
+    """The two ways ``argument`` is called, as words: "read_callback(queue, data) or
+    read_callback(ip, queue, data)"."""
+    parameters = PARAMETERS[argument]
+    return (f"{argument}({', '.join(parameters)}) or "
+            f"{argument}({', '.join(('ip',) + parameters)})")
+
+
+def check_runs_when_called(callback: object, argument: str = "read_callback") -> None:
     """TypeError for a callback whose body would not run when the server calls it.
 
-    The server calls read_callback synchronously in its thread and does nothing with
-    what it returns: an ``async def`` (or async generator, or generator) function
+    The server calls its callbacks synchronously in its thread and does nothing with
+    what they return: an ``async def`` (or async generator, or generator) function
     called that way only creates an object, and its code never runs. Partials of
     them (and staticmethods of them) and objects whose ``__call__`` is one are the same.
     """
-    target = read_callback
+    target = callback
     # A partial, or a staticmethod (callable since Python 3.10), calls what it wraps.
     while isinstance(target, (functools.partial, staticmethod)):
         target = target.func if isinstance(target, functools.partial) else target.__func__
@@ -24,33 +44,36 @@ def check_runs_when_called(read_callback: object) -> None:
     for candidate in candidates:
         if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
             raise TypeError(
-                "read_callback is an async function: the server calls it synchronously, "
+                f"{argument} is an async function: the server calls it synchronously, "
                 "in its own thread, so its body would never run. Make it a plain def; "
                 "to use asyncio, hand the work to your event loop "
                 "(asyncio.run_coroutine_threadsafe) and put() the reply from there."
             )
         if inspect.isgeneratorfunction(candidate):
             raise TypeError(
-                "read_callback is a generator function (it contains yield): calling it "
+                f"{argument} is a generator function (it contains yield): calling it "
                 "runs none of its body. Make it a plain def that calls queue.put()."
             )
 
 
-def takes_ip(read_callback: Any) -> bool:
-    """True for ``callback(ip, queue, data)``, False for ``callback(queue, data)``.
+def takes_ip(callback: Any, argument: str = "read_callback") -> bool:
+    """True if ``callback`` takes the peer's ip first (``callback(ip, queue, data)``),
+    False if not (``callback(queue, data)``); for on_connect and on_disconnect the same
+    with ``queue`` alone.
 
     Both forms come from the original simpleTCP (the ip form from its later versions).
-    Decided from the signature: three required positional parameters mean the ip form,
-    two the original one; otherwise whichever the callable can accept, preferring the
-    ip form. Raises TypeError for a non-callable or a callable that fits neither.
+    Decided from the signature: as many required positional parameters as the ip form
+    has mean the ip form, one fewer the other; otherwise whichever the callable can
+    accept, preferring the ip form. Raises TypeError, naming ``argument``, for a
+    non-callable or a callable that fits neither.
     """
-    if not callable(read_callback):
-        raise TypeError(
-            "read_callback must be callable as callback(queue, data) or "
-            f"callback(ip, queue, data), got {type(read_callback).__name__}"
-        )
+    plain = len(PARAMETERS[argument])
+    with_ip = plain + 1
+    if not callable(callback):
+        raise TypeError(f"{argument} must be callable as {forms(argument)}, "
+                        f"got {type(callback).__name__}")
     try:
-        signature = inspect.signature(read_callback)
+        signature = inspect.signature(callback)
     except (TypeError, ValueError):
         # Some builtins have no introspectable signature: assume the original form.
         return False
@@ -66,18 +89,16 @@ def takes_ip(read_callback: Any) -> bool:
             varargs = True
         elif parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
             raise TypeError(
-                f"read_callback has a required keyword-only parameter {parameter.name!r}; "
-                "it is called as callback(queue, data) or callback(ip, queue, data)"
+                f"{argument} has a required keyword-only parameter {parameter.name!r}; "
+                f"it is called as {forms(argument)}"
             )
-    if required == 3:
+    if required == with_ip:
         return True
-    if required == 2:
+    if required == plain:
         return False
-    if required < 3 and (accepted >= 3 or varargs):
+    if required < with_ip and (accepted >= with_ip or varargs):
         return True
-    if required < 2 and accepted >= 2:
+    if required < plain and accepted >= plain:
         return False
-    raise TypeError(
-        "read_callback cannot be called as callback(queue, data) or "
-        f"callback(ip, queue, data): its signature is {signature}"
-    )
+    raise TypeError(f"{argument} cannot be called as {forms(argument)}: "
+                    f"its signature is {signature}")

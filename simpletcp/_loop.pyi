@@ -4,10 +4,11 @@ It lists everything the module has (python -m mypy.stubtest simpletcp checks tha
 internal classes included: they exist at runtime, but cannot be created from Python
 (their __init__ always raises TypeError; the loop makes them with Cls.__new__).
 """
+import enum
 import queue
 import socket
 import sys
-from typing import Any, Callable, NoReturn, Optional, SupportsIndex, Tuple, Union, final
+from typing import Any, Callable, List, NoReturn, Optional, SupportsIndex, Tuple, Union, final
 
 from typing_extensions import disjoint_base
 
@@ -22,6 +23,24 @@ else:
         """put() was called on a connection queue after shutdown()."""
 
 def raised_by_signal_handler(exc: BaseException) -> bool: ...
+
+class CloseReason(enum.IntEnum):
+    """Why a connection closed, or is closing: queue.close_reason."""
+
+    PEER_CLOSED = 1
+    QUEUE_SHUTDOWN = 2
+    CALLBACK_FAILED = 3
+    SERVER_STOPPING = 4
+    IDLE_TIMEOUT = 5
+    REPLY_CUT = 6
+    PEER_RESET = 7
+    IO_ERROR = 8
+    HUNG_UP = 9
+    LOOP_ERROR = 10
+    GRACE_EXPIRED = 11
+    SERVER_ABORTED = 12
+    PROXY_HEADER_REJECTED = 13
+    FRAMING_ERROR = 14
 
 @final
 class Connection:
@@ -50,6 +69,13 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     def pending_bytes(self) -> int: ...
     @property
     def peer(self) -> Tuple[str, int]: ...
+    @property
+    def close_reason(self) -> Optional[CloseReason]: ...
+    # Per-connection state: the application sets any attribute (queue.nickname = ...).
+    # For type checkers only: at run time these are object's own (the instance dict is
+    # queue.Queue's); tests/stubtest_allowlist.txt says so to stubtest.
+    def __getattr__(self, name: str) -> Any: ...
+    def __setattr__(self, name: str, value: Any) -> None: ...
     # The server consumes the queue: these raise NotImplementedError.
     def get(self, *args: object, **kwargs: object) -> NoReturn: ...
     def get_nowait(self, *args: object, **kwargs: object) -> NoReturn: ...
@@ -58,6 +84,12 @@ class ConnectionQueue(queue.Queue[_BytesLike]):
     def _consumed_by_server(self, *args: object, **kwargs: object) -> NoReturn: ...
     # Raises TypeError: a queue cannot be copied or pickled.
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn: ...
+
+@final
+class Events:
+    """Internal: on_connect, on_disconnect and the open connections."""
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn: ...
 
 @final
 class Timers:
@@ -140,6 +172,10 @@ class Loop:
         idle_timeout: float,
         proxy_header_parser: Optional[Callable[[bytes], Any]],
         proxy_header_timeout: float,
+        on_connect: Optional[Callable[..., Any]] = None,
+        on_connect_takes_ip: bool = False,
+        on_disconnect: Optional[Callable[..., Any]] = None,
+        on_disconnect_takes_ip: bool = False,
         framing: Optional[object] = None,
     ) -> None: ...
     @property
@@ -153,6 +189,9 @@ class Loop:
     def run(self, ready: Optional[Callable[[], object]] = None, signal_fd: int = -1) -> None: ...
     def request_stop(self) -> None: ...
     def request_abort(self) -> None: ...
+    def open_queues(self) -> List[ConnectionQueue]: ...
+    def broadcast(self, data: _BytesLike,
+                  exclude: Optional[ConnectionQueue] = None) -> List[ConnectionQueue]: ...
     def close(self) -> None: ...
     def log(self, level: int, message: str, args: Tuple[Any, ...] = (),
             exc_info: Optional[BaseException] = None) -> int: ...

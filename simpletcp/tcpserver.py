@@ -10,13 +10,13 @@ import logging
 import os
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from simpletcp import _arguments, _callback, _listener, _signals, framing as _framing, proxyprotocol
-from simpletcp._loop import BACKENDS, ConnectionQueue, Loop, ShutDown
+from simpletcp._loop import BACKENDS, CloseReason, ConnectionQueue, Loop, ShutDown
 from simpletcp.supervisor import Supervisor
 
-__all__ = ["TCPServer", "ConnectionQueue", "ShutDown", "BACKENDS"]
+__all__ = ["TCPServer", "ConnectionQueue", "CloseReason", "ShutDown", "BACKENDS"]
 
 #: How long stop() waits for queued replies to go out before closing connections.
 #: The most bytes one callback receives: the original simpleTCP's default.
@@ -55,6 +55,10 @@ class TCPServer:
       are closed at once (and logged). Default: no limit.
     - ``idle_timeout``: seconds after which a connection on which no byte moved either
       way is closed. Default: never.
+    - ``on_connect(queue)`` or ``on_connect(ip, queue)``: called when a connection
+      opens, before any read_callback for it; what it puts is sent first.
+    - ``on_disconnect(queue)`` or ``on_disconnect(ip, queue)``: called once when a
+      connection that had on_connect closed; ``queue.close_reason`` says why.
     - ``framing``: a framer of :mod:`simpletcp.framing` (``Lines()``, ...): the callback
       then gets one whole message per call. Default: None, the bytes as they arrive.
 
@@ -82,6 +86,8 @@ class TCPServer:
         unix_permissions: Optional[int] = None,
         proxy_protocol: bool = False,
         proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT,
+        on_connect: Optional[Callable[..., Any]] = None,
+        on_disconnect: Optional[Callable[..., Any]] = None,
         framing: Optional[_framing.Framing] = None,
     ) -> None:
         if read_callback is None:
@@ -104,6 +110,13 @@ class TCPServer:
             port = _arguments.check_int(port, "port", 0, 65535)
         takes_ip = _callback.takes_ip(read_callback)
         _callback.check_runs_when_called(read_callback)
+        on_connect_takes_ip = on_disconnect_takes_ip = False
+        if on_connect is not None:
+            on_connect_takes_ip = _callback.takes_ip(on_connect, "on_connect")
+            _callback.check_runs_when_called(on_connect, "on_connect")
+        if on_disconnect is not None:
+            on_disconnect_takes_ip = _callback.takes_ip(on_disconnect, "on_disconnect")
+            _callback.check_runs_when_called(on_disconnect, "on_disconnect")
         if maximum_connections is None:
             maximum_connections = socket.SOMAXCONN
         maximum_connections = _arguments.check_int(
@@ -152,24 +165,35 @@ class TCPServer:
             listener = _listener.bind_tcp(mode, port, maximum_connections, reuse_port)
         self._loop: Optional[Loop] = None
         self._supervisor: Optional[Supervisor] = None
+        # In a worker process, the worker's own server (a holder, not this object in
+        # serve_worker's closure: that would be a reference cycle).
+        in_worker: List[TCPServer] = []
+        self._in_worker = in_worker
         try:
             if workers == 1:
                 self._loop = Loop(
                     listener, read_callback, takes_ip, recv_bytes, backend, grace_period,
                     high_water, low_water, connection_limit or 0, idle_timeout or 0.0,
                     proxyprotocol.parse_header if proxy_protocol else None,
-                    proxy_header_timeout, framing,
+                    proxy_header_timeout, on_connect, on_connect_takes_ip, on_disconnect,
+                    on_disconnect_takes_ip, framing,
                 )
             else:
                 worker_keywords = dict(
                     backend=backend, grace_period=grace_period, high_water=high_water,
                     low_water=low_water, connection_limit=connection_limit,
                     idle_timeout=idle_timeout, proxy_protocol=proxy_protocol,
-                    proxy_header_timeout=proxy_header_timeout, framing=framing)
+                    proxy_header_timeout=proxy_header_timeout, on_connect=on_connect,
+                    on_disconnect=on_disconnect, framing=framing)
 
                 def serve_worker() -> None:
-                    TCPServer(None, None, read_callback, maximum_connections, recv_bytes,
-                              sock=listener, **worker_keywords).run()  # type: ignore[arg-type]
+                    # In the forked worker: this object (the worker's copy) answers for
+                    # the worker's own server (connections(), broadcast() from callbacks).
+                    worker = TCPServer(None, None, read_callback, maximum_connections,
+                                       recv_bytes, sock=listener,
+                                       **worker_keywords)  # type: ignore[arg-type]
+                    in_worker.append(worker)
+                    worker.run()
 
                 self._supervisor = Supervisor(listener, workers, serve_worker, grace_period)
         except BaseException:
@@ -198,6 +222,8 @@ class TCPServer:
         self.workers = workers
         self.proxy_protocol = proxy_protocol
         self.proxy_header_timeout = proxy_header_timeout
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
         self.framing = framing
         # Guards _started and _stopped. Re-entrant: a signal handler that calls stop()
         # runs in the main thread, possibly while that thread is inside _claim() or stop().
@@ -238,6 +264,33 @@ class TCPServer:
         worker counts its own, and this raises RuntimeError)."""
         return self._in_process_loop("connection_count").connection_count
 
+    def connections(self) -> List[ConnectionQueue]:
+        """The queues of the open connections, oldest first: a snapshot (a list of its
+        own), safe to take from any thread and from a callback.
+
+        A connection is listed from when it opens (on_connect sees itself listed)
+        until it is closed (on_disconnect does not), those whose close has begun
+        included (``queue.close_reason`` is not None).
+        With workers: in a worker (its callbacks), that worker's connections; in the
+        supervisor, RuntimeError. Holding the list holds the queues: while stopping,
+        the server waits for held queues as for workers about to reply.
+        """
+        return self._own_loop("connections()").open_queues()
+
+    def broadcast(self, data: Union[bytes, bytearray, memoryview],
+                  exclude: Optional[ConnectionQueue] = None
+                  ) -> List[ConnectionQueue]:
+        """Put bytes-like ``data`` to every open connection (those connections() lists)
+        but ``exclude`` (a queue, or None), from any thread or callback; never waits.
+
+        A connection whose unsent output is at or above ``high_water`` (its client is
+        not reading) is left out, so that one stalled client neither blocks the others
+        nor grows without bound: its queue is in the list returned (shut it down, or
+        try it again later). The data is copied once, whatever the number of
+        connections. With workers: the calling worker's connections only.
+        """
+        return self._own_loop("broadcast()").broadcast(data, exclude)
+
     @property
     def worker_pids(self) -> List[int]:
         """The process ids of the worker processes alive now ([] with workers=1)."""
@@ -247,6 +300,13 @@ class TCPServer:
     def running(self) -> bool:
         """True while the loop (with workers: the supervisor) is serving."""
         return self._serving.is_set() and not self._finished.is_set()
+
+    def _own_loop(self, what: str) -> Loop:
+        """The loop serving this process's connections: this server's, or in a worker
+        process, the worker's."""
+        if self._in_worker:
+            return self._in_worker[0]._in_process_loop(what)
+        return self._in_process_loop(what)
 
     def _in_process_loop(self, what: str) -> Loop:
         if self._loop is None:

@@ -33,6 +33,7 @@ cdef enum ConnectionState:
     CLOSED
 
 
+# Mirrored, member for member, by simpletcp.CloseReason (events.pyx): add a reason there too.
 cdef enum CloseReason:
     NOT_CLOSING
     PEER_CLOSED      # the peer's EOF (or half-close)
@@ -110,8 +111,8 @@ cdef class Connection:
     cdef int hand_out_slices(self, Py_ssize_t n) except -1
     cdef int call_callback(self, object data) except -1
     cdef int take_reply(self, object result) except -1
-    cdef int callback_failed(self, BaseException error) except -1
-    cdef int discard_coroutine(self, object coroutine) except -1
+    cdef int callback_failed(self, BaseException error, str callback=*) except -1
+    cdef int discard_coroutine(self, object coroutine, str callback=*) except -1
     cdef int discard_input(self) except -1
     cdef int on_hangup(self) except -1
     cdef int on_io_error(self, int error, str operation) except -1

@@ -66,6 +66,7 @@ cdef class Connection:
             self.state = OPEN
             if loop.timers.idle_timeout:
                 loop.timers.idle.append(self)
+            loop.events.opened(self)  # on_connect
         return 0
 
     cdef int remember_peer(self, sockaddr_storage *address, bint as_text) except -1:
@@ -312,7 +313,7 @@ cdef class Connection:
         self.remember_proxied_peer(header)
         self.become(OPEN)
         cdef Py_ssize_t header_length = header.length
-        if len(pending) > header_length:
+        if self.state == OPEN and len(pending) > header_length:  # on_connect may close it
             if loop.framer is not None:
                 loop.framer.feed(self, PyBytes_AS_STRING(pending) + header_length,
                                  len(pending) - header_length)
@@ -372,11 +373,11 @@ cdef class Connection:
                            since_last(throttle.skipped, "more such returns")))
         return 0
 
-    cdef int callback_failed(self, BaseException error) except -1:
-        """The callback raised `error`. If it came from the application's signal handler
-        (its frame is in the traceback) it is the application's request: the server
-        stops (Loop.stop_for). Otherwise it is logged. Either way this connection closes
-        once its queued output is sent."""
+    cdef int callback_failed(self, BaseException error, str callback="read_callback") except -1:
+        """The `callback` (read_callback, or on_connect) raised `error`. If it came from
+        the application's signal handler (its frame is in the traceback) it is the
+        application's request: the server stops (Loop.stop_for). Otherwise it is
+        logged. Either way this connection closes once its queued output is sent."""
         # The close first: under memory pressure what follows may fail in turn, and the
         # input this callback was given is consumed whatever happens.
         self.begin_close(CALLBACK_FAILED)
@@ -384,25 +385,27 @@ cdef class Connection:
             if self.loop.signal_fd >= 0 and raised_by_signal_handler(error):
                 self.loop.stop_for(error)
             else:
-                self.loop.log(logging.ERROR, "read_callback raised %s; closing connection %s "
+                self.loop.log(logging.ERROR, "%s raised %s; closing connection %s "
                               "once its queued output is sent",
-                              (type(error).__name__, self.describe()), error)
+                              (callback, type(error).__name__, self.describe()), error)
         except MemoryError:
             pass  # out of memory to say so; the connection closes all the same
         return 0
 
-    cdef int discard_coroutine(self, object coroutine) except -1:
-        """The callback returned a coroutine (it wraps an async def): nothing will ever
-        run it. TCPServer rejects async callbacks it can see; this catches the rest."""
+    cdef int discard_coroutine(self, object coroutine, str callback="read_callback") except -1:
+        """The `callback` (read_callback, or on_connect) returned a coroutine (it wraps
+        an async def): nothing will ever run it. TCPServer rejects async callbacks it
+        can see; this catches the rest."""
         self.begin_close(CALLBACK_FAILED)
         coroutine.close()  # never started: closing it runs none of its code, and Python
                            # does not warn that it was never awaited
         cdef LogThrottle throttle = self.loop.coroutine_log
         if throttle.report_due():
-            logger.error("read_callback returned a coroutine, which nothing awaits: the "
+            logger.error("%s returned a coroutine, which nothing awaits: the "
                          "callback is called synchronously, so its async code never runs; "
                          "closing connection %s once its queued output is sent%s",
-                         self.describe(), since_last(throttle.skipped, "coroutines discarded"))
+                         callback, self.describe(),
+                         since_last(throttle.skipped, "coroutines discarded"))
         return 0
 
     cdef int discard_input(self) except -1:
@@ -579,6 +582,7 @@ cdef class Connection:
             if self.loop.timers.idle_timeout:
                 self.loop.timers.idle.append(self)
             self.mark_active(self.loop.now)
+            self.loop.events.opened(self)  # on_connect
         elif state == DRAINING:
             self.paused = False  # input is read (and dropped) until the close is done
             forget_partial(self)  # no more messages: input is dropped from now on
@@ -665,11 +669,12 @@ cdef class Connection:
         self.close(reason)
 
 
-cdef bytes as_chunk(object item):
-    """A bytes snapshot of a bytes-like `item`, or TypeError naming what was given."""
+cdef bytes as_chunk(object item, str taker="queue.put()"):
+    """A bytes snapshot of a bytes-like `item`, or TypeError naming what was given
+    and `taker`, what it was given to."""
     if isinstance(item, str):
-        raise TypeError("queue.put() takes a bytes-like object, not str: "
-                        "encode it first, e.g. queue.put(text.encode())")
+        raise TypeError(f"{taker} takes a bytes-like object, not str: "
+                        f"encode it first, e.g. {taker[:-1]}text.encode())")
     try:
         # A copy, so that mutating a bytearray after put() cannot change what is sent;
         # through the buffer, and so exact bytes: a bytes subclass's __bytes__ could
@@ -677,7 +682,7 @@ cdef bytes as_chunk(object item):
         # frees its chunks (and a __del__ that calls shutdown() freed them under it).
         return bytes(memoryview(item))
     except TypeError:
-        raise TypeError("queue.put() takes a bytes-like object (bytes, bytearray, "
+        raise TypeError(f"{taker} takes a bytes-like object (bytes, bytearray, "
                         f"memoryview), not {type(item).__name__}") from None
 
 
@@ -710,13 +715,18 @@ class ConnectionQueue(_queue.Queue):
     but it is consumed by the server, not by get(): put() and put_nowait() queue bytes
     for sending, from the callback or from any thread; shutdown() closes the connection
     once what was queued is sent (shutdown(immediate=True): at once). ``peer`` is the
-    (host, port) the connection came from.
+    (host, port) the connection came from; ``close_reason`` why it closed (None while
+    open).
+
+    It is the connection's one object for its whole life, and the place for the
+    application's per-connection state: set any attribute on it (``queue.nickname =
+    ...``). The server lets go of it after on_disconnect, and its state with it.
     """
 
     # Queue.__init__ is skipped on purpose: its lock and three Conditions would cost
-    # about a kilobyte per connection, and nothing here needs them. The slot keeps
-    # Python 3.9 and 3.10 from giving every queue an instance dict (about 100 bytes);
-    # from 3.11 on, instance attributes are stored inline and it makes no difference.
+    # about a kilobyte per connection, and nothing here needs them. The instance dict
+    # that holds the application's attributes is queue.Queue's (a subclass cannot
+    # declare one it already has); it is made only when the first one is set.
     __slots__ = ("_connection",)
 
     def __init__(self, connection):
@@ -774,6 +784,12 @@ class ConnectionQueue(_queue.Queue):
         """The (host, port) this connection came from, as accept() gave it; unique among
         open connections, and still there after the connection closed."""
         return connection_of(self).peer_address()
+
+    @property
+    def close_reason(self):
+        """Why the connection closed, a ``simpletcp.CloseReason`` (once its close has
+        begun: why it is closing); None while it is open."""
+        return close_reason_of(connection_of(self).close_reason)
 
     def _consumed_by_server(self, *args, **kwargs):
         raise NotImplementedError(

@@ -11,6 +11,7 @@ from cpython.bool cimport PyBool_Check
 from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
+from cpython.dict cimport PyDict_Keys
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
 from cpython.pyport cimport PY_SSIZE_T_MAX
@@ -80,5 +81,6 @@ include "readbuf.pyx"
 include "sockets.pyx"
 include "framing.pyx"
 include "connection.pyx"
+include "events.pyx"
 include "timers.pyx"
 include "serverloop.pyx"

@@ -65,6 +65,7 @@ cdef class Loop:
     cdef LogThrottle memory_log   # the loop's own bookkeeping out of memory
     cdef LogThrottle proxy_log    # "no valid PROXY header"
     cdef object proxy_header_parser  # proxy_protocol: proxyprotocol.parse_header; else None
+    cdef Events events            # on_connect, on_disconnect, the open connections (events.pyx)
     cdef MessageFramer framer     # framing=: cuts input into messages (framing.pyx); else None
 
     cdef Timers timers            # every timed thing (timers.pyx)

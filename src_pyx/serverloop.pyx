@@ -50,7 +50,9 @@ cdef class Loop:
     def __init__(self, listener, callback, bint callback_takes_ip, Py_ssize_t recv_bytes,
                  str backend, double grace_period, Py_ssize_t high_water,
                  Py_ssize_t low_water, Py_ssize_t connection_limit, double idle_timeout,
-                 proxy_header_parser, double proxy_header_timeout, framing=None):
+                 proxy_header_parser, double proxy_header_timeout, on_connect=None,
+                 bint on_connect_takes_ip=False, on_disconnect=None,
+                 bint on_disconnect_takes_ip=False, framing=None):
         # TCPServer owns the arguments: their defaults and checks are there. What is
         # checked here is what memory safety needs (a socket to take a descriptor from,
         # a read buffer of at least one byte).
@@ -90,9 +92,17 @@ cdef class Loop:
         self.coroutine_log = LogThrottle.__new__(LogThrottle)
         self.reply_log = LogThrottle.__new__(LogThrottle)
         self.memory_log = LogThrottle.__new__(LogThrottle)
+        self.events = Events.__new__(Events)
+        self.events.on_connect = on_connect
+        self.events.on_connect_takes_ip = on_connect_takes_ip
+        self.events.on_disconnect = on_disconnect
+        self.events.on_disconnect_takes_ip = on_disconnect_takes_ip
+        self.events.open_connections = {}
+        self.events.unannounced = []
         self.read_buffer = ReadBuffer.__new__(ReadBuffer)
         self.read_buffer.allocate(recv_bytes)
         self.framer = compile_framing(framing)
+        # Last: a poller means a whole loop (check_initialized).
         self.poller = make_poller(backend)
         self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.wake_fd < 0:
@@ -175,6 +185,19 @@ cdef class Loop:
         self.abort_requested = True
         self.wake()
 
+    def open_queues(self):
+        """The queues of the open connections (from OPEN until CLOSED), oldest first:
+        a snapshot, safe to take from any thread."""
+        self.check_initialized()
+        return self.events.open_queues()
+
+    def broadcast(self, data, exclude=None):
+        """Put bytes-like `data` to every open connection but `exclude` (a queue, or
+        None), from any thread, never waiting; return the queues left out because their
+        unsent output is at or above high_water."""
+        self.check_initialized()
+        return self.events.broadcast(data, exclude)
+
     def close(self):
         """Release every descriptor of a loop that is not running (it never will)."""
         if self.running:
@@ -218,6 +241,11 @@ cdef class Loop:
                 self.begin_stop()
             if self.scheduled_connections:
                 self.serve_scheduled()
+            if self.events.unannounced:
+                # on_disconnect, outside the loop's own work; what it did (stop(), puts
+                # to other connections, their shutdown()) is served from the top.
+                self.events.announce_closed()
+                continue
             if self.stopping and self.connection_count == 0:
                 return 0
             timeout = -1
@@ -353,10 +381,16 @@ cdef class Loop:
             if self.connection_error_log.report_due():
                 self.log(logging.WARNING, "could not take a new connection: %r", (failure,))
             return 0
-        connection.begin_life(self, fd)
+        # In the table before its life begins: on_connect (in begin_life) may close it.
         Py_INCREF(connection)
         self.connections[fd] = <PyObject *>connection
         self.connection_count += 1
+        try:
+            connection.begin_life(self, fd)
+        except Exception as error:
+            return self.connection_failed(connection, error)
+        if self.events.on_connect is not None:
+            self.handle(connection, WRITABLE)  # what on_connect put, or its close
         return 0
 
     cdef int reject_proxy_header(self, Connection connection, str why) except -1:
@@ -398,6 +432,7 @@ cdef class Loop:
         try:
             if connection.waiters:
                 connection.wake_waiters()  # blocked put()s return; what they put is dropped
+            self.events.closed(connection)  # its on_disconnect is due
             # The queue points back at the connection; letting go of it here breaks the
             # cycle, so closed connections are freed at once rather than by the cyclic GC.
             connection.queue = None
@@ -605,6 +640,7 @@ cdef class Loop:
 
     cdef void teardown(self):
         self.teardown_connections(SERVER_ABORTED)
+        self.events.announce_closed()  # every on_disconnect before run() returns
         self.scheduled_connections = []
         self.awaiting_workers = []
         self.backed_off_connections = []

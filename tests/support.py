@@ -114,6 +114,17 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """Read up to and including the next newline (a byte at a time: nothing after it)."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise EOFError(f"connection closed after {bytes(line)!r}")
+        line += chunk
+    return bytes(line)
+
+
 def recv_until_eof(sock: socket.socket) -> bytes:
     chunks = bytearray()
     while True:

@@ -77,6 +77,17 @@ GOOD_CALLBACKS = [echo, lambda ip, queue, data: None, functools.partial(echo), p
 BAD_CALLBACKS = [None, "echo", async_echo, functools.partial(async_echo),
                  lambda: None, lambda a, b, c, d: None]
 
+
+async def async_event(queue):
+    pass
+
+
+GOOD_EVENTS = [None, lambda queue: None, lambda ip, queue: None, functools.partial(print)]
+BAD_EVENTS = ["on_connect", async_event, lambda: None, lambda a, b, c: None]
+#: The arguments that take a callable, and the callables to try in each.
+CALLABLES = {"read_callback": GOOD_CALLBACKS + BAD_CALLBACKS,
+             "on_connect": GOOD_EVENTS + BAD_EVENTS, "on_disconnect": GOOD_EVENTS + BAD_EVENTS}
+
 def high_water_of(arguments):
     """low_water's upper bound (if high_water is itself wrong, that is the error)."""
     high_water = arguments["high_water"]
@@ -99,6 +110,8 @@ SERVER_DOCUMENTED = {
     "reuse_port": lambda v, _: isinstance(v, bool),
     "proxy_protocol": lambda v, _: isinstance(v, bool),
     "proxy_header_timeout": lambda v, _: is_number(v) and 0 < v <= WEEK,
+    "on_connect": lambda v, _: any(v is good for good in GOOD_EVENTS),
+    "on_disconnect": lambda v, _: any(v is good for good in GOOD_EVENTS),
     "framing": lambda v, _: v is None or isinstance(v, FRAMERS),
 }
 # mode: a str can still fail to resolve (OSError) or be refused by IDNA (ValueError).
@@ -119,6 +132,8 @@ SERVER_VALID = {
     "reuse_port": st.booleans(),
     "proxy_protocol": st.booleans(),
     "proxy_header_timeout": st.sampled_from([1e-300, 5, WEEK]),
+    "on_connect": st.sampled_from(GOOD_EVENTS),
+    "on_disconnect": st.sampled_from(GOOD_EVENTS),
     "framing": st.sampled_from([None, Lines(), Lines(b"\r\n", 1, keep_delimiter=True),
                                 LengthPrefixed(8, "little", True, 2**32), FixedSize(1),
                                 WholeReads()]),
@@ -154,9 +169,8 @@ def construct_server(arguments):
 @given(data=st.data())
 def test_server_each_argument(no_dns, name, data):
     arguments = {key: data.draw(strategy) for key, strategy in SERVER_VALID.items()}
-    if name == "read_callback":
-        arguments[name] = data.draw(st.one_of(st.sampled_from(GOOD_CALLBACKS + BAD_CALLBACKS),
-                                              anything))
+    if name in CALLABLES:
+        arguments[name] = data.draw(st.one_of(st.sampled_from(CALLABLES[name]), anything))
     else:
         arguments[name] = data.draw(anything)
     try:
@@ -179,8 +193,8 @@ def test_server_each_argument(no_dns, name, data):
 @SETTINGS
 @given(data=st.data())
 def test_server_all_arguments_at_once(no_dns, data):
-    arguments = {name: data.draw(st.one_of(valid, anything) if name != "read_callback"
-                                 else st.sampled_from(GOOD_CALLBACKS + BAD_CALLBACKS))
+    arguments = {name: data.draw(st.one_of(valid, anything) if name not in CALLABLES
+                                 else st.sampled_from(CALLABLES[name]))
                  for name, valid in SERVER_VALID.items()}
     wrong = undocumented(arguments)
     if arguments["mode"] not in GOOD_MODES:
@@ -255,13 +269,15 @@ TARGETS = st.one_of(
 
 
 @SETTINGS
-@pytest.mark.parametrize("flag", FLAGS + ["MODULE:CALLABLE"])
+@pytest.mark.parametrize("flag", FLAGS + ["MODULE:CALLABLE", "--on-connect", "--on-disconnect"])
 @given(data=st.data())
 def test_cli_every_flag(no_dns, monkeypatch, capsys, flag, data):
     monkeypatch.setattr(TCPServer, "run", lambda server: server.stop() and None)
     argv = ["--port=0", "--log-level=warning"]
     if flag == "MODULE:CALLABLE":
         argv.append(data.draw(TARGETS))
+    elif flag in ("--on-connect", "--on-disconnect"):
+        argv.append(f"{flag}={data.draw(TARGETS)}")
     else:
         argv.append(f"{flag}={data.draw(FLAG_TEXT)}")
     try:

@@ -12,7 +12,7 @@ import pytest
 
 import simpletcp
 
-from support import recv_exactly, recv_until_eof, reset_at_once, wait_for
+from support import TIMEOUT, ServingCLI, recv_exactly, recv_until_eof, reset_at_once, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,3 +196,33 @@ def test_the_console_script_is_the_same_command():
     assert simpletcp.__version__ in result.stdout
     with running(command=[str(SCRIPT)]) as (child, port):
         ask_then_stop(child, port, b"script", b"script")
+
+
+EVENTS_APP = '''
+def greet(queue):
+    queue.put(b"welcome\\n")
+
+def farewell(ip, queue):
+    print("left", ip, queue.close_reason.name, flush=True)
+'''
+
+
+def test_the_events_are_served_from_the_command_line(tmp_path):
+    (tmp_path / "events_app.py").write_text(EVENTS_APP)  # the working directory: importable
+    with ServingCLI("--port", "0", "--on-connect", "events_app:greet",
+                    "--on-disconnect", "events_app:farewell") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+            assert recv_exactly(client, 8) == b"welcome\n"
+            client.sendall(b"echo")
+            assert recv_exactly(client, 4) == b"echo"
+        assert server.child.stdout.readline() == "left 127.0.0.1 PEER_CLOSED\n"
+
+
+@pytest.mark.parametrize("flag", ["--on-connect", "--on-disconnect"])
+def test_a_bad_event_target_is_a_usage_error_naming_its_flag(flag):
+    result = subprocess.run([sys.executable, "-m", "simpletcp", "--port", "0", flag,
+                             "no_such_module_xyz:f"], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert f"argument {flag}: " in result.stderr
+    assert "cannot import module 'no_such_module_xyz'" in result.stderr

@@ -114,7 +114,7 @@ for method in ("put", "put_nowait"):
     attempt(f"unbound.{method}", lambda: getattr(unbound, method)(b"x"), "TypeError")
 for method in ("shutdown", "qsize", "empty", "full"):
     attempt(f"unbound.{method}", lambda: getattr(unbound, method)(), "TypeError")
-for name in ("pending_bytes", "peer"):
+for name in ("pending_bytes", "peer", "close_reason"):
     attempt(f"unbound.{name}", lambda: getattr(unbound, name), "TypeError")
 attempt("unbound.get", lambda: unbound.get(), "NotImplementedError")
 poke_everything("unbound", unbound)
@@ -131,6 +131,11 @@ for replacement in (None, 42, live, m.Connection.__new__(m.Connection), real_con
     attempt(f"queue bound to {replacement!r}: peer", lambda: hijacked.peer, expected)
 del hijacked._connection
 attempt("queue with its slot deleted: put", lambda: hijacked.put(b"x"), "TypeError")
+attempt("broadcast excluding it", lambda: server.broadcast(b"x", exclude=hijacked), "TypeError")
+for junk in ("text", None, 42, object(), [b"x"]):
+    attempt(f"broadcast({junk!r})", lambda: server.broadcast(junk), "TypeError")
+    attempt(f"broadcast(exclude={junk!r})", lambda: server.broadcast(b"x", exclude=junk),
+            "ok" if junk is None else "TypeError")
 attempt("re-__init__ a live queue with None", lambda: live.__init__(None), "TypeError")
 attempt("put(str)", lambda: live.put("text"), "TypeError")
 attempt("put(None)", lambda: live.put(None), "TypeError")
@@ -443,7 +448,7 @@ SETTINGS = {
 }
 for label, framing in SETTINGS.items():
     attempt(f"Loop(framing={label})",
-            lambda: m.Loop(listening(), echo, False, 64, *OPTIONS, framing),
+            lambda: m.Loop(listening(), echo, False, 64, *OPTIONS, framing=framing),
             ("TypeError", "ValueError", "OverflowError"))
 
 def odd_need_more(count):
@@ -488,9 +493,51 @@ attempt("raise ShutDown", lambda: (_ for _ in ()).throw(m.ShutDown("x")), "ShutD
 poke_everything("ShutDown('x')", m.ShutDown("x"))
 finish()
 '''
-for internal in ("Connection", "ActivityList", "Poller", "EpollPoller", "PollPoller",
-                 "LogThrottle", "ReadBuffer", "Timers", "MessageFramer", "LineFramer",
-                 "LengthFramer", "FixedFramer", "PythonFramer"):
+# Events that do what they should not: break their queue, raise what escapes most
+# code, stop the server, close at once, reach for every connection. The server goes on
+# serving others, calls on_disconnect once each, and stops.
+PROGRAMS["events"] = '''
+import itertools
+numbers = itertools.count()
+disconnected = []
+
+def on_connect(queue):
+    number = next(numbers)
+    queue.number = number
+    server.broadcast(b"joined", exclude=queue)
+    server.connections()
+    if number == 1:
+        raise SystemExit("from on_connect")
+    if number == 2:
+        queue.shutdown(immediate=True)
+    if number == 3:
+        object.__setattr__(queue, "_connection", None)  # its on_disconnect still comes
+
+def on_disconnect(queue):
+    disconnected.append(getattr(queue, "number", None))
+    server.broadcast(b"left")
+    if len(disconnected) == 2:
+        raise KeyboardInterrupt("from on_disconnect")
+
+server = TCPServer("localhost", 0, echo, on_connect=on_connect,
+                   on_disconnect=on_disconnect).start()
+clients = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+           for _ in range(6)]
+for client in clients:
+    client.close()
+deadline = time.monotonic() + 10
+while len(disconnected) < 6 and time.monotonic() < deadline:
+    time.sleep(0.01)
+attempt("every on_disconnect came", lambda: sorted(disconnected) == list(range(6)) or 1 / 0,
+        "ok")
+attempt("serving still", lambda: ClientSocket("localhost", server.port).send(b"x") == b"x"
+        or 1 / 0, "ok")
+attempt("stop", lambda: server.stop(timeout=10) or 1 / 0, "ok")
+finish()
+'''
+for internal in ("Connection", "ActivityList", "Events", "Poller", "EpollPoller",
+                 "PollPoller", "LogThrottle", "ReadBuffer", "Timers", "MessageFramer",
+                 "LineFramer", "LengthFramer", "FixedFramer", "PythonFramer"):
     PROGRAMS[internal] = INTERNAL.format(name=internal)
 
 # The module's functions, with what a caller could pass.

@@ -55,11 +55,10 @@ def answer_line(queue, line):
 def resp_on_compiled_framing():
     """(callback, framing) of the store of examples/kvstore with the loop's buffering: a
     Framer whose frame() is the store's own parse_request, so the callback gets each
-    command parsed. MULTI's per-connection state is in a table keyed weakly by the
-    queue, as the store keeps it (a queue attribute once queues take them)."""
+    command parsed. MULTI's per-connection state is an attribute of the queue, made
+    by on_connect."""
     kvstore = load_example("kvstore")
     store = kvstore.KeyValueServer()
-    sessions = weakref.WeakKeyDictionary()
 
     class RespRequests(Framer):
         def frame(self, data, start):
@@ -71,20 +70,20 @@ def resp_on_compiled_framing():
                 return NeedMore(end - len(data))
             return end - start, arguments
 
+    def open_session(queue):
+        queue.session = kvstore.Session()
+
     def execute(queue, arguments):
         if not arguments:
             return None  # an empty inline line, as redis ignores it
-        session = sessions.get(queue)
-        if session is None:
-            session = sessions[queue] = kvstore.Session()
-        reply, close = store.execute(session, arguments)
+        reply, close = store.execute(queue.session, arguments)
         if close:
             queue.put(reply)
             queue.shutdown()
             return None
         return reply
 
-    return execute, RespRequests(max_length=kvstore.MAX_REQUEST_BYTES)
+    return execute, RespRequests(max_length=kvstore.MAX_REQUEST_BYTES), open_session
 
 
 def main():
@@ -95,12 +94,12 @@ def main():
     parser.add_argument("--backend", choices=["epoll", "poll"], default="epoll")
     parser.add_argument("--framing", choices=["callback", "compiled"], default="callback")
     args = parser.parse_args()
-    framing = None
+    framing = on_connect = None
     if args.framing == "compiled" and args.program == "lines":
         callback = answer_line
         framing = Lines(keep_delimiter=True, max_length=MAX_LINE_BYTES)
     elif args.framing == "compiled" and args.program == "resp":
-        callback, framing = resp_on_compiled_framing()
+        callback, framing, on_connect = resp_on_compiled_framing()
     elif args.framing == "compiled":
         parser.error("--framing compiled is for --program lines or resp")
     elif args.program == "lines":
@@ -110,7 +109,7 @@ def main():
     else:
         callback = load_example("http").HttpResponder()
     server = TCPServer("localhost", args.port, callback, maximum_connections=args.backlog,
-                       backend=args.backend, framing=framing)
+                       backend=args.backend, framing=framing, on_connect=on_connect)
     print(server.port, flush=True)
     server.run()
 
