@@ -591,9 +591,9 @@ def run_counted_suite(args, servers: list[Server], workloads: list[Workload], pi
 # store; only framing and I/O differ. The figures are per request, ratios to uvloop.
 
 RESP_SERVERS = [
-    Server("simpletcp_resp", "simpletcp, RESP framed in the callback",
+    Server("simpletcp_resp", "simpletcp, examples/kvstore (a RESP Framer, compiled buffering)",
            python_server("simpletcp_framed.py", "--program", "resp"),
-           requires=("simpletcp.tcpserver",)),
+           requires=("simpletcp.framing",)),
     Server("uvloop_resp", "uvloop Protocol, RESP framed by hand",
            python_server("protocol_framed.py", "--program", "resp"),
            requires=("uvloop", "simpletcp.tcpserver")),

@@ -426,17 +426,20 @@ cdef class PythonFramer(MessageFramer):
         many more bytes it needs), as a length from 1 to max_length; or -1, the
         connection rejected for it: a length over max_length is the peer's (its message
         is too long), anything else the framer's (a bug: logged as an error)."""
-        cdef object length
-        if isinstance(answer, int) and not isinstance(answer, bool):
-            length = int.__index__(answer) + buffered  # an int subclass's own arithmetic has no say
-            if length > self.max_length:
+        cdef int overflow = 0
+        cdef long length
+        if PyLong_Check(answer) and not PyBool_Check(answer):
+            # The int's own value, whatever an int subclass says; past a C long, overflow.
+            length = PyLong_AsLongAndOverflow(answer, &overflow)
+            if overflow > 0 or (overflow == 0 and length > self.max_length - buffered):
                 self.reject(connection, f"{self.name}.frame() says the next message is "
-                                        f"{'at least ' if buffered else ''}{length} bytes, "
-                                        f"over max_length ({self.max_length})")
+                                        f"{'at least ' if buffered else ''}"
+                                        f"{int.__index__(answer) + buffered} bytes, over "
+                                        f"max_length ({self.max_length})")
                 return -1
-            if length - buffered >= 1:
-                return length
-        self.reject(connection, f"{self.name}.frame() returned {answer!r}",
+            if overflow == 0 and length >= 1:
+                return length + buffered
+        self.reject(connection, f"{self.name}.frame() returned {answer!r}"[:300],
                     TypeError(f"frame() must return a length of at least 1 (an int), "
                               "(length, message), NeedMore(count) or None; got "
                               f"{type(answer).__name__} {answer!r}"[:300]))

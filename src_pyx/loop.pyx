@@ -7,6 +7,7 @@ implemented in the .pyx of the same name, included here, so that the C compiler 
 the whole hot path at once. ARCHITECTURE.md draws the house.
 """
 
+from cpython.bool cimport PyBool_Check
 from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
@@ -14,6 +15,7 @@ from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.dict cimport PyDict_Keys
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF

@@ -386,7 +386,8 @@ def framed_server(request):
 
     def start(program):
         if request.param == "simpletcp_compiled" and program != "lines":
-            pytest.skip("the compiled framing's server runs W5 (lines) only")
+            pytest.skip("--framing compiled is W5's (lines): resp and http are the "
+                        "examples, framed by their own Framer, in the 'simpletcp' case")
         script, *options = FRAMED_SERVERS[request.param]
         proc = subprocess.Popen([sys.executable, str(BENCH / "servers" / script), "--program",
                                  program, "--port", "0", *options], cwd=BENCH / "servers",

@@ -311,6 +311,8 @@ def test_on_disconnect_that_raises_is_logged_and_the_server_goes_on(serve, caplo
             assert client.recv(1) == b"x"
         wait_for(lambda: server.connection_count == 0)
     wait_for(lambda: len(calls) == 3)
+    # Logged after on_disconnect raised, in the loop's thread: a moment after the call.
+    wait_for(lambda: len([r for r in caplog.records if r.levelno == logging.ERROR]) >= 3)
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(messages) == 3
     assert all(m.startswith("on_disconnect raised KeyError for connection 127.0.0.1:")

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from simpletcp import CloseReason
 from simpletcp.framing import Framer, FramingError, LengthPrefixed, Lines
 from support import (TIMEOUT, child_server, connect, recv_exactly, recv_until_eof,
                      rss_kib, wait_for)
@@ -62,6 +63,7 @@ def assert_closed_after_replies(server, request, replies, callback, caplog, *, w
     offending = [queue for queue in callback.queues if queue.peer == peer]
     if offending:
         wait_for(lambda: "closed: framing error" in repr(offending[0]))
+        assert offending[0].close_reason is CloseReason.FRAMING_ERROR
     return record
 
 
@@ -293,3 +295,15 @@ def test_a_client_streaming_without_a_delimiter_cannot_grow_the_servers_memory(b
             streamer.close()
             grown = rss_kib(child.pid) - before
             assert grown < 8 * 1024, f"the server grew by {grown} KiB"
+
+
+def test_on_disconnect_hears_of_the_framing_error(serve, caplog):
+    caplog.set_level(logging.ERROR, logger="simpletcp")  # the rejection is expected
+    reasons = []
+    server = serve(lambda queue, line: line + b"\n", framing=Lines(max_length=5),
+                   on_connect=lambda queue: queue.put(b"hello\n"),
+                   on_disconnect=lambda queue: reasons.append(queue.close_reason))
+    with connect(server) as client:
+        client.sendall(b"ok\n" + b"x" * 10 + b"\n")
+        assert recv_until_eof(client) == b"hello\nok\n"
+    wait_for(lambda: reasons == [CloseReason.FRAMING_ERROR])

@@ -448,7 +448,7 @@ SETTINGS = {
 }
 for label, framing in SETTINGS.items():
     attempt(f"Loop(framing={label})",
-            lambda: m.Loop(listening(), echo, False, 64, *OPTIONS, framing),
+            lambda: m.Loop(listening(), echo, False, 64, *OPTIONS, framing=framing),
             ("TypeError", "ValueError", "OverflowError"))
 
 def odd_need_more(count):
