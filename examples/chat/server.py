@@ -22,7 +22,7 @@ What simpletcp does for it (README, "Writing a protocol"):
 Every callback and event runs in the server's one thread, so ``nicks`` needs no lock.
 """
 import sys
-from typing import List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 from simpletcp.framing import Lines
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
@@ -43,7 +43,7 @@ class ChatServer:
         self.server: Optional[TCPServer] = None
         self.nicks: Set[str] = set()
 
-    def keywords(self) -> dict:
+    def keywords(self) -> Dict[str, Any]:
         return dict(framing=Lines(max_length=MAX_LINE_BYTES), on_connect=self.greet,
                     on_disconnect=self.leave)
 

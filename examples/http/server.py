@@ -17,7 +17,7 @@ server keeps each connection's unfinished bytes and calls ``on_request`` once pe
 request. What ``on_request`` returns is the response.
 """
 import sys
-from typing import Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 from simpletcp.framing import Framer, NeedMore
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
@@ -141,7 +141,7 @@ class HttpResponder:
     def __init__(self) -> None:
         self.answered = 0  # requests answered, for monitoring
 
-    def keywords(self) -> dict:
+    def keywords(self) -> Dict[str, Any]:
         return dict(framing=HttpFramer())
 
     def on_request(self, queue: ConnectionQueue,

@@ -18,7 +18,7 @@ and calls ``on_request`` once per whole request, with the parsed arguments. What
 queue, which lives exactly as long as the connection.
 """
 import sys
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from simpletcp.framing import Framer, NeedMore
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
@@ -287,7 +287,7 @@ class KeyValueServer:
     def __init__(self) -> None:
         self.store = Store()
 
-    def keywords(self) -> dict:
+    def keywords(self) -> Dict[str, Any]:
         return dict(framing=RespFramer(), on_connect=self.open_session)
 
     def open_session(self, queue: ConnectionQueue) -> None:
