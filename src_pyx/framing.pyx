@@ -373,6 +373,11 @@ cdef class PythonFramer(MessageFramer):
                     return self.reject(connection, f"{self.name}: {failure}")
                 return self.reject(connection, f"{self.name}.frame() raised "
                                                f"{type(failure).__name__}", failure)
+            if connection.state != OPEN:
+                # frame() closed it (a queue.shutdown() through server.connections()):
+                # its input is dropped from now on, as after a callback's close.
+                connection.discarded += size - start
+                return 0
             if answer is None:
                 wanted = size - start + 1
                 break

@@ -132,10 +132,13 @@ def test_ten_thousand_pipelined_requests_in_one_write(responder):
     (b"ping\n", b"400"),  # a bad request line is answered before the head ends
     (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
     (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
+    # two lengths: which one a proxy in front believed is unknown (request smuggling)
+    (b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 0\r\n\r\nhello", b"400"),
     (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"501"),
     (b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"413"),
     (b"GET / HTTP/1.1\r\nX: " + b"x" * 20_000, b"431"),  # a head that never ends
-], ids=["garbage", "request-line", "header", "length", "chunked", "body-size", "head-size"])
+], ids=["garbage", "request-line", "header", "length", "two-lengths", "chunked", "body-size",
+        "head-size"])
 def test_a_bad_request_is_answered_and_closed_and_others_go_on(responder, abuse, status):
     server, callback = responder
     with connect(server) as bystander, connect(server) as abuser:

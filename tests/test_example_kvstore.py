@@ -2,6 +2,7 @@
 (redis-benchmark, redis-cli, redis-py) and by hostile ones, on every backend."""
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -106,6 +107,30 @@ def test_a_request_one_byte_at_a_time(store):
         assert recv_exactly(client, 16) == b"+OK\r\n$5\r\nv\r\nxy\r\n"
 
 
+def test_a_request_of_many_small_arguments_sent_in_pieces_is_parsed_a_few_times(serve):
+    """A request of thousands of one-byte arguments, sent in a hundred small pieces:
+    the store parses it again only once enough has arrived for it to be whole, a
+    handful of times, not once per piece (the cost of which grew with the square of
+    the request's size: one 1 MB request sent so held the server for minutes)."""
+    sizes = []
+
+    class CountingFramer(kvstore.RespFramer):
+        def frame(self, data, start):
+            sizes.append(len(data) - start)
+            return super().frame(data, start)
+
+    app = kvstore.KeyValueServer()
+    server = serve(app.on_request, **dict(app.keywords(), framing=CountingFramer()))
+    request = b"*2001\r\n$3\r\nDEL\r\n" + b"$1\r\nx\r\n" * 2000
+    with connect(server) as client:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start in range(0, len(request), 140):
+            client.sendall(request[start:start + 140])
+            time.sleep(0.001)  # most pieces are read apart (the assertion holds either way)
+        assert recv_exactly(client, 4) == b":0\r\n"
+    assert len(sizes) <= 10, sizes
+
+
 def test_ten_thousand_pipelined_commands_in_one_write(store):
     server, _ = store
     with connect(server) as client:
@@ -120,9 +145,11 @@ def test_ten_thousand_pipelined_commands_in_one_write(store):
     b"*3\r\n$3\r\nSET\r\n$600000\r\n" + b"k" * 600_000 + b"\r\n$600000\r\n" + b"v" * 600_000,
     b"x" * (200 * 1024),                         # an inline line that never ends
     b"*abc\r\n",                                 # a malformed header
+    b"*1000000\r\n",                             # more arguments than a request can hold
     b"*1\r\n:5\r\n",                             # not a bulk string
     b"*1\r\n$3\r\nPINGX\r\n",                    # bulk not followed by CRLF
-], ids=["bulk-length", "request-size", "inline-line", "header", "not-bulk", "crlf"])
+], ids=["bulk-length", "request-size", "inline-line", "header", "argument-count",
+        "not-bulk", "crlf"])
 def test_an_abusive_request_is_answered_and_closed_and_others_go_on(store, abuse):
     server, callback = store
     with connect(server) as bystander, connect(server) as abuser:

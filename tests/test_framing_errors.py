@@ -226,6 +226,35 @@ def test_what_a_custom_framer_answers_is_checked(serve, caplog, answer, what, le
     assert record.levelno == level
 
 
+class ClosesFromFrame(Framer):
+    """Shuts its connection down from inside frame() (server.connections() reaches
+    it), then says a whole message is there, or that none is yet."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer = answer
+        self.server = None
+
+    def frame(self, data, start):
+        for queue in self.server.connections():
+            queue.shutdown()
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", [1, None], ids=["a message", "no message yet"])
+def test_a_connection_its_framer_closed_gets_no_more_callbacks(serve, caplog, answer):
+    caplog.set_level(logging.WARNING, logger="simpletcp")
+    answering = Answering()
+    framer = ClosesFromFrame(answer)
+    server = serve(answering, framing=framer)
+    framer.server = server
+    with connect(server) as client:
+        client.sendall(b"abc")
+        assert recv_until_eof(client) == b""
+    assert answering.received == []
+    assert [record.getMessage() for record in caplog.records] == []
+
+
 def test_a_custom_framer_that_never_finds_a_message_cannot_grow_the_buffer(serve, caplog):
     caplog.set_level(logging.WARNING, logger="simpletcp")
     server = serve(Answering(), framing=Claims(None, max_length=5000))

@@ -54,7 +54,11 @@ def parse_head(head: bytes) -> Tuple[bytes, bytes, bytes, Dict[bytes, bytes]]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
             raise BadRequest(b"400 Bad Request", "malformed header")
-        headers[name.lower()] = value.strip()
+        name, value = name.lower(), value.strip()
+        if name == b"content-length" and headers.get(name, value) != value:
+            # Which one a proxy in front believed is unknown: request smuggling.
+            raise BadRequest(b"400 Bad Request", "conflicting Content-Length headers")
+        headers[name] = value
     return method, target, version, headers
 
 

@@ -27,7 +27,8 @@ from simpletcp.tcpserver import ConnectionQueue, TCPServer
 MAX_REQUEST_BYTES = 1024 * 1024
 #: An inline command's line, or a RESP header line ("*3", "$5"), longer than this is an abuse.
 MAX_INLINE_BYTES = 64 * 1024
-MAX_ARGUMENTS = 1024 * 1024
+#: The fewest bytes an argument takes: b"$0\r\n\r\n".
+MIN_ARGUMENT_BYTES = 6
 
 
 class ProtocolError(Exception):
@@ -36,8 +37,13 @@ class ProtocolError(Exception):
 
 def parse_request(buffer: bytes, start: int) -> Tuple[Optional[List[bytes]], int]:
     """One request at ``buffer[start:]``: (arguments, end) when it is whole; (None,
-    bytes needed) when more must arrive; ProtocolError if it is malformed. An empty
-    inline line is ([], end)."""
+    the fewest bytes ``buffer`` must hold for it to be) when more must arrive;
+    ProtocolError if it is malformed. An empty inline line is ([], end).
+
+    The fewest, counting every argument not yet here as an empty one: the request is
+    parsed again (from its start) only once that much has arrived, so a request of
+    many small arguments sent in many small pieces is parsed a few times, not once
+    per piece (its cost would grow with the square of its size)."""
     if buffer[start] != 0x2A:  # not "*": an inline command, one line of words
         end = buffer.find(b"\n", start)
         if end < 0:
@@ -48,29 +54,39 @@ def parse_request(buffer: bytes, start: int) -> Tuple[Optional[List[bytes]], int
     count, position = header_number(buffer, start, "multibulk length")
     if count is None:
         return None, position
-    if not 0 <= count <= MAX_ARGUMENTS:
+    if count < 0:
         raise ProtocolError("invalid multibulk length")
     arguments = []
-    for _ in range(count):
+    for index in range(count):
+        # The fewest bytes the arguments after this one take.
+        after = (count - index - 1) * MIN_ARGUMENT_BYTES
         if position >= len(buffer):
-            return None, position + 1
+            return incomplete(start, position + MIN_ARGUMENT_BYTES + after)
         if buffer[position] != 0x24:  # "$"
             raise ProtocolError(f"expected '$', got '{chr(buffer[position])}'")
         length, data_start = header_number(buffer, position, "bulk length")
         if length is None:
-            return None, data_start
+            return incomplete(start, max(data_start, position + MIN_ARGUMENT_BYTES) + after)
         if not 0 <= length <= MAX_REQUEST_BYTES:
             raise ProtocolError("invalid bulk length")
         data_end = data_start + length
         if data_end + 2 - start > MAX_REQUEST_BYTES:
             raise ProtocolError(f"request larger than {MAX_REQUEST_BYTES} bytes")
         if len(buffer) < data_end + 2:
-            return None, data_end + 2
+            return incomplete(start, data_end + 2 + after)
         if buffer[data_end:data_end + 2] != b"\r\n":
             raise ProtocolError("bulk string not followed by CRLF")
         arguments.append(bytes(buffer[data_start:data_end]))
         position = data_end + 2
     return arguments, position
+
+
+def incomplete(start: int, end: int) -> Tuple[None, int]:
+    """(None, end) for a request from ``start`` that cannot be whole before ``end``;
+    ProtocolError if that is already more than a request may be."""
+    if end - start > MAX_REQUEST_BYTES:
+        raise ProtocolError(f"request larger than {MAX_REQUEST_BYTES} bytes")
+    return None, end
 
 
 def header_number(buffer: bytes, start: int, what: str) -> Tuple[Optional[int], int]:
