@@ -131,10 +131,21 @@ cdef class Connection:
         """Whether code besides this connection holds its queue: a worker that may reply.
 
         Only this connection references a queue nobody kept, so a count above one means
-        a thread, a closure or a registry has it. The count is read right after the
-        callback returned or in the loop, never while a call is passing the queue.
+        a thread, a closure or a registry has it, or the queue's own state refers back
+        to it (queue.session = Session(queue)), which _state.held_beyond_its_state tells
+        apart. The count is read right after the callback returned or in the loop,
+        never while a call is passing the queue.
         """
-        return self.queue is not None and refcount_of(<PyObject *>self.queue) > 1
+        cdef Py_ssize_t others
+        if self.queue is None:
+            return False
+        others = refcount_of(<PyObject *>self.queue) - 1
+        if others <= 0:
+            return False
+        try:
+            return _held_beyond_its_state(self.queue, others, (self,))
+        except Exception:
+            return True  # cannot tell (out of memory, a strange object): wait, as before
 
     # ---- output, from any thread ------------------------------------------------
 

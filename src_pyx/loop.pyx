@@ -33,6 +33,7 @@ from collections.abc import Coroutine as _Coroutine
 import queue as _queue
 import _signal as _csignal  # the C module: no Python code runs in its calls
 from simpletcp import _arguments
+from simpletcp._state import held_beyond_its_state as _held_beyond_its_state
 from socket import socket as _Socket
 from _socket import socket as _CSocket
 import threading

@@ -3,9 +3,11 @@ on every backend; per-connection state on the queue, and when it is let go of.""
 import gc
 import itertools
 import logging
+import queue as queue_module
 import signal
 import socket
 import threading
+import time
 import weakref
 
 import pytest
@@ -397,6 +399,73 @@ def test_state_on_queues_does_not_make_stop_wait(serve):
     closer.start()
     assert server.stop(timeout=TIMEOUT)
     closer.join(TIMEOUT)
+
+
+class Session:
+    """State that refers back to its connection, as one naturally writes it."""
+
+    def __init__(self, queue, app):
+        self.queue = queue
+        self.app = app
+        self.say = lambda data: queue.put(data)
+
+
+@pytest.mark.parametrize("state", ["session", "bound method", "closure", "cycle of lists"])
+def test_state_that_refers_back_to_its_queue_does_not_make_stop_wait(serve, state):
+    # The queue's own state holding the queue raises its reference count as a worker
+    # would; only references from outside that state make stop() wait.
+    app = {"name": "shared by every connection"}
+
+    def on_connect(queue):
+        if state == "session":
+            queue.session = Session(queue, app)
+        elif state == "bound method":
+            queue.reply = queue.put
+        elif state == "closure":
+            queue.shout = lambda data: queue.put(data.upper())
+        else:
+            first = [queue]
+            queue.ring = [first, [first, queue]]
+            first.append(queue.ring)
+
+    server = serve(echo, on_connect=on_connect, grace_period=600)
+    clients = [connect(server) for _ in range(20)]
+    for client in clients:
+        client.sendall(b"x")
+        assert client.recv(1) == b"x"
+    closer = threading.Thread(target=close_at_eof, args=(clients,))
+    closer.start()
+    started = time.monotonic()
+    assert server.stop(timeout=TIMEOUT)
+    assert time.monotonic() - started < TIMEOUT
+    closer.join(TIMEOUT)
+
+
+@pytest.mark.parametrize("holder", ["the session", "the queue"])
+def test_a_worker_holding_state_that_reaches_the_queue_is_waited_for(serve, holder):
+    # The other side: a worker thread that holds the session (or the queue) may reply
+    # after stop() began, and that reply is sent before the connection closes.
+    app = {}
+    handed = queue_module.SimpleQueue()
+
+    def on_connect(queue):
+        queue.session = Session(queue, app)
+
+    def read(queue, data):
+        handed.put(queue.session if holder == "the session" else queue)
+
+    server = serve(read, on_connect=on_connect, grace_period=30)
+    with connect(server) as client:
+        client.sendall(b"work")
+        held = handed.get(timeout=TIMEOUT)
+        stopping = threading.Thread(target=server.stop, kwargs={"timeout": TIMEOUT})
+        stopping.start()
+        time.sleep(0.5)  # stop() has begun, and waits for the worker
+        (held.say if holder == "the session" else held.put)(b"late reply")
+        del held
+        assert recv_exactly(client, 10) == b"late reply"
+        stopping.join(TIMEOUT)
+        assert not stopping.is_alive()
 
 
 def test_close_reason_is_importable_and_mirrors_the_loop():
