@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Set, Tuple
 EXPLORED_MOST = 10_000
 
 # Not explored: what every object reaches, and what never belongs to one connection.
-_SHARED = (type, types.ModuleType, types.CodeType, types.BuiltinFunctionType)
+_SHARED: Tuple[type, ...] = (type, types.ModuleType, types.CodeType,
+                           types.BuiltinFunctionType)
 
 
 def _referents(obj: Any) -> List[Any]:
