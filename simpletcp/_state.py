@@ -27,13 +27,62 @@ EXPLORED_MOST = 10_000
 _SHARED = (type, types.ModuleType, types.CodeType, types.BuiltinFunctionType)
 
 
+# Python 3.13 keeps an instance's attributes inline even once its __dict__ has been
+# made: the instance and that dict then share one reference to each value, and the
+# instance's traversal shows the values, not the dict (nor the dict's, the values).
+# Here the instance refers to its dict, and the dict to the values.
+_DICT_SHARES_INLINE_VALUES = sys.version_info >= (3, 13)
+
+
 def _referents(obj: Any) -> List[Any]:
-    """What `obj` refers to, a function's globals and a method's function left out."""
+    """What `obj` refers to, a function's globals and a method's function left out.
+
+    Each referent stands for one reference `obj` holds: the tuple of a function's
+    closure cells or defaults, not what is in it, since a worker can hold that tuple.
+    """
     if isinstance(obj, types.FunctionType):
-        return [cell for cell in (obj.__closure__ or ())] + list(obj.__defaults__ or ())
+        return [part for part in (obj.__closure__, obj.__defaults__, obj.__kwdefaults__)
+                if part is not None]
     if isinstance(obj, types.MethodType):
         return [obj.__self__]
+    if _DICT_SHARES_INLINE_VALUES:
+        if type(obj) is dict and all(type(key) is str for key in obj):
+            # Its values, also when they are an instance's inline values, which the
+            # dict's own traversal leaves to the instance.
+            return list(obj.values())
+        return _with_its_dict(obj, gc.get_referents(obj))
     return gc.get_referents(obj)
+
+
+def _with_its_dict(obj: Any, referents: List[Any]) -> List[Any]:
+    """`referents` with an instance's dict in place of the inline values it shares.
+
+    A worker holding vars(session) can reach what the session refers to, so the dict
+    must be counted as a referent (of the one reference the instance holds to it), and
+    its values once only, as the dict's.
+    """
+    descriptor = None
+    for klass in type(obj).__mro__:
+        descriptor = vars(klass).get("__dict__")
+        if descriptor is not None:
+            break
+    if not isinstance(descriptor, types.GetSetDescriptorType):
+        return referents  # no instance dict, or not the interpreter's own
+    attributes = descriptor.__get__(obj, type(obj))
+    if not isinstance(attributes, dict) or any(r is attributes for r in referents):
+        return referents
+    # Left out: one edge per value of the dict (fewer edges inside only err towards held).
+    shared: Dict[int, int] = {}
+    for value in attributes.values():
+        shared[id(value)] = shared.get(id(value), 0) + 1
+    kept = []
+    for referent in referents:
+        if shared.get(id(referent), 0) > 0:
+            shared[id(referent)] -= 1
+        else:
+            kept.append(referent)
+    kept.append(attributes)
+    return kept
 
 
 def held_beyond_its_state(queue: Any, references_besides_the_server: int,
