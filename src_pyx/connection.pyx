@@ -136,16 +136,30 @@ cdef class Connection:
         apart. The count is read right after the callback returned or in the loop,
         never while a call is passing the queue.
         """
-        cdef Py_ssize_t others
+        cdef Py_ssize_t i
+        cdef list objects
+        cdef list inside
         if self.queue is None:
             return False
-        others = refcount_of(<PyObject *>self.queue) - 1
-        if others <= 0:
+        if refcount_of(<PyObject *>self.queue) - 1 <= 0:
             return False
         try:
-            return _held_beyond_its_state(self.queue, others, (self,))
+            found = _references_from_inside(self.queue, (self,))
         except Exception:
             return True  # cannot tell (out of memory, a strange object): wait, as before
+        if found is None:
+            return True
+        queue_inside, objects, inside = found
+        # All counts in one pass that runs no Python code: the GIL is not let go, so a
+        # worker cannot move its reference from the queue to its state (or back)
+        # between two reads. `objects` holds one reference to each.
+        if refcount_of(<PyObject *>self.queue) - 1 > <Py_ssize_t>queue_inside:
+            return True
+        for i in range(PyList_GET_SIZE(objects)):
+            if (refcount_of(PyList_GET_ITEM(objects, i)) - 1
+                    > <Py_ssize_t><object>PyList_GET_ITEM(inside, i)):
+                return True
+        return False
 
     # ---- output, from any thread ------------------------------------------------
 

@@ -15,6 +15,7 @@ from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.dict cimport PyDict_Keys
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.pythread cimport PyThread_get_thread_ident
@@ -33,7 +34,7 @@ from collections.abc import Coroutine as _Coroutine
 import queue as _queue
 import _signal as _csignal  # the C module: no Python code runs in its calls
 from simpletcp import _arguments
-from simpletcp._state import held_beyond_its_state as _held_beyond_its_state
+from simpletcp._state import references_from_inside as _references_from_inside
 from socket import socket as _Socket
 from _socket import socket as _CSocket
 import threading

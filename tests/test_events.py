@@ -415,6 +415,10 @@ class Session:
         self.app = app
         self.say = lambda data: queue.put(data)
 
+        def reply(data, to=queue):
+            to.put(data)
+        self.reply = reply
+
 
 @pytest.mark.parametrize("state", ["session", "bound method", "closure", "cycle of lists"])
 def test_state_that_refers_back_to_its_queue_does_not_make_stop_wait(serve, state):
@@ -438,18 +442,35 @@ def test_state_that_refers_back_to_its_queue_does_not_make_stop_wait(serve, stat
                                                   grace_period=600))
 
 
-@pytest.mark.parametrize("holder", ["the session", "the queue"])
+# What a worker is handed, from the connection's queue, and how it replies with it.
+HOLDERS = {
+    "the session": (lambda queue: queue.session, lambda held: held.say),
+    "the queue": (lambda queue: queue, lambda held: held.put),
+    # Parts of the state that a worker can hold on their own: the tuple of a
+    # function's closure cells or of its defaults, and the session's __dict__ (which
+    # Python 3.13 shares with the session's inline attributes).
+    "the closure of say": (lambda queue: queue.session.say.__closure__,
+                           lambda held: held[0].cell_contents.put),
+    "the defaults of reply": (lambda queue: queue.session.reply.__defaults__,
+                              lambda held: held[0].put),
+    "vars(session)": (lambda queue: vars(queue.session), lambda held: held["queue"].put),
+}
+
+
+@pytest.mark.parametrize("holder", sorted(HOLDERS))
 def test_a_worker_holding_state_that_reaches_the_queue_is_waited_for(serve, holder):
-    # The other side: a worker thread that holds the session (or the queue) may reply
-    # after stop() began, and that reply is sent before the connection closes.
+    # The other side: a worker thread that holds the session (or the queue, or a part
+    # of the session that reaches it) may reply after stop() began, and that reply is
+    # sent before the connection closes.
     app = {}
     handed = queue_module.SimpleQueue()
+    hand, reply_with = HOLDERS[holder]
 
     def on_connect(queue):
         queue.session = Session(queue, app)
 
     def read(queue, data):
-        handed.put(queue.session if holder == "the session" else queue)
+        handed.put(hand(queue))
 
     server = serve(read, on_connect=on_connect, grace_period=30)
     with connect(server) as client:
@@ -458,7 +479,7 @@ def test_a_worker_holding_state_that_reaches_the_queue_is_waited_for(serve, hold
         stopping = threading.Thread(target=server.stop, kwargs={"timeout": TIMEOUT})
         stopping.start()
         time.sleep(0.5)  # stop() has begun, and waits for the worker
-        (held.say if holder == "the session" else held.put)(b"late reply")
+        reply_with(held)(b"late reply")
         del held
         assert recv_exactly(client, 10) == b"late reply"
         stopping.join(TIMEOUT)
