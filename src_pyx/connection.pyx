@@ -132,7 +132,7 @@ cdef class Connection:
 
         Only this connection references a queue nobody kept, so a count above one means
         a thread, a closure or a registry has it, or the queue's own state refers back
-        to it (queue.session = Session(queue)), which _state.held_beyond_its_state tells
+        to it (queue.session = Session(queue)), which _state.references_from_inside tells
         apart. The count is read right after the callback returned or in the loop,
         never while a call is passing the queue.
         """
