@@ -143,6 +143,9 @@ cdef class Connection:
             return False
         if refcount_of(<PyObject *>self.queue) - 1 <= 0:
             return False
+        if not getattr(self.queue, "__dict__", None):
+            return True  # no state of its own to refer back: held from outside (cheap:
+                         # a registry can hold thousands while stopping waits)
         try:
             found = _references_from_inside(self.queue, (self,))
         except Exception:
