@@ -43,8 +43,8 @@ def test_a_newcomer_is_answered_while_hundreds_of_connections_stay_busy(serve, m
         time.sleep(0.2)  # every busy connection is ready now
         with connect(server) as newcomer:
             time.sleep(0.1)  # accepted by now
-            read_before = busy_bytes[0]
             newcomer.sendall(b"PING")
+            read_before = busy_bytes[0]  # after: see the next test
             assert recv_exactly(newcomer, 4) == b"PONG"
         waited = read_at_the_ping[0] - read_before
         total = BUSY * 65536
