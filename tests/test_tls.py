@@ -1,7 +1,7 @@
 """TLS (TCPServer(ssl=context)): the compiled loop serves TLS with the standard library's
 ssl.SSLContext, checked by real peers (Python's ssl client, openssl s_client): echo,
 TLS 1.2 and 1.3, 10 MB each way, backpressure, half-close, close_notify on a clean close
-and on stop(), per-connection facts (queue.ssl_object), mutual TLS, ALPN, a TLS 1.3 key
+and on stop(), per-connection facts (queue.tls), mutual TLS, ALPN, a TLS 1.3 key
 update, the PROXY header before the handshake, and the argument checks."""
 import logging
 import socket
@@ -47,7 +47,7 @@ def test_tls_1_2_and_1_3_are_served_and_the_queue_says_which(serve, server_conte
     facts = []
 
     def describe(queue, data):
-        tls = queue.ssl_object
+        tls = queue.tls
         facts.append((tls.version(), tls.cipher()[1]))
         queue.put(tls.version().encode())
 
@@ -60,12 +60,12 @@ def test_tls_1_2_and_1_3_are_served_and_the_queue_says_which(serve, server_conte
     assert facts == [(name, name)]
 
 
-def test_a_plain_connections_ssl_object_is_none(serve):
+def test_a_plain_connections_tls_is_none(serve):
     hand_off = HandOff()
     server = serve(hand_off)
     with connect(server) as client:
         client.sendall(b"x")
-        assert hand_off.first_queue().ssl_object is None
+        assert hand_off.first_queue().tls is None
 
 
 def test_ten_megabytes_each_way_arrive_whole_and_in_order(serve, server_context,
@@ -258,7 +258,7 @@ def test_mutual_tls_the_callback_sees_the_verified_client_certificate(
     subjects = []
 
     def who(queue, data):
-        subject = dict(part[0] for part in queue.ssl_object.getpeercert()["subject"])
+        subject = dict(part[0] for part in queue.tls.getpeercert()["subject"])
         subjects.append(subject)
         queue.put(subject["commonName"].encode())
 
@@ -276,7 +276,7 @@ def test_mutual_tls_the_callback_sees_the_verified_client_certificate(
 def test_alpn_the_protocol_agreed_is_visible_to_the_callback(serve, server_context,
                                                             client_context):
     def protocol(queue, data):
-        queue.put(queue.ssl_object.selected_alpn_protocol().encode())
+        queue.put(queue.tls.selected_alpn_protocol().encode())
 
     server_context.set_alpn_protocols(["h2", "http/1.1"])
     client_context.set_alpn_protocols(["http/1.1"])
@@ -321,7 +321,7 @@ def test_openssl_s_client_alpn_and_a_client_certificate(serve, server_context, t
     seen = []
 
     def remember(queue, data):
-        tls = queue.ssl_object
+        tls = queue.tls
         seen.append((tls.selected_alpn_protocol(),
                      dict(part[0] for part in tls.getpeercert()["subject"])["commonName"]))
         upper_until_bye(queue, data)
@@ -402,15 +402,15 @@ def test_tls_timeouts_are_checked(server_context, name, value, error):
 
 def test_tls_with_framing_events_and_returned_replies(serve, server_context, client_context):
     # The chat's recipe over TLS: on_connect speaks first once the handshake is done
-    # (queue.ssl_object is there already), Lines frames the plaintext however the
+    # (queue.tls is there already), Lines frames the plaintext however the
     # records cut it, the returned reply is encrypted, on_disconnect hears the end.
     from simpletcp import CloseReason
     from simpletcp.framing import Lines
     seen = []
 
     def greet(queue):
-        seen.append(("connect", queue.ssl_object.version()))
-        return b"hello " + queue.ssl_object.version().encode() + b"\n"
+        seen.append(("connect", queue.tls.version()))
+        return b"hello " + queue.tls.version().encode() + b"\n"
 
     def shout(queue, line):
         seen.append(("line", line))
