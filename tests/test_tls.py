@@ -68,6 +68,145 @@ def test_a_plain_connections_tls_is_none(serve):
         assert hand_off.first_queue().tls is None
 
 
+# ---- queue.tls: what the handshake agreed on ------------------------------------------
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_queue_tls_says_what_the_client_sees_and_cannot_drive_the_session(
+        serve, server_context, client_context, version):
+    facts = []
+
+    def remember(queue, data):
+        facts.append(queue.tls)
+        queue.put(data)
+
+    client_context.minimum_version = client_context.maximum_version = version
+    server_context.set_alpn_protocols(["echo/1"])
+    client_context.set_alpn_protocols(["echo/1"])
+    server = serve(remember, ssl=server_context)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"?")
+        assert recv_exactly(client, 1) == b"?"
+        tls = facts[0]
+        version = client.version()
+        assert tls.version() == version
+        assert tls.cipher() == client.cipher()
+        assert tls.selected_alpn_protocol() == "echo/1"
+        assert tls.server_hostname == "localhost"  # the name the client asked for (SNI)
+        assert tls.compression() is None and tls.session_reused is False
+        assert tls.getpeercert() is None and tls.getpeercert(binary_form=True) is None
+        assert tls.get_channel_binding() == client.get_channel_binding()
+        with pytest.raises(ValueError, match="tls-server-end-point"):
+            tls.get_channel_binding("tls-server-end-point")
+    # Facts only: nothing that would drive OpenSSL from the caller's thread.
+    for method in ("read", "write", "unwrap", "do_handshake", "pending", "context"):
+        assert not hasattr(tls, method), method
+    with pytest.raises(AttributeError):
+        tls.server_hostname = "elsewhere"
+    assert repr(tls).startswith(f"<TLSInfo {version} ")
+
+
+def test_queue_tls_is_still_there_in_on_disconnect_with_the_client_certificate(
+        serve, server_context, client_context, tls_ca):
+    seen = []
+
+    def after_close(queue):
+        tls = queue.tls
+        seen.append((queue.close_reason, tls.version(), tls.server_hostname,
+                     tls.getpeercert()["subject"], tls.getpeercert(binary_form=True)))
+
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    tls_ca.configure_trust(server_context)
+    tls_ca.issue_cert("client@example.test", common_name="client one").configure_cert(
+        client_context)
+    server = serve(echo, ssl=server_context, on_disconnect=after_close)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"hi")
+        assert recv_exactly(client, 2) == b"hi"
+        version = client.version()
+    wait_for(lambda: seen)
+    from simpletcp import CloseReason
+    reason, seen_version, name, subject, der = seen[0]
+    assert (reason, seen_version, name) == (CloseReason.PEER_CLOSED, version, "localhost")
+    assert ("commonName", "client one") in [part[0] for part in subject]
+    assert ssl.DER_cert_to_PEM_cert(der).startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_the_certificate_dict_is_a_copy(serve, server_context, client_context, tls_ca):
+    hand_off = HandOff()
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    tls_ca.configure_trust(server_context)
+    tls_ca.issue_cert("client@example.test").configure_cert(client_context)
+    server = serve(hand_off, ssl=server_context)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"x")
+        tls = hand_off.first_queue().tls
+        tls.getpeercert().clear()
+        assert tls.getpeercert()["subjectAltName"] == (("email", "client@example.test"),)
+
+
+def test_queue_tls_read_by_workers_while_the_loop_closes_the_connections(
+        serve, server_context, client_context):
+    # Workers read every fact in a loop while their connections are reset under them
+    # and closed by the loop: the facts never change, never raise, never crash.
+    failures, readers = [], []
+
+    def read_facts(queue):
+        tls = queue.tls
+        first = None
+        try:
+            while True:
+                closed = queue.close_reason is not None
+                now = (tls.version(), tls.cipher(), tls.server_hostname,
+                       tls.selected_alpn_protocol(), tls.getpeercert(),
+                       tls.get_channel_binding(), tls.session_reused, repr(queue.tls))
+                first = first or now
+                assert now == first
+                if closed:
+                    return
+        except Exception as error:  # pragma: no cover - what the test looks for
+            failures.append(error)
+
+    def hand_to_a_worker(queue, data):
+        reader = threading.Thread(target=read_facts, args=(queue,))
+        readers.append(reader)
+        reader.start()
+
+    server = serve(hand_to_a_worker, ssl=server_context)
+    for count in range(1, 21):
+        client = connect_tls(server, client_context)
+        client.sendall(b"go")
+        wait_for(lambda: len(readers) == count)
+        socket.socket.setsockopt(client, socket.SOL_SOCKET, socket.SO_LINGER,
+                                 b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()  # a reset: the loop closes the connection (PEER_RESET)
+    for reader in readers:
+        reader.join(TIMEOUT)
+        assert not reader.is_alive()
+    assert failures == []
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_queue_tls_says_when_a_session_was_resumed(serve, server_context, client_context,
+                                                   version):
+    reused = []
+
+    def remember(queue, data):
+        reused.append(queue.tls.session_reused)
+        queue.put(data)
+
+    client_context.minimum_version = client_context.maximum_version = version
+    server = serve(remember, ssl=server_context)
+    with connect_tls(server, client_context) as first:
+        first.sendall(b"one")
+        assert recv_exactly(first, 3) == b"one"  # TLS 1.3: its ticket came before this
+        session = first.session
+    with connect_tls(server, client_context, session=session) as second:
+        second.sendall(b"two")
+        assert recv_exactly(second, 3) == b"two"
+        assert second.session_reused
+    assert reused == [False, True]
+
+
 def test_ten_megabytes_each_way_arrive_whole_and_in_order(serve, server_context,
                                                          client_context):
     payload = bytes(i % 251 for i in range(10 * 1024 * 1024))
