@@ -130,7 +130,7 @@ cdef class TLSInfo:
         return self._session_reused
 
     def __repr__(self):
-        return (f"<TLSInfo {self._version} {self._cipher[0]} "
+        return (f"<TLSInfo {self._version} {self._cipher[0] if self._cipher else None} "
                 f"server_hostname={self._server_name!r} "
                 f"alpn={self._alpn_protocol!r}>")
 
