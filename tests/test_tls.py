@@ -168,8 +168,8 @@ def test_queue_tls_read_by_workers_while_the_loop_closes_the_connections(
 
     def hand_to_a_worker(queue, data):
         reader = threading.Thread(target=read_facts, args=(queue,))
-        readers.append(reader)
         reader.start()
+        readers.append(reader)  # started: the test may join it
 
     server = serve(hand_to_a_worker, ssl=server_context)
     for count in range(1, 21):
