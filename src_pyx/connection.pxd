@@ -84,6 +84,7 @@ cdef class Connection:
     cdef in_addr peer_ipv4    # AF_INET peers' address (see peer_family)
     cdef Py_ssize_t discarded # input bytes dropped since the close began
     cdef double last_active   # loop.now when bytes last moved either way
+    cdef double awaiting_since  # when it began AWAITING_PROXY_HEADER or _TLS_HANDSHAKE
     cdef double linger_started
     cdef int linger_unacknowledged  # unacknowledged() when lingering last looked (on_linger_quiet)
     cdef ActivityList listed_in  # the loop's idle or lingering list, if in one

@@ -59,7 +59,7 @@ cdef class Connection:
         self.loop = loop
         self.input_open = True
         self.interest = READABLE
-        self.last_active = loop.now
+        self.last_active = self.awaiting_since = loop.now
         if loop.proxy_header_parser is not None:
             # OPEN once its header is read (read_proxy_header).
             self.state = AWAITING_PROXY_HEADER
@@ -559,7 +559,8 @@ cdef class Connection:
 
     cdef inline void mark_active(self, double now) noexcept:
         self.last_active = now
-        if self.listed_in is not None and self is not self.listed_in.newest:
+        if (self.listed_in is not None and self is not self.listed_in.newest
+                and not self.listed_in.keeps_join_order):
             self.listed_in.move_to_newest(self)
 
     # ---- sending and settling ---------------------------------------------------
@@ -642,10 +643,10 @@ cdef class Connection:
         """The one place the state changes, with what entering each state takes."""
         self.state = state
         if state == AWAITING_TLS_HANDSHAKE:
-            # From AWAITING_PROXY_HEADER: the handshake's timeout starts now.
+            # From AWAITING_PROXY_HEADER: the handshake's deadline counts from now.
             if self.listed_in is not None:
                 self.listed_in.unlink(self)
-            self.last_active = self.loop.now
+            self.awaiting_since = self.loop.now
             self.loop.timers.awaiting_tls_handshake.append(self)
         elif state == OPEN:
             # From AWAITING_PROXY_HEADER or AWAITING_TLS_HANDSHAKE: their timeout gives
@@ -801,7 +802,7 @@ class ConnectionQueue(_queue.Queue):
     for sending, from the callback or from any thread; shutdown() closes the connection
     once what was queued is sent (shutdown(immediate=True): at once). ``peer`` is the
     (host, port) the connection came from; ``close_reason`` why it closed (None while
-    open).
+    open); ``tls`` what its TLS handshake agreed on (None for a plain connection).
 
     It is the connection's one object for its whole life, and the place for the
     application's per-connection state: set any attribute on it (``queue.nickname =
@@ -877,11 +878,13 @@ class ConnectionQueue(_queue.Queue):
         return close_reason_of(connection_of(self).close_reason)
 
     @property
-    def ssl_object(self):
-        """The ssl.SSLObject of a TLS connection (ssl=): getpeercert(), version(),
-        cipher(), selected_alpn_protocol()...; None for a plain one."""
+    def tls(self):
+        """What a TLS connection's handshake agreed on (ssl=), a ``simpletcp.TLSInfo``:
+        version(), cipher(), getpeercert(), selected_alpn_protocol(), server_hostname...
+        Read-only, from any thread, still there after the close; None for a plain
+        connection."""
         cdef TLSConnection tls = connection_of(self).tls
-        return None if tls is None else tls.ssl_object
+        return None if tls is None else tls.info
 
     def _consumed_by_server(self, *args, **kwargs):
         raise NotImplementedError(
