@@ -41,7 +41,7 @@
  *                does not lost bytes ("rounds_incomplete"). A wrong, repeated or
  *                extra byte is always a "mismatch".
  *
- * Build: gcc -O2 -o loadgen loadgen.c (loadgen_figures.h beside it)
+ * Build: gcc -O2 -o loadgen loadgen.c (loadgen_common.h beside it)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -62,7 +62,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loadgen_figures.h"
+#include "loadgen_common.h"
 
 /* Largest single recv(); also the size of the scratch buffer echoes land in. */
 #define RECV_CHUNK (256 * 1024)
@@ -161,13 +161,7 @@ static uint64_t reconnects;
 
 static void update_events(struct conn *c, bool want_write)
 {
-    if (c->want_write == want_write)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | (want_write ? EPOLLOUT : 0),
-                             .data.ptr = c};
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
-        die("epoll_ctl(MOD)");
-    c->want_write = want_write;
+    watch_writes(epoll_fd, c->fd, c, &c->want_write, want_write);
 }
 
 static void open_connection(struct conn *c);
@@ -331,24 +325,14 @@ static void on_readable(struct conn *c)
 
 static void open_connection(struct conn *c)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        die("socket");
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->fd = fd;
+    bool failed; /* otherwise completion (or failure) is reported as EPOLLOUT/EPOLLERR */
+    c->fd = start_connect(epoll_fd, &server_addr, c, &failed);
     c->state = CONN_CONNECTING;
     c->want_write = true;
     alive++;
     unproven++;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
-        die("epoll_ctl(ADD)");
-    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 &&
-        errno != EINPROGRESS) {
+    if (failed)
         close_conn(c, &errors.connect_failed);
-    }
-    /* Completion (or failure) is reported as EPOLLOUT/EPOLLERR. */
 }
 
 static void on_connect_done(struct conn *c)
@@ -491,13 +475,7 @@ static void setup(void)
     raise_fd_limit(opt.connections);
     signal(SIGPIPE, SIG_IGN);
 
-    memset(&server_addr, 0, sizeof server_addr);
-    server_addr.sin_family = AF_INET;
-    server_addr.sin_port = htons((uint16_t)opt.port);
-    if (inet_pton(AF_INET, opt.host, &server_addr.sin_addr) != 1) {
-        fprintf(stderr, "loadgen: --host must be an IPv4 address, got %s\n", opt.host);
-        exit(2);
-    }
+    server_addr = server_address(opt.host, opt.port);
 
     pattern = random_pattern(opt.message_size);
     scratch = malloc(RECV_CHUNK);

@@ -415,7 +415,7 @@ C_PROGRAMS = [
     (SERVERS_DIR / "c_uring_echo.c", C_URING_SERVER, False),
 ]
 # What the programs include from bench/: a change to it rebuilds them.
-C_HEADERS = (BENCH_DIR / "loadgen_figures.h",)
+C_HEADERS = (BENCH_DIR / "loadgen_common.h",)
 build_failures: dict[str, str] = {}   # binary path -> why it did not build
 
 

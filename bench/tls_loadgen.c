@@ -5,7 +5,7 @@
  * session resumption). Reports one JSON line with the fields of loadgen.c's report
  * that bench/run.py reads (requests, window_s, latency_us, server_cpu_s, ...), so the
  * server's CPU time per request is measured the same way: from /proc/PID/stat of
- * --server-pid at the two edges of the window (loadgen_figures.h).
+ * --server-pid at the two edges of the window (loadgen_common.h).
  *
  * Two workloads:
  *   echo (default)  --connections connections, each connected, through its handshake
@@ -25,7 +25,7 @@
  * The server's certificate is verified against --ca for --server-name (also sent as
  * SNI) when --ca is given, as a real client would.
  *
- * Build: gcc -O2 -o tls_loadgen tls_loadgen.c -lssl -lcrypto (loadgen_figures.h beside
+ * Build: gcc -O2 -o tls_loadgen tls_loadgen.c -lssl -lcrypto (loadgen_common.h beside
  * it; the headers come with Debian's libssl-dev).
  */
 #define _GNU_SOURCE
@@ -47,7 +47,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "loadgen_figures.h"
+#include "loadgen_common.h"
 
 /* Largest single SSL_read(); also the size of the scratch buffer echoes land in. */
 #define RECV_CHUNK (256 * 1024)
@@ -134,12 +134,7 @@ static bool tls_error_reported;
 
 static void update_events(struct conn *c, bool want_write)
 {
-    if (c->want_write == want_write)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | (want_write ? EPOLLOUT : 0), .data.ptr = c};
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
-        die("epoll_ctl(MOD)");
-    c->want_write = want_write;
+    watch_writes(epoll_fd, c->fd, c, &c->want_write, want_write);
 }
 
 static void open_connection(struct conn *c);
@@ -386,12 +381,8 @@ static void handle_event(struct conn *c, uint32_t events)
 
 static void open_connection(struct conn *c)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        die("socket");
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->fd = fd;
+    bool failed;
+    c->fd = start_connect(epoll_fd, &server_addr, c, &failed);
     c->state = CONN_CONNECTING;
     c->want_write = true;
     c->in_round = false;
@@ -400,11 +391,7 @@ static void open_connection(struct conn *c)
     alive++;
     if (!opt.handshakes)
         unproven++;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
-        die("epoll_ctl(ADD)");
-    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 &&
-        errno != EINPROGRESS)
+    if (failed)
         fail_conn(c, &errors.connect_failed);
 }
 
@@ -474,13 +461,7 @@ static void setup(void)
 {
     raise_fd_limit(opt.connections);
     signal(SIGPIPE, SIG_IGN);
-    memset(&server_addr, 0, sizeof server_addr);
-    server_addr.sin_family = AF_INET;
-    server_addr.sin_port = htons((uint16_t)opt.port);
-    if (inet_pton(AF_INET, opt.host, &server_addr.sin_addr) != 1) {
-        fprintf(stderr, "tls_loadgen: --host must be an IPv4 address, got %s\n", opt.host);
-        exit(2);
-    }
+    server_addr = server_address(opt.host, opt.port);
 
     ssl_ctx = SSL_CTX_new(TLS_client_method());
     if (!ssl_ctx || !SSL_CTX_set_min_proto_version(ssl_ctx, TLS1_3_VERSION))

@@ -1,22 +1,28 @@
 /*
- * loadgen_figures.h - what both load generators share, loadgen.c (plain TCP) and
- * tls_loadgen.c (TLS): the random pattern their messages are cut from, the latency
- * histogram, the clocks, and the figures of the measured window read from /proc (the
- * server's CPU time and memory, each core's busy time), printed as the JSON fields
- * bench/run.py reads.
+ * loadgen_common.h - what both load generators share, loadgen.c (plain TCP) and
+ * tls_loadgen.c (TLS): the random pattern their messages are cut from, how a connection
+ * is opened and watched, the latency histogram, the clocks, and the figures of the
+ * measured window read from /proc (the server's CPU time and memory, each core's busy
+ * time), printed as the JSON fields bench/run.py reads.
  *
  * Include it once, after _GNU_SOURCE and the system headers below.
  */
-#ifndef LOADGEN_FIGURES_H
-#define LOADGEN_FIGURES_H
+#ifndef LOADGEN_COMMON_H
+#define LOADGEN_COMMON_H
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -106,6 +112,52 @@ static unsigned char *random_pattern(size_t message_size)
 static size_t pattern_offset(uint32_t connection, uint32_t round)
 {
     return ((size_t)connection * 2654435761u + (size_t)round * 40503u) % PATTERN_SPAN;
+}
+
+/* ---------------------------------------------------------------- sockets */
+
+/* HOST:PORT as a connect() address; exits on a host that is not an IPv4 address. */
+static struct sockaddr_in server_address(const char *host, int port)
+{
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &address.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: --host must be an IPv4 address, got %s\n", host);
+        exit(2);
+    }
+    return address;
+}
+
+/* A non-blocking TCP_NODELAY socket connecting to `address`, watched by `epoll_fd` for
+ * reads and writes with `data` (the connect's completion or failure shows as EPOLLOUT
+ * or EPOLLERR). *failed is set when connect() failed at once. */
+static int start_connect(int epoll_fd, const struct sockaddr_in *address, void *data,
+                         bool *failed)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = data};
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        die("epoll_ctl(ADD)");
+    *failed = connect(fd, (const struct sockaddr *)address, sizeof *address) < 0 &&
+              errno != EINPROGRESS;
+    return fd;
+}
+
+/* Readability is always watched; writability only while `want_write`, since a socket
+ * is almost always writable and level-triggered epoll would spin. *watching_writes is
+ * what is registered now. */
+static void watch_writes(int epoll_fd, int fd, void *data, bool *watching_writes,
+                         bool want_write)
+{
+    if (*watching_writes == want_write)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN | (want_write ? EPOLLOUT : 0), .data.ptr = data};
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, fd, &ev) < 0)
+        die("epoll_ctl(MOD)");
+    *watching_writes = want_write;
 }
 
 /* ---------------------------------------------------------------- /proc */
