@@ -256,6 +256,18 @@ def run_counted(args, servers: list[str], cert: Path, key: Path, pin: bool) -> i
     return 0
 
 
+# Runs per server and workload unless --rounds says: (full, --smoke).
+TIMED_ROUNDS = (3, 1)
+COUNTED_ROUNDS = (1, 1)
+
+
+def with_rounds(args, defaults: tuple[int, int]) -> argparse.Namespace:
+    """`args` with .rounds set: --rounds, or this mode's default."""
+    full, smoke = defaults
+    rounds = args.rounds if args.rounds is not None else (smoke if args.smoke else full)
+    return argparse.Namespace(**{**vars(args), "rounds": rounds})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,11 +296,12 @@ def main(argv=None) -> int:
                              f"{run.RESULTS_DIR})")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to cores")
     args = parser.parse_args(argv)
-    smoke_or = (lambda smoke, full: smoke if args.smoke else full)
-    args.rounds = args.rounds or smoke_or(1, 3 if args.mode == "timed" else 1)
-    args.duration = args.duration or smoke_or(1.0, 5.0)
-    args.warmup = args.warmup if args.warmup is not None else smoke_or(0.3, 1.0)
-    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
+    defaults = ({"duration": 1.0, "warmup": 0.3} if args.smoke
+                else {"duration": 5.0, "warmup": 1.0})
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if (args.rounds is not None and args.rounds < 1) or args.duration <= 0 or args.warmup < 0:
         parser.error("--rounds must be >= 1, --duration > 0, --warmup >= 0")
     known_workloads = set(WORKLOADS) | set(TIMED_WORKLOADS_BY_NAME)
     args.workloads = args.workloads or ("W1,W3" if args.mode == "counted" else "W1,W3,HS")
@@ -314,9 +327,11 @@ def main(argv=None) -> int:
         cert, key = make_certificate(Path(tmp))
         try:
             if args.mode != "counted":
-                status = run_timed(args, timed_servers, cert, key, pin)
+                status = run_timed(with_rounds(args, TIMED_ROUNDS), timed_servers, cert, key,
+                                   pin)
             if args.mode != "timed":
-                status = run_counted(args, counted_servers, cert, key, pin) or status
+                status = run_counted(with_rounds(args, COUNTED_ROUNDS), counted_servers, cert,
+                                     key, pin) or status
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             return 130
