@@ -161,8 +161,10 @@ static void close_conn(struct conn *c, uint64_t *error_counter, bool abort)
     c->state = CONN_CLOSED;
 }
 
-/* A connection failed: counted; with --handshakes its slot starts a new one, so that
- * the load goes on and the failure shows in the report rather than as a stall. */
+/* A connection failed after connecting: counted; with --handshakes its slot starts a
+ * new one, so that the load goes on and the failure shows in the report rather than as
+ * a stall. A connect() that fails is not retried (close_conn): a server that refuses
+ * connections ends the run instead of being hammered with new ones. */
 static void fail_conn(struct conn *c, uint64_t *error_counter)
 {
     close_conn(c, error_counter, true);
@@ -341,7 +343,7 @@ static void on_connect_done(struct conn *c)
     int error = 0;
     socklen_t len = sizeof error;
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &len) < 0 || error != 0) {
-        fail_conn(c, &errors.connect_failed);
+        close_conn(c, &errors.connect_failed, true);
         return;
     }
     c->ssl = SSL_new(ssl_ctx);
@@ -392,7 +394,7 @@ static void open_connection(struct conn *c)
     if (!opt.handshakes)
         unproven++;
     if (failed)
-        fail_conn(c, &errors.connect_failed);
+        close_conn(c, &errors.connect_failed, true);
 }
 
 static void open_more_connections(void)

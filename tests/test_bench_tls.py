@@ -3,6 +3,7 @@ asyncio, given the same certificate) is driven through a counted window by
 bench/tls_loadgen.py, which checks every echoed byte and counts exactly the requests
 asked for; and the timed half, bench/tls_loadgen.c and `tls.py --mode timed`."""
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -120,6 +121,19 @@ def test_a_server_it_does_not_trust_is_a_tls_error(serve, tls_files, tls_loadgen
     report = tls_load(tls_loadgen, server.port, other_ca, "--connections", "2",
                       "--ramp-timeout", "5")
     assert report["requests"] == 0 and report["errors"]["tls"] == 2
+
+
+@pytest.mark.parametrize("handshakes", [(), ("--handshakes",)], ids=["echo", "HS"])
+def test_a_port_that_refuses_ends_the_run_with_each_connect_counted(tls_files, tls_loadgen,
+                                                                   handshakes):
+    """Not a storm of reconnects: a refused connect is not retried, even in HS."""
+    with socket.socket() as bound_not_listening:
+        bound_not_listening.bind(("127.0.0.1", 0))
+        port = bound_not_listening.getsockname()[1]
+        report = tls_load(tls_loadgen, port, tls_files["ca"], "--connections", "3",
+                          *handshakes)
+    assert report["errors"]["connect_failed"] == 3 and report["errors_total"] == 3
+    assert report["requests"] == 0 and report["connections_alive_at_end"] == 0
 
 
 @pytest.mark.timeout(300)
