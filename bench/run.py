@@ -140,8 +140,9 @@ class Workload:
     # Counted mode: round trips (writes) before the window, and in it.
     counted_requests: tuple = (2_000, 20_000)
     smoke_counted_requests: tuple = (200, 2_000)
-    # The server the "× C" columns divide by.
+    # The server the "× C" columns divide by, and their header.
     floor: str = FLOOR
+    floor_header: str = "× C"
     # The two servers of the "simpletcp ÷ uvloop" line.
     compared: tuple = ("simpletcp", "uvloop")
 
@@ -369,12 +370,15 @@ def loadgen_argv(port: int, workload: Workload, connections: int, pin: bool) -> 
     return argv
 
 
-def run_once(server: Server, workload: Workload, connections: int, args, pin: bool) -> RunResult:
+def run_once(server: Server, workload: Workload, connections: int, args, pin: bool,
+             client=loadgen_argv) -> RunResult:
+    """One timed run; `client(port, workload, connections, pin)` is the load generator's
+    command line without the window's options (bench/tls.py's is the TLS one)."""
     try:
         with running_server(server, pin) as running:
             time.sleep(SERVER_SETTLE_S)
             rss_idle_kib = vm_rss_kib(running.proc.pid)
-            argv = loadgen_argv(running.port, workload, connections, pin) + [
+            argv = client(running.port, workload, connections, pin) + [
                 "--duration", str(args.duration), "--warmup", str(args.warmup),
                 "--ramp-timeout", str(args.ramp_timeout), "--server-pid", str(running.proc.pid)]
             time_limit = args.ramp_timeout + args.warmup + args.duration + 30
@@ -410,26 +414,38 @@ C_PROGRAMS = [
     # Needs <linux/io_uring.h> from Linux >= 6.1 headers.
     (SERVERS_DIR / "c_uring_echo.c", C_URING_SERVER, False),
 ]
+# What the programs include from bench/: a change to it rebuilds them.
+C_HEADERS = (BENCH_DIR / "loadgen_common.h",)
 build_failures: dict[str, str] = {}   # binary path -> why it did not build
 
 
-def build_c_programs():
+def build_c_program(source: Path, binary: Path, required: bool,
+                    libraries: tuple = ()) -> str | None:
+    """Compile `source` into `binary` unless it is newer than the sources: None when it is
+    there, else why not (also kept in build_failures). A required program that does not
+    compile stops the run."""
     BUILD_DIR.mkdir(exist_ok=True)
-    for source, binary, required in C_PROGRAMS:
-        if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
-            continue
-        command = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source)]
-        print("building:", " ".join(command), file=sys.stderr)
-        compiled = subprocess.run(command, capture_output=True, text=True)
-        sys.stderr.write(compiled.stderr)
-        if compiled.returncode == 0:
-            continue
-        if required:
-            raise SystemExit(f"building {source.name} failed")
-        errors = [line for line in compiled.stderr.splitlines() if "error" in line]
-        build_failures[str(binary)] = (f"{source.name} does not compile here: "
-                                       f"{(errors or ['gcc failed'])[0].strip()}")
-        binary.unlink(missing_ok=True)
+    newest_source = max(path.stat().st_mtime for path in (source, *C_HEADERS))
+    if binary.exists() and binary.stat().st_mtime >= newest_source:
+        return None
+    command = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source), *libraries]
+    print("building:", " ".join(command), file=sys.stderr)
+    compiled = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(compiled.stderr)
+    if compiled.returncode == 0:
+        return None
+    if required:
+        raise SystemExit(f"building {source.name} failed")
+    errors = [line for line in compiled.stderr.splitlines() if "error" in line]
+    build_failures[str(binary)] = (f"{source.name} does not compile here: "
+                                   f"{(errors or ['gcc failed'])[0].strip()}")
+    binary.unlink(missing_ok=True)
+    return build_failures[str(binary)]
+
+
+def build_c_programs():
+    for program in C_PROGRAMS:
+        build_c_program(*program)
 
 
 def unavailable_reason(server: Server) -> str | None:
@@ -534,8 +550,9 @@ def describe_timed(run: RunResult) -> str:
             f"loadgen {m['loadgen_cpu_pct']:.0f}%")
 
 
-def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
-    suite = run_rounds(args, servers, workloads, pin, "round", run_once, describe_timed)
+def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool,
+              measure=run_once) -> dict:
+    suite = run_rounds(args, servers, workloads, pin, "round", measure, describe_timed)
     for workload_cells in suite["cells"].values():
         for cell in workload_cells.values():
             if cell.status == "ok":
@@ -794,7 +811,7 @@ def workload_table(workload: Workload, cells: dict[str, Cell], servers: list[Ser
     for key in workload.columns:
         headers.append(METRICS[key].header)
         if METRICS[key].vs_floor:
-            headers.append("× C")
+            headers.append(workload.floor_header)
     floor = cells.get(workload.floor)
     floor_medians = floor.medians if floor and floor.status == "ok" else {}
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
