@@ -286,11 +286,19 @@ cdef class Connection:
         # byte, in order; reading pauses after them (apply_backpressure).
         cdef Loop loop = self.loop
         cdef ReadBuffer buffer = loop.read_buffer
+        cdef char *into = buffer.memory
+        cdef Py_ssize_t room = buffer.capacity
         cdef ssize_t n
         if self.paused:
             return 0
+        if self.partial != NULL:
+            # framing=: the rest of a large message goes straight where it is gathered.
+            n = direct_read_room(self, room)
+            if n:
+                into = partial_bytes(self.partial) + self.partial.size
+                room = n
         while True:
-            n = recv(self.fd, buffer.memory, buffer.capacity, 0)
+            n = recv(self.fd, into, room, 0)
             if n > 0:
                 break
             if n == 0:
@@ -304,6 +312,8 @@ cdef class Connection:
             if errno != EINTR:
                 return self.on_io_error(errno, "recv")
         self.mark_active(loop.now)
+        if into != buffer.memory:
+            return loop.framer.take_direct_read(self, n)
         return self.hand_out(n)
 
     cdef inline int hand_out(self, Py_ssize_t n) except -1:
