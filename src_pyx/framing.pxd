@@ -31,7 +31,7 @@ cdef class MessageFramer:
                        Py_ssize_t size) except -1
     cdef int reject(self, Connection connection, str why, object error=*) except -1
     cdef int take_direct_read(self, Connection connection, Py_ssize_t size) except -1
-    cdef void recycle(self, bytes message) noexcept
+    cdef void recycle(self, PyObject *message) noexcept
     cdef bytes take_spare(self, Py_ssize_t capacity)
 
 

@@ -158,7 +158,7 @@ cdef inline int deliver_joined(Connection connection, Py_ssize_t skip, Py_ssize_
     connection forgets it: the callback may close the connection."""
     cdef bytes message = joined_message(connection, skip, head, data, tail)
     connection.call_callback(message)
-    connection.loop.framer.recycle(message)
+    connection.loop.framer.recycle(<PyObject *>message)
     return 0
 
 
@@ -210,15 +210,19 @@ cdef class MessageFramer:
         """Hand out the whole messages `data` begins with; keep the start of the next."""
         raise NotImplementedError
 
-    cdef void recycle(self, bytes message) noexcept:
-        """Keep `message` as room for a large message to come if it is large and nobody
-        but the caller holds it (so nothing can see it change, as ReadBuffer.take_at)."""
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
-        if (size >= DIRECT_READ_MINIMUM and self.spare_bytes + size <= SPARE_BYTES
-                and refcount_of(<PyObject *>message) == 1):  # the caller's (borrowed here)
+    cdef void recycle(self, PyObject *message) noexcept:
+        """Keep `message` as room for a large message to come if it is a large bytes
+        object that only the caller holds (so nothing can see it change, as in
+        ReadBuffer.take_at): a message whose callback let it go, or a reply once sent
+        (outbuf_consume)."""
+        cdef Py_ssize_t size
+        if refcount_of(message) != 1 or not bytes_exact(message):
+            return
+        size = bytes_size(message)
+        if size >= DIRECT_READ_MINIMUM and self.spare_bytes + size <= SPARE_BYTES:
             if self.spares is None:
                 self.spares = []
-            self.spares.append(message)
+            self.spares.append(<object>message)
             self.spare_bytes += size
 
     cdef bytes take_spare(self, Py_ssize_t capacity):
@@ -473,7 +477,7 @@ cdef class PythonFramer(MessageFramer):
         else:
             buffered = joined_message(connection, 0, partial.size, data, size)
         self.frame_buffered(connection, buffered)
-        self.recycle(buffered)
+        self.recycle(<PyObject *>buffered)
         return 0
 
     cdef bytes bytes_of(self, const char *data, Py_ssize_t size):

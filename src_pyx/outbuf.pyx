@@ -35,8 +35,10 @@ cdef int outbuf_push(OutputBuffer *buf, bytes chunk) except -1:
     return 0
 
 
-cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
-    """Forget the first `sent` bytes: release the chunks that went out whole."""
+cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent, MessageFramer recycler):
+    """Forget the first `sent` bytes: release the chunks that went out whole (a large
+    one nobody else holds to `recycler`, the server's framer if any: room for a large
+    message to come)."""
     cdef Py_ssize_t left
     cdef PyObject *chunk
     buf.pending -= sent
@@ -50,12 +52,14 @@ cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
         buf.offset = 0
         buf.chunks[buf.head] = NULL
         buf.head += 1
+        if recycler is not None:
+            recycler.recycle(chunk)
         Py_DECREF(<object>chunk)
     if buf.head == buf.tail:
         buf.head = buf.tail = 0
 
 
-cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd):
+cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd, MessageFramer recycler):
     """One send of what is pending: bytes the kernel took, or -1 with errno set."""
     cdef iovec parts[GATHER_MAX]
     cdef msghdr message
@@ -81,7 +85,7 @@ cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd):
         message.msg_iovlen = count
         sent = sendmsg(fd, &message, MSG_NOSIGNAL)
     if sent > 0:
-        outbuf_consume(buf, sent)
+        outbuf_consume(buf, sent, recycler)
     return sent
 
 

@@ -14,6 +14,7 @@ cdef extern from "Python.h":
     # size without the reference Cython would make to cast it to an object.
     char *bytes_memory "PyBytes_AS_STRING"(PyObject *obj)
     Py_ssize_t bytes_size "PyBytes_GET_SIZE"(PyObject *obj)
+    bint bytes_exact "PyBytes_CheckExact"(PyObject *obj)
     # To grow or cut an unfinished message's bytes object in place (realloc); only for
     # one no Python code has seen. On failure (-1, an exception set) the object is gone
     # and *bytes is NULL, which the caller must see to before anything else.
