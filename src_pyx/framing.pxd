@@ -1,6 +1,14 @@
 # Framing: a connection's input cut into whole messages, one callback each (framing.pyx).
 
 
+cdef enum:
+    # An unfinished message that still awaits this many bytes or more is read into
+    # straight from the socket (direct_read_room): reading it through the read buffer
+    # would copy each of its bytes once more. Also the least size of a message's bytes
+    # object kept for reuse (MessageFramer.recycle, outbuf_consume).
+    DIRECT_READ_MINIMUM = 65536
+
+
 # The start of a message that one read did not finish: what a connection keeps between
 # reads (Connection.partial), allocated when a read ends inside a message and freed
 # when the message is handed out or the connection leaves OPEN. Its bytes are kept in a

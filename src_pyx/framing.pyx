@@ -21,10 +21,6 @@
 cdef enum:
     # The least room an unfinished message is given: a few short reads fit in it.
     PARTIAL_MINIMUM = 256
-    # An unfinished message that still awaits this many bytes or more is read into
-    # straight from the socket (MessageFramer.direct_read_room): reading it through the
-    # read buffer would copy each of its bytes once more.
-    DIRECT_READ_MINIMUM = 65536
     # How much memory a framer keeps in large messages' bytes objects that nobody else
     # holds any more, as room for the next large ones (MessageFramer.recycle): a
     # message then lands in memory already in use instead of memory the allocator

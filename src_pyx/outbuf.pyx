@@ -35,10 +35,10 @@ cdef int outbuf_push(OutputBuffer *buf, bytes chunk) except -1:
     return 0
 
 
-cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent, MessageFramer recycler):
+cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
     """Forget the first `sent` bytes: release the chunks that went out whole (a large
-    one nobody else holds to `recycler`, the server's framer if any: room for a large
-    message to come)."""
+    one to buf.recycler first: room for a large message to come, if nobody else holds
+    it)."""
     cdef Py_ssize_t left
     cdef PyObject *chunk
     buf.pending -= sent
@@ -52,14 +52,14 @@ cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent, MessageFramer recyc
         buf.offset = 0
         buf.chunks[buf.head] = NULL
         buf.head += 1
-        if recycler is not None:
-            recycler.recycle(chunk)
+        if buf.recycler != NULL and bytes_size(chunk) >= DIRECT_READ_MINIMUM:
+            (<MessageFramer>buf.recycler).recycle(chunk)
         Py_DECREF(<object>chunk)
     if buf.head == buf.tail:
         buf.head = buf.tail = 0
 
 
-cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd, MessageFramer recycler):
+cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd):
     """One send of what is pending: bytes the kernel took, or -1 with errno set."""
     cdef iovec parts[GATHER_MAX]
     cdef msghdr message
@@ -85,7 +85,7 @@ cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd, MessageFramer recycler):
         message.msg_iovlen = count
         sent = sendmsg(fd, &message, MSG_NOSIGNAL)
     if sent > 0:
-        outbuf_consume(buf, sent, recycler)
+        outbuf_consume(buf, sent)
     return sent
 
 
@@ -101,3 +101,4 @@ cdef void outbuf_clear(OutputBuffer *buf):
     buf.chunks = NULL
     buf.head = buf.tail = buf.capacity = 0
     buf.offset = buf.pending = 0
+    buf.recycler = NULL
