@@ -113,6 +113,8 @@ cdef class Connection:
     cdef inline int on_events(self, int events) except -1
     cdef inline int on_readable(self) except -1
     cdef inline int read_for_callback(self) except -1
+    cdef int read_into_partial(self, Py_ssize_t room) except -1
+    cdef inline ssize_t receive(self, char *into, Py_ssize_t room) except -1
     cdef int read_proxy_header(self) except -1
     cdef inline int hand_out(self, Py_ssize_t n) except -1
     cdef int hand_out_slices(self, Py_ssize_t n) except -1

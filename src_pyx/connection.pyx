@@ -57,6 +57,10 @@ cdef class Connection:
         AWAITING_PROXY_HEADER with proxy_protocol. From here on only become() changes it."""
         self.fd = fd
         self.loop = loop
+        if loop.framer is not None:
+            # Borrowed: the framer is the loop's, and only the loop sends (outbuf_clear,
+            # which a connection outliving its loop may run, recycles nothing).
+            self.output.recycler = <PyObject *>loop.framer
         self.input_open = True
         self.interest = READABLE
         self.last_active = self.awaiting_since = loop.now
@@ -289,8 +293,32 @@ cdef class Connection:
         cdef ssize_t n
         if self.paused:
             return 0
+        if self.partial != NULL:
+            # framing=: the rest of a large message goes straight where it is gathered.
+            n = direct_read_room(self, buffer.capacity)
+            if n:
+                return self.read_into_partial(n)
+        n = self.receive(buffer.memory, buffer.capacity)
+        if n <= 0:
+            return 0
+        self.mark_active(loop.now)
+        return self.hand_out(n)
+
+    cdef int read_into_partial(self, Py_ssize_t room) except -1:
+        """Read up to `room` bytes straight into the unfinished message (framing.pyx:
+        direct_read_room made the room), and hand it out if it is now whole."""
+        cdef ssize_t n = self.receive(partial_bytes(self.partial) + self.partial.size, room)
+        if n <= 0:
+            return 0
+        self.mark_active(self.loop.now)
+        return self.loop.framer.take_direct_read(self, n)
+
+    cdef inline ssize_t receive(self, char *into, Py_ssize_t room) except -1:
+        """One recv() of up to `room` bytes into `into`: how many came, or 0 after
+        handling what came instead (EOF, nothing to read, an error)."""
+        cdef ssize_t n
         while True:
-            n = recv(self.fd, buffer.memory, buffer.capacity, 0)
+            n = recv(self.fd, into, room, 0)
             if n > 0:
                 break
             if n == 0:
@@ -302,9 +330,9 @@ cdef class Connection:
             if would_block(errno):
                 return 0
             if errno != EINTR:
-                return self.on_io_error(errno, "recv")
-        self.mark_active(loop.now)
-        return self.hand_out(n)
+                self.on_io_error(errno, "recv")
+                return 0
+        return n
 
     cdef inline int hand_out(self, Py_ssize_t n) except -1:
         """The `n` bytes at the start of the read buffer (a plain read's, or what TLS
