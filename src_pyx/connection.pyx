@@ -780,13 +780,28 @@ cdef inline bint is_live(object candidate):
     return type(candidate) is Connection and (<Connection>candidate).loop is not None
 
 
+# Where a ConnectionQueue keeps its connection: the `_connection` slot's offset in the
+# object, found once the class exists (find_connection_slot). Every put() reads it; a
+# getattr() would look the name up in the type and call the slot's descriptor, about a
+# hundred instructions per put.
+cdef PyTypeObject *queue_type = NULL
+cdef Py_ssize_t connection_slot = 0
+
+
 cdef inline Connection connection_of(object queue):
     """The connection behind `queue`, or TypeError: never a crash.
 
     The queue is a Python object whose slot can be emptied or replaced
     (ConnectionQueue.__new__, object.__setattr__), so every method comes through here.
     """
-    cdef object connection = getattr(queue, "_connection", None)
+    cdef PyObject *slot
+    cdef object connection = None
+    if Py_TYPE(queue) == queue_type:
+        slot = (<PyObject **>(<char *><PyObject *>queue + connection_slot))[0]
+        if slot != NULL:
+            connection = <object>slot
+    else:
+        connection = getattr(queue, "_connection", None)  # a subclass: its own ways
     if not is_live(connection):
         raise TypeError("this ConnectionQueue is not bound to a connection: the server "
                         "creates each connection's queue and hands it to the callback")
@@ -905,6 +920,25 @@ class ConnectionQueue(_queue.Queue):
             return "<ConnectionQueue not bound to a connection>"
         return (f"<ConnectionQueue {connection.describe()} {life_of(connection)} "
                 f"pending={connection.output.pending}>")
+
+
+cdef int find_connection_slot() except -1:
+    """Where ConnectionQueue's `_connection` slot is (see connection_of); if its
+    descriptor is not the plain object slot __slots__ makes, connection_of keeps to
+    getattr()."""
+    global queue_type, connection_slot
+    cdef object descriptor = ConnectionQueue.__dict__["_connection"]
+    if Py_TYPE(descriptor) != &PyMemberDescr_Type:
+        return 0
+    cdef PyMemberDef *member = (<PyMemberDescrObject *><PyObject *>descriptor).d_member
+    if member.type != T_OBJECT_EX:
+        return 0
+    connection_slot = member.offset
+    queue_type = <PyTypeObject *>ConnectionQueue
+    return 0
+
+
+find_connection_slot()
 
 
 cdef str life_of(Connection connection):

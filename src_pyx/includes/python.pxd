@@ -1,5 +1,6 @@
 # The CPython internals the loop relies on beyond cpython.*: each one is a deliberate
 # shortcut on the hot path or a way to report what no caller can be given.
+from cpython.object cimport PyTypeObject
 from cpython.ref cimport PyObject
 
 cdef extern from "Python.h":
@@ -13,3 +14,15 @@ cdef extern from "Python.h":
     # To hand an exception nobody can be given to sys.unraisablehook (Loop.log).
     void PyErr_SetObject(object type, object value)
     void PyErr_WriteUnraisable(object obj)
+
+# Where a __slots__ member lives in its instances: queue.put() reads a
+# ConnectionQueue's connection there (connection_of) instead of through getattr.
+# structmember.h has PyMemberDef's fields in every CPython (Python.h only from 3.12).
+cdef extern from "structmember.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    enum: T_OBJECT_EX  # an object slot that raises AttributeError when empty
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    PyTypeObject PyMemberDescr_Type
