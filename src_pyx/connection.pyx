@@ -591,7 +591,7 @@ cdef class Connection:
         cdef Py_ssize_t sent
         cdef int error
         while buffer.pending:
-            sent = outbuf_send(buffer, self.fd)
+            sent = outbuf_send(buffer, self.fd, self.loop.read_buffer)
             if sent < 0:
                 error = errno
                 if would_block(error):

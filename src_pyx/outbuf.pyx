@@ -35,8 +35,9 @@ cdef int outbuf_push(OutputBuffer *buf, bytes chunk) except -1:
     return 0
 
 
-cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
-    """Forget the first `sent` bytes: release the chunks that went out whole."""
+cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent, ReadBuffer recycler):
+    """Forget the first `sent` bytes: release the chunks that went out whole (to
+    `recycler`, the loop's read buffer, if it takes them; None: none is kept)."""
     cdef Py_ssize_t left
     cdef PyObject *chunk
     buf.pending -= sent
@@ -50,13 +51,15 @@ cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
         buf.offset = 0
         buf.chunks[buf.head] = NULL
         buf.head += 1
-        Py_DECREF(<object>chunk)
+        if recycler is None or not recycler.recycle(chunk):
+            Py_DECREF(<object>chunk)
     if buf.head == buf.tail:
         buf.head = buf.tail = 0
 
 
-cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd):
-    """One send of what is pending: bytes the kernel took, or -1 with errno set."""
+cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd, ReadBuffer recycler):
+    """One send of what is pending: bytes the kernel took, or -1 with errno set. The
+    chunks sent whole go to `recycler` (outbuf_consume)."""
     cdef iovec parts[GATHER_MAX]
     cdef msghdr message
     cdef Py_ssize_t count, i
@@ -81,7 +84,7 @@ cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd):
         message.msg_iovlen = count
         sent = sendmsg(fd, &message, MSG_NOSIGNAL)
     if sent > 0:
-        outbuf_consume(buf, sent)
+        outbuf_consume(buf, sent, recycler)
     return sent
 
 

@@ -15,7 +15,14 @@ cdef class ReadBuffer:
     cdef Py_ssize_t slice_size    # recv_bytes: the most bytes one callback receives
     cdef Py_ssize_t capacity      # the most one recv() reads (see allocate)
     cdef bytes spare              # the last bytes handed to a callback, to reuse if we can
+    # Slices let go of once sent (recycle): bytes objects of slice_size that nobody else
+    # holds, refilled by take_at instead of a malloc and a free each. At most a read's
+    # worth (capacity // slice_size), owned references.
+    cdef PyObject **recycled
+    cdef Py_ssize_t recycled_count
+    cdef Py_ssize_t recycled_max
 
     cdef int allocate(self, Py_ssize_t slice_size) except -1
+    cdef inline bint recycle(self, PyObject *chunk) noexcept
     cdef inline bytes take(self, Py_ssize_t offset, Py_ssize_t size)
     cdef bytes take_at(self, const char *start, Py_ssize_t size)
