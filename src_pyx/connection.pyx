@@ -384,13 +384,22 @@ cdef class Connection:
         (in on_readable) instead of being scheduled.
         """
         cdef Loop loop = self.loop
-        cdef object result
+        cdef object result, queue
+        cdef PyObject *arguments[4]  # [0]: room the callee may use (PY_VECTORCALL_ARGUMENTS_OFFSET)
         self.in_callback = True
         try:
+            queue = self.get_queue()
             if loop.callback_takes_ip:
-                result = loop.callback(self.peer_ip, self.get_queue(), data)
+                arguments[1] = <PyObject *>self.peer_ip
+                arguments[2] = <PyObject *>queue
+                arguments[3] = <PyObject *>data
+                result = vectorcall(loop.callback, arguments + 1,
+                                    3 | PY_VECTORCALL_ARGUMENTS_OFFSET)
             else:
-                result = loop.callback(self.get_queue(), data)
+                arguments[1] = <PyObject *>queue
+                arguments[2] = <PyObject *>data
+                result = vectorcall(loop.callback, arguments + 1,
+                                    2 | PY_VECTORCALL_ARGUMENTS_OFFSET)
             if result is not None:
                 self.take_reply(result)
         except BaseException as error:

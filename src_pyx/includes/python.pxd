@@ -11,6 +11,7 @@ cdef extern from "Python.h":
     # Py_REFCNT on a borrowed pointer: cpython.ref's takes an object, for which Cython
     # makes a temporary reference that the count would include.
     Py_ssize_t refcount_of "Py_REFCNT"(PyObject *obj)
+    enum: PY_VECTORCALL_ARGUMENTS_OFFSET
     # To hand an exception nobody can be given to sys.unraisablehook (Loop.log).
     void PyErr_SetObject(object type, object value)
     void PyErr_WriteUnraisable(object obj)
@@ -26,3 +27,22 @@ cdef extern from "structmember.h":
     ctypedef struct PyMemberDescrObject:
         PyMemberDef *d_member
     PyTypeObject PyMemberDescr_Type
+
+# The user's callback, called with its arguments in a C array on the stack
+# (Connection.call_callback): straight into the callable's vectorcall function, as
+# Cython's own calls do, without the tuple, the method check and the argument helper
+# Cython wraps around a call it knows nothing of (nor PyObject_Vectorcall's debug check
+# of the result, which an exported call adds in 3.11). args[-1] must be writable
+# (PY_VECTORCALL_ARGUMENTS_OFFSET: the callee may use it for a bound method's self).
+cdef extern from *:
+    """
+    static CYTHON_INLINE PyObject *simpletcp_vectorcall(PyObject *callable,
+                                                        PyObject *const *args,
+                                                        size_t nargsf) {
+        vectorcallfunc call = PyVectorcall_Function(callable);
+        if (call == NULL)
+            return PyObject_Vectorcall(callable, args, nargsf, NULL);
+        return call(callable, args, nargsf, NULL);
+    }
+    """
+    object vectorcall "simpletcp_vectorcall"(object callable, PyObject **args, size_t nargsf)
