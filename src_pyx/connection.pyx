@@ -57,10 +57,6 @@ cdef class Connection:
         AWAITING_PROXY_HEADER with proxy_protocol. From here on only become() changes it."""
         self.fd = fd
         self.loop = loop
-        if loop.framer is not None:
-            # Borrowed: the framer is the loop's, and only the loop sends (outbuf_clear,
-            # which a connection outliving its loop may run, recycles nothing).
-            self.output.recycler = <PyObject *>loop.framer
         self.input_open = True
         self.interest = READABLE
         self.last_active = self.awaiting_since = loop.now
@@ -412,13 +408,22 @@ cdef class Connection:
         (in on_readable) instead of being scheduled.
         """
         cdef Loop loop = self.loop
-        cdef object result
+        cdef object result, queue
+        cdef PyObject *arguments[4]  # [0]: room the callee may use (PY_VECTORCALL_ARGUMENTS_OFFSET)
         self.in_callback = True
         try:
+            queue = self.get_queue()
             if loop.callback_takes_ip:
-                result = loop.callback(self.peer_ip, self.get_queue(), data)
+                arguments[1] = <PyObject *>self.peer_ip
+                arguments[2] = <PyObject *>queue
+                arguments[3] = <PyObject *>data
+                result = vectorcall(loop.callback, arguments + 1,
+                                    3 | PY_VECTORCALL_ARGUMENTS_OFFSET)
             else:
-                result = loop.callback(self.get_queue(), data)
+                arguments[1] = <PyObject *>queue
+                arguments[2] = <PyObject *>data
+                result = vectorcall(loop.callback, arguments + 1,
+                                    2 | PY_VECTORCALL_ARGUMENTS_OFFSET)
             if result is not None:
                 self.take_reply(result)
         except BaseException as error:
@@ -620,7 +625,7 @@ cdef class Connection:
         cdef Py_ssize_t sent
         cdef int error
         while buffer.pending:
-            sent = outbuf_send(buffer, self.fd)
+            sent = outbuf_send(buffer, self.fd, self.loop.read_buffer)
             if sent < 0:
                 error = errno
                 if would_block(error):
@@ -809,13 +814,28 @@ cdef inline bint is_live(object candidate):
     return type(candidate) is Connection and (<Connection>candidate).loop is not None
 
 
+# Where a ConnectionQueue keeps its connection: the `_connection` slot's offset in the
+# object, found once the class exists (find_connection_slot). Every put() reads it; a
+# getattr() would look the name up in the type and call the slot's descriptor, about a
+# hundred instructions per put.
+cdef PyTypeObject *queue_type = NULL
+cdef Py_ssize_t connection_slot = 0
+
+
 cdef inline Connection connection_of(object queue):
     """The connection behind `queue`, or TypeError: never a crash.
 
     The queue is a Python object whose slot can be emptied or replaced
     (ConnectionQueue.__new__, object.__setattr__), so every method comes through here.
     """
-    cdef object connection = getattr(queue, "_connection", None)
+    cdef PyObject *slot
+    cdef object connection = None
+    if Py_TYPE(queue) == queue_type:
+        slot = (<PyObject **>(<char *><PyObject *>queue + connection_slot))[0]
+        if slot != NULL:
+            connection = <object>slot
+    else:
+        connection = getattr(queue, "_connection", None)  # a subclass: its own ways
     if not is_live(connection):
         raise TypeError("this ConnectionQueue is not bound to a connection: the server "
                         "creates each connection's queue and hands it to the callback")
@@ -936,6 +956,25 @@ class ConnectionQueue(_queue.Queue):
             return "<ConnectionQueue not bound to a connection>"
         return (f"<ConnectionQueue {connection.describe()} {life_of(connection)} "
                 f"pending={connection.output.pending}>")
+
+
+cdef int find_connection_slot() except -1:
+    """Where ConnectionQueue's `_connection` slot is (see connection_of); if its
+    descriptor is not the plain object slot __slots__ makes, connection_of keeps to
+    getattr()."""
+    global queue_type, connection_slot
+    cdef object descriptor = ConnectionQueue.__dict__["_connection"]
+    if Py_TYPE(descriptor) != &PyMemberDescr_Type:
+        return 0
+    cdef PyMemberDef *member = (<PyMemberDescrObject *><PyObject *>descriptor).d_member
+    if member.type != T_OBJECT_EX:
+        return 0
+    connection_slot = member.offset
+    queue_type = <PyTypeObject *>ConnectionQueue
+    return 0
+
+
+find_connection_slot()
 
 
 cdef str life_of(Connection connection):

@@ -1,14 +1,6 @@
 # Framing: a connection's input cut into whole messages, one callback each (framing.pyx).
 
 
-cdef enum:
-    # An unfinished message that still awaits this many bytes or more is read into
-    # straight from the socket (direct_read_room): reading it through the read buffer
-    # would copy each of its bytes once more. Also the least size of a message's bytes
-    # object kept for reuse (MessageFramer.recycle, outbuf_consume).
-    DIRECT_READ_MINIMUM = 65536
-
-
 # The start of a message that one read did not finish: what a connection keeps between
 # reads (Connection.partial), allocated when a read ends inside a message and freed
 # when the message is handed out or the connection leaves OPEN. Its bytes are kept in a
@@ -29,8 +21,6 @@ cdef struct PartialMessage:
 cdef class MessageFramer:
     cdef Py_ssize_t max_length    # the longest message (without header or delimiter)
     cdef LogThrottle error_log    # "closing connection ...: <what was wrong>"
-    cdef list spares              # large messages' bytes objects that nobody kept:
-    cdef Py_ssize_t spare_bytes   # room for the next ones (recycle, take_spare)
 
     cdef int feed(self, Connection connection, const char *data, Py_ssize_t size) except -1
     cdef Py_ssize_t complete(self, Connection connection, const char *data,
@@ -39,8 +29,6 @@ cdef class MessageFramer:
                        Py_ssize_t size) except -1
     cdef int reject(self, Connection connection, str why, object error=*) except -1
     cdef int take_direct_read(self, Connection connection, Py_ssize_t size) except -1
-    cdef void recycle(self, PyObject *message) noexcept
-    cdef bytes take_spare(self, Py_ssize_t capacity)
 
 
 @cython.final
@@ -76,7 +64,6 @@ cdef class PythonFramer(MessageFramer):
     cdef object framing_error     # simpletcp.framing.FramingError: the peer's fault
     cdef object need_more         # simpletcp.framing.NeedMore
 
-    cdef bytes bytes_of(self, const char *data, Py_ssize_t size)
     cdef int frame_buffered(self, Connection connection, bytes data) except -1
     cdef Py_ssize_t checked_length(self, Connection connection, object answer,
                                    Py_ssize_t buffered) except -2

@@ -21,11 +21,6 @@
 cdef enum:
     # The least room an unfinished message is given: a few short reads fit in it.
     PARTIAL_MINIMUM = 256
-    # How much memory a framer keeps in large messages' bytes objects that nobody else
-    # holds any more, as room for the next large ones (MessageFramer.recycle): a
-    # message then lands in memory already in use instead of memory the allocator
-    # just got from the kernel (page faults were most of a 1 MB request's system time).
-    SPARE_BYTES = 16777216
 
 cdef inline char *partial_bytes(PartialMessage *partial) noexcept:
     return bytes_memory(partial.storage)
@@ -54,7 +49,7 @@ cdef int make_room(Connection connection, Py_ssize_t needed, Py_ssize_t bound) e
     capacity = max(needed, min(max(2 * capacity, PARTIAL_MINIMUM), bound))
     storage = None
     if capacity >= DIRECT_READ_MINIMUM:
-        storage = connection.loop.framer.take_spare(capacity)
+        storage = connection.loop.read_buffer.take_large(capacity)
     if storage is not None:
         if partial.size:
             memcpy(PyBytes_AS_STRING(storage), partial_bytes(partial), partial.size)
@@ -113,6 +108,37 @@ cdef Py_ssize_t direct_read_room(Connection connection, Py_ssize_t read_size) ex
     return room
 
 
+cdef bytes bytes_of(ReadBuffer buffer, const char *data, Py_ssize_t size):
+    """`size` bytes of `data` for a Framer's frame(): in a kept large bytes object if
+    they are many (the start of a large message, most likely), cut to length."""
+    cdef bytes spare = None
+    cdef PyObject *storage
+    if size >= DIRECT_READ_MINIMUM:
+        spare = buffer.take_large(size)
+    if spare is None:
+        return PyBytes_FromStringAndSize(<char *>data, size)
+    memcpy(PyBytes_AS_STRING(spare), data, size)
+    storage = <PyObject *>spare
+    Py_INCREF(spare)
+    spare = None  # the one reference left is `storage`, so that it can be resized
+    if _PyBytes_Resize(&storage, size) < 0:
+        raise MemoryError()
+    (<PyBytesObject *>storage).ob_shash = -1
+    spare = <bytes>storage
+    Py_DECREF(spare)
+    return spare
+
+
+cdef inline void recycle_unheld(ReadBuffer buffer, bytes message) noexcept:
+    """Keep `message`, a whole message's bytes, as room for a large message to come if
+    it is large and only the caller holds it (so nothing can see it change)."""
+    if (buffer.keeps_large and refcount_of(<PyObject *>message) == 1
+            and PyBytes_GET_SIZE(message) >= DIRECT_READ_MINIMUM):
+        Py_INCREF(message)
+        if not buffer.keep_large(<PyObject *>message):
+            Py_DECREF(message)
+
+
 cdef inline int deliver(Connection connection, const char *data, Py_ssize_t size) except -1:
     """Call back with a message that lies whole in what was read."""
     return connection.call_callback(connection.loop.read_buffer.take_at(data, size))
@@ -154,7 +180,7 @@ cdef inline int deliver_joined(Connection connection, Py_ssize_t skip, Py_ssize_
     connection forgets it: the callback may close the connection."""
     cdef bytes message = joined_message(connection, skip, head, data, tail)
     connection.call_callback(message)
-    connection.loop.framer.recycle(<PyObject *>message)
+    recycle_unheld(connection.loop.read_buffer, message)
     return 0
 
 
@@ -205,35 +231,6 @@ cdef class MessageFramer:
                        Py_ssize_t size) except -1:
         """Hand out the whole messages `data` begins with; keep the start of the next."""
         raise NotImplementedError
-
-    cdef void recycle(self, PyObject *message) noexcept:
-        """Keep `message` as room for a large message to come if it is a large bytes
-        object that only the caller holds (so nothing can see it change, as in
-        ReadBuffer.take_at): a message whose callback let it go, or a reply once sent
-        (outbuf_consume)."""
-        cdef Py_ssize_t size
-        if refcount_of(message) != 1 or not bytes_exact(message):
-            return
-        size = bytes_size(message)
-        if size >= DIRECT_READ_MINIMUM and self.spare_bytes + size <= SPARE_BYTES:
-            if self.spares is None:
-                self.spares = []
-            self.spares.append(<object>message)
-            self.spare_bytes += size
-
-    cdef bytes take_spare(self, Py_ssize_t capacity):
-        """A recycled bytes object of at least `capacity` bytes, no longer kept; or None."""
-        cdef Py_ssize_t i
-        cdef bytes spare
-        if not self.spares:
-            return None
-        for i in range(len(self.spares) - 1, -1, -1):  # the most recent first: in cache
-            spare = self.spares[i]
-            if PyBytes_GET_SIZE(spare) >= capacity:
-                del self.spares[i]
-                self.spare_bytes -= PyBytes_GET_SIZE(spare)
-                return spare
-        return None
 
     cdef int take_direct_read(self, Connection connection, Py_ssize_t size) except -1:
         """`size` bytes were just read straight into the unfinished message
@@ -467,34 +464,14 @@ cdef class PythonFramer(MessageFramer):
                 return 0
             partial = NULL
         if partial == NULL:
-            buffered = self.bytes_of(data, size)
+            buffered = bytes_of(connection.loop.read_buffer, data, size)
         elif partial.size + size < partial.wanted:
             return keep_partial(connection, data, size, self.max_length)
         else:
             buffered = joined_message(connection, 0, partial.size, data, size)
         self.frame_buffered(connection, buffered)
-        self.recycle(<PyObject *>buffered)
+        recycle_unheld(connection.loop.read_buffer, buffered)
         return 0
-
-    cdef bytes bytes_of(self, const char *data, Py_ssize_t size):
-        """`size` bytes of `data` for frame(): in a recycled bytes object if they are
-        many (the start of a large message, most likely), cut to length."""
-        cdef bytes spare = None
-        cdef PyObject *storage
-        if size >= DIRECT_READ_MINIMUM:
-            spare = self.take_spare(size)
-        if spare is None:
-            return PyBytes_FromStringAndSize(<char *>data, size)
-        memcpy(PyBytes_AS_STRING(spare), data, size)
-        storage = <PyObject *>spare
-        Py_INCREF(spare)
-        spare = None  # the one reference left is `storage`, so that it can be resized
-        if _PyBytes_Resize(&storage, size) < 0:
-            raise MemoryError()
-        (<PyBytesObject *>storage).ob_shash = -1
-        spare = <bytes>storage
-        Py_DECREF(spare)
-        return spare
 
     cdef int frame_buffered(self, Connection connection, bytes data) except -1:
         """Ask frame(data, start) for each message at the start of `data`, all that is

@@ -15,6 +15,7 @@ from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.dict cimport PyDict_Keys
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.object cimport Py_TYPE, PyTypeObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
 from cpython.pyport cimport PY_SSIZE_T_MAX

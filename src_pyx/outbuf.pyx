@@ -35,10 +35,9 @@ cdef int outbuf_push(OutputBuffer *buf, bytes chunk) except -1:
     return 0
 
 
-cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
-    """Forget the first `sent` bytes: release the chunks that went out whole (a large
-    one to buf.recycler first: room for a large message to come, if nobody else holds
-    it)."""
+cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent, ReadBuffer recycler):
+    """Forget the first `sent` bytes: release the chunks that went out whole (to
+    `recycler`, the loop's read buffer, if it takes them; None: none is kept)."""
     cdef Py_ssize_t left
     cdef PyObject *chunk
     buf.pending -= sent
@@ -52,15 +51,15 @@ cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
         buf.offset = 0
         buf.chunks[buf.head] = NULL
         buf.head += 1
-        if buf.recycler != NULL and bytes_size(chunk) >= DIRECT_READ_MINIMUM:
-            (<MessageFramer>buf.recycler).recycle(chunk)
-        Py_DECREF(<object>chunk)
+        if recycler is None or not recycler.recycle(chunk):
+            Py_DECREF(<object>chunk)
     if buf.head == buf.tail:
         buf.head = buf.tail = 0
 
 
-cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd):
-    """One send of what is pending: bytes the kernel took, or -1 with errno set."""
+cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd, ReadBuffer recycler):
+    """One send of what is pending: bytes the kernel took, or -1 with errno set. The
+    chunks sent whole go to `recycler` (outbuf_consume)."""
     cdef iovec parts[GATHER_MAX]
     cdef msghdr message
     cdef Py_ssize_t count, i
@@ -85,7 +84,7 @@ cdef Py_ssize_t outbuf_send(OutputBuffer *buf, int fd):
         message.msg_iovlen = count
         sent = sendmsg(fd, &message, MSG_NOSIGNAL)
     if sent > 0:
-        outbuf_consume(buf, sent)
+        outbuf_consume(buf, sent, recycler)
     return sent
 
 
@@ -101,4 +100,3 @@ cdef void outbuf_clear(OutputBuffer *buf):
     buf.chunks = NULL
     buf.head = buf.tail = buf.capacity = 0
     buf.offset = buf.pending = 0
-    buf.recycler = NULL

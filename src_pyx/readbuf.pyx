@@ -11,7 +11,11 @@ cdef class ReadBuffer:
         internal_class(self)
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
         free(self.memory)
+        for i in range(self.recycled_count):
+            Py_DECREF(<object>self.recycled[i])
+        free(self.recycled)
 
     cdef int allocate(self, Py_ssize_t slice_size) except -1:
         """Room for one read: LARGE_READ bytes, or SLICES_PER_READ slices if that is
@@ -23,7 +27,9 @@ cdef class ReadBuffer:
         elif slice_size > capacity:
             capacity = slice_size
         self.memory = <char *>malloc(capacity)
-        if self.memory == NULL:
+        self.recycled_max = capacity // slice_size
+        self.recycled = <PyObject **>malloc(self.recycled_max * sizeof(PyObject *))
+        if self.memory == NULL or self.recycled == NULL:
             raise MemoryError()
         self.slice_size = slice_size
         self.capacity = capacity
@@ -49,6 +55,63 @@ cdef class ReadBuffer:
             memcpy(PyBytes_AS_STRING(<object>spare), start, size)
             (<PyBytesObject *>spare).ob_shash = -1
             return <bytes>spare
+        if size == self.slice_size and self.recycled_count:
+            # A slice sent and let go of (recycle): nobody else holds it either. Its
+            # reference passes from the pool to the caller.
+            self.recycled_count -= 1
+            spare = self.recycled[self.recycled_count]
+            memcpy(PyBytes_AS_STRING(<object>spare), start, size)
+            (<PyBytesObject *>spare).ob_shash = -1
+            data = <bytes>spare
+            Py_DECREF(data)
+            return data
         data = PyBytes_FromStringAndSize(<char *>start, size)
         self.spare = data
         return data
+
+    cdef inline bint recycle(self, PyObject *chunk) noexcept:
+        """Keep `chunk`, a bytes object the output lets go of, for take_at to refill,
+        if it is a slice's size and nobody else holds it: True if kept (the reference
+        is the pool's now). A large read hands out up to a read's worth of slices that
+        stay alive until one sendmsg() sends them all; without this, each is a malloc
+        of 2 KiB and a free that glibc's small caches no longer serve (about 550
+        instructions per slice in W3). With framing=, a large one is kept too
+        (keep_large)."""
+        if refcount_of(chunk) != 1 or not bytes_exact(chunk):
+            return False
+        if bytes_size(chunk) == self.slice_size and self.recycled_count < self.recycled_max:
+            self.recycled[self.recycled_count] = chunk
+            self.recycled_count += 1
+            return True
+        if self.keeps_large and bytes_size(chunk) >= DIRECT_READ_MINIMUM:
+            return self.keep_large(chunk)
+        return False
+
+    cdef bint keep_large(self, PyObject *chunk) noexcept:
+        """Take over `chunk`, a large exact bytes object nobody else holds (the caller
+        checked), as room for a large message to come, unless LARGE_SPARE_BYTES are
+        kept already: True if kept (the caller's reference is the pool's now)."""
+        cdef Py_ssize_t size = bytes_size(chunk)
+        if self.large_spare_bytes + size > LARGE_SPARE_BYTES:
+            return False
+        if self.large_spares is None:
+            self.large_spares = []
+        self.large_spares.append(<object>chunk)
+        Py_DECREF(<object>chunk)
+        self.large_spare_bytes += size
+        return True
+
+    cdef bytes take_large(self, Py_ssize_t capacity):
+        """A kept large bytes object of at least `capacity` bytes, now the caller's
+        alone (framing.pyx fills it and cuts it to length); or None."""
+        cdef Py_ssize_t i
+        cdef bytes spare
+        if not self.large_spares:
+            return None
+        for i in range(len(self.large_spares) - 1, -1, -1):  # the most recent first: in cache
+            spare = self.large_spares[i]
+            if PyBytes_GET_SIZE(spare) >= capacity:
+                del self.large_spares[i]
+                self.large_spare_bytes -= PyBytes_GET_SIZE(spare)
+                return spare
+        return None

@@ -103,6 +103,7 @@ cdef class Loop:
         self.read_buffer = ReadBuffer.__new__(ReadBuffer)
         self.read_buffer.allocate(recv_bytes)
         self.framer = compile_framing(framing)
+        self.read_buffer.keeps_large = self.framer is not None
         if ssl_context is not None:
             if _SSLContext is None or not isinstance(ssl_context, _SSLContext):
                 raise TypeError(f"ssl_context must be an ssl.SSLContext, got "

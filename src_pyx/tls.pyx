@@ -328,7 +328,7 @@ cdef class TLSConnection:
                 # Taken out of the output before OpenSSL sees it: SSLObject.write()
                 # releases the GIL, and a put() or shutdown(immediate=True) from another
                 # thread may change the output meanwhile. `chunk` keeps its bytes alive.
-                outbuf_consume(plain, size)
+                outbuf_consume(plain, size, None)
                 if offset == 0 and size == PyBytes_GET_SIZE(chunk):
                     self.ssl_object.write(chunk)
                 else:
@@ -352,7 +352,7 @@ cdef class TLSConnection:
             if take > RECORD_SIZE - size:
                 take = RECORD_SIZE - size
             memcpy(gathered + size, PyBytes_AS_STRING(<object>chunk) + plain.offset, take)
-            outbuf_consume(plain, take)
+            outbuf_consume(plain, take, None)
             size += take
         self.ssl_object.write(PyMemoryView_FromMemory(gathered, size, PyBUF_READ))
         return size

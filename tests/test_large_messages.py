@@ -162,3 +162,37 @@ def test_stop_midway_through_a_read_delivers_the_rest_of_that_read_only(serve):
     assert echoed == delivered == payload[:len(delivered)]
     assert stopped_at[0] <= len(delivered) <= stopped_at[0] + ONE_READ
     assert len(delivered) < len(payload)
+
+
+def test_pieces_a_callback_keeps_are_never_refilled_by_later_reads(serve):
+    # The loop reuses the bytes objects of pieces sent and let go of; one the callback
+    # still holds (here every third) must keep what it was given, however many reads
+    # follow, and every piece must hash as its own contents, not as a reused object's.
+    kept = []
+    wrong_hashes = []
+
+    def keep_some(queue, data):
+        if hash(data) != hash(bytes(bytearray(data))):
+            wrong_hashes.append(len(data))
+        if len(kept) % 3 == 0:
+            kept.append((queue.received, data))
+        else:
+            kept.append((queue.received, None))
+        queue.received += len(data)
+        queue.put(data)
+
+    def on_connect(queue):
+        queue.received = 0
+
+    server = serve(keep_some, on_connect=on_connect)
+    payload = pattern(4 * MiB)
+    with connect(server, timeout=30) as client:
+        writer = threading.Thread(target=client.sendall, args=(payload,))
+        writer.start()
+        assert recv_exactly(client, len(payload)) == payload
+        writer.join(TIMEOUT)
+    held = [(offset, data) for offset, data in kept if data is not None]
+    assert len(held) > 100
+    for offset, data in held:
+        assert data == payload[offset:offset + len(data)], f"piece at {offset} changed"
+    assert wrong_hashes == []
