@@ -51,6 +51,15 @@ def test_clientsocket_tls_arguments_are_checked(server_context, client_context):
         ClientSocket("unix:/tmp/nothing.sock", 0, ssl=client_context)
 
 
+@pytest.mark.parametrize("name", ["", ".example.com", "a..b", "x" * 64 + ".example.com",
+                                  "local\0host", "\ud800"])
+def test_clientsocket_a_server_hostname_tls_cannot_send_is_refused_at_once(client_context,
+                                                                          name):
+    # Python's ssl module would refuse it only at the handshake, in send().
+    with pytest.raises(ValueError, match="server_hostname"):
+        ClientSocket("localhost", 5000, ssl=client_context, server_hostname=name)
+
+
 # ---- the command line -----------------------------------------------------------------------
 
 def cli(*args):
