@@ -238,6 +238,38 @@ def test_a_tls_error_after_the_handshake_closes_with_tls_error_logged_as_warning
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("raised", [ValueError("from msg_callback"), SystemExit(3),
+                                    KeyboardInterrupt()])
+def test_what_the_contexts_msg_callback_raises_closes_only_that_connection(
+        serve, server_context, client_context, raised):
+    # The ssl module's debugging hook runs inside OpenSSL's calls, which the loop makes:
+    # whatever it raises closes that connection, as a callback's exception does, and
+    # the server goes on serving (a SystemExit or KeyboardInterrupt stopped it).
+    armed = threading.Event()
+    shots = [raised]
+
+    def hook(ssl_object, direction, version, content_type, message_type, data):
+        if armed.is_set() and direction == "read" and shots:
+            raise shots.pop()
+
+    server_context._msg_callback = hook
+    hand_off = HandOff()
+    server = serve(hand_off, ssl=server_context)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"hello")
+        queue = hand_off.first_queue()
+        armed.set()
+        client.sendall(b"the record that raises")
+        wait_for(lambda: "closed: loop error" in repr(queue))
+    assert not shots
+    armed.clear()
+    server_context._msg_callback = None
+    assert server.running
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"still served")
+        wait_for(lambda: len(hand_off.queues) == 2)
+
+
 def test_the_callback_never_sees_a_connection_before_its_handshake(serve, server_context,
                                                                   client_context):
     hand_off = HandOff()
