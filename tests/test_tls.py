@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from simpletcp import CloseReason
 from simpletcp.tcpserver import TCPServer
 from support import (TIMEOUT, HandOff, connect, connect_tls, echo, proxy_v1, recv_exactly,
                      tls_exchange, tls_send_until_stuck, wait_for)
@@ -211,6 +212,29 @@ def test_an_immediate_shutdown_mid_reply_resets_rather_than_close_notify(
             while client.recv(1 << 20):
                 pass
         wait_for(lambda: "closed: reply cut" in repr(queue))
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
+                         ids=["TLSv1.2", "TLSv1.3"])
+def test_an_immediate_shutdown_in_on_connect_closes_with_close_notify(
+        serve, server_context, client_context, version):
+    # An on_connect that turns a client away (a certificate it does not like) owes it
+    # no reply; the handshake's last records (TLS 1.2's Finished, TLS 1.3's session
+    # tickets) are still unsent then, and are the protocol's, not a reply to cut: they
+    # go out, then close_notify. Before, they were dropped and the connection reset
+    # (REPLY_CUT): a TLS 1.2 client's handshake failed with ECONNRESET.
+    reasons = []
+
+    def turn_away(queue):
+        queue.shutdown(immediate=True)
+
+    server = serve(echo, ssl=server_context, on_connect=turn_away,
+                   on_disconnect=lambda queue: reasons.append(queue.close_reason))
+    client_context.maximum_version = version
+    with connect_tls(server, client_context, suppress_ragged_eofs=False) as client:
+        assert client.recv(100) == b""  # close_notify: a ragged EOF or a reset raises
+    wait_for(lambda: reasons)
+    assert reasons == [CloseReason.QUEUE_SHUTDOWN]
 
 
 def test_the_idle_timeout_closes_with_close_notify(serve, server_context, client_context):
