@@ -670,7 +670,10 @@ class LibSSLClient:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.settimeout(TIMEOUT)
         self.sock.connect(("127.0.0.1", port))
-        self.sock.settimeout(None)  # blocking while SSL_connect runs
+        self.sock.settimeout(None)  # blocking while SSL_connect runs, within TIMEOUT:
+        bound = struct.pack("ll", int(TIMEOUT), 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
         self.context = lib.SSL_CTX_new(lib.TLS_client_method())
         self.session = lib.SSL_new(self.context)
         lib.SSL_set_fd(self.session, self.sock.fileno())
