@@ -41,7 +41,7 @@
  *                does not lost bytes ("rounds_incomplete"). A wrong, repeated or
  *                extra byte is always a "mismatch".
  *
- * Build: gcc -O2 -o loadgen loadgen.c
+ * Build: gcc -O2 -o loadgen loadgen.c (loadgen_common.h beside it)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -62,59 +62,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen_common.h"
+
 /* Largest single recv(); also the size of the scratch buffer echoes land in. */
 #define RECV_CHUNK (256 * 1024)
-/* Messages start at a per-(connection, round) offset into a random pattern of
- * message_size + PATTERN_SPAN bytes, so consecutive messages differ. */
-#define PATTERN_SPAN 4093
 #define MAX_EVENTS 1024
 
-/* ---------------------------------------------------------------- histogram */
-/*
- * Log-linear latency histogram in nanoseconds (HDR-style): values below 128 ns
- * get one bucket each; above that each power of two is split into 64 buckets,
- * so a bucket is at most 1/64 (1.6 %) wide. Covers up to 2^40 ns (~18 min).
- */
-#define HIST_SUB 64
-#define HIST_BUCKETS (2 * HIST_SUB + 34 * HIST_SUB)
-
-static uint64_t histogram[HIST_BUCKETS];
-
-static int hist_index(uint64_t ns)
-{
-    if (ns < 2 * HIST_SUB)
-        return (int)ns;
-    int msb = 63 - __builtin_clzll(ns);
-    int shift = msb - 6; /* keeps 7 significant bits: value >> shift in [64,128) */
-    int index = 2 * HIST_SUB + (shift - 1) * HIST_SUB + (int)((ns >> shift) - HIST_SUB);
-    return index < HIST_BUCKETS ? index : HIST_BUCKETS - 1;
-}
-
-/* Middle of a bucket, the value reported for any sample that fell in it. */
-static double hist_value(int index)
-{
-    if (index < 2 * HIST_SUB)
-        return index;
-    int shift = (index - 2 * HIST_SUB) / HIST_SUB + 1;
-    uint64_t low = (uint64_t)((index - 2 * HIST_SUB) % HIST_SUB + HIST_SUB) << shift;
-    return (double)low + (double)(1ULL << shift) / 2.0;
-}
-
-static double hist_percentile(uint64_t count, double fraction)
-{
-    if (count == 0)
-        return 0.0;
-    uint64_t rank = (uint64_t)(fraction * (double)count);
-    if (rank >= count)
-        rank = count - 1;
-    uint64_t seen = 0;
-    for (int i = 0; i < HIST_BUCKETS; i++) {
-        seen += histogram[i];
-        if (seen > rank)
-            return hist_value(i);
-    }
-    return hist_value(HIST_BUCKETS - 1);
-}
 
 /* ---------------------------------------------------------------- state */
 
@@ -202,120 +155,13 @@ static uint64_t measured_echo_bytes;
 static uint64_t connections_failed;  /* established, then closed or reset by the server */
 static uint64_t reconnects;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
-static void die(const char *what)
-{
-    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
-    exit(2);
-}
-
-/* ---------------------------------------------------------------- /proc */
-
-/* utime+stime of a whole process in seconds, or -1 if it is gone. */
-static double process_cpu_seconds(int pid)
-{
-    char path[64], text[4096];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1.0;
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = '\0';
-    /* The command name (field 2) may contain spaces: fields are counted from
-     * the last ')'. After it come field 3 (state) ... utime is 14, stime 15. */
-    char *p = strrchr(text, ')');
-    if (!p)
-        return -1.0;
-    unsigned long long utime = 0, stime = 0;
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-               &utime, &stime) != 2)
-        return -1.0;
-    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* A "VmXXX:" line of /proc/PID/status in KiB, or -1. */
-static long process_status_kib(int pid, const char *key)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    long value = -1;
-    size_t key_len = strlen(key);
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, key, key_len) == 0 && line[key_len] == ':') {
-            value = strtol(line + key_len + 1, NULL, 10);
-            break;
-        }
-    }
-    fclose(f);
-    return value;
-}
-
-/* Busy time of one core (everything but idle and iowait) in seconds, from
- * /proc/stat. Unlike a process's utime+stime it includes interrupt and softirq
- * time, where much of the loopback TCP work is accounted. */
-static double core_busy_seconds(int core)
-{
-    char line[512], name[32];
-    snprintf(name, sizeof name, "cpu%d ", core);
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f)
-        return -1.0;
-    double busy = -1.0;
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, name, strlen(name)) != 0)
-            continue;
-        unsigned long long user, nice, system, idle, iowait, irq, softirq, steal;
-        if (sscanf(line + strlen(name), "%llu %llu %llu %llu %llu %llu %llu %llu", &user,
-                   &nice, &system, &idle, &iowait, &irq, &softirq, &steal) == 8)
-            busy = (double)(user + nice + system + irq + softirq + steal) /
-                   (double)sysconf(_SC_CLK_TCK);
-        break;
-    }
-    fclose(f);
-    return busy;
-}
-
-/* The one core this process is allowed on, or -1. */
-static int own_core(void)
-{
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) < 0 || CPU_COUNT(&set) != 1)
-        return -1;
-    for (int i = 0; i < CPU_SETSIZE; i++)
-        if (CPU_ISSET(i, &set))
-            return i;
-    return -1;
-}
-
-static double self_cpu_seconds(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-           (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
 
 /* ---------------------------------------------------------------- connections */
 
 static void update_events(struct conn *c, bool want_write)
 {
-    if (c->want_write == want_write)
-        return;
-    struct epoll_event ev = {.events = EPOLLIN | (want_write ? EPOLLOUT : 0),
-                             .data.ptr = c};
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
-        die("epoll_ctl(MOD)");
-    c->want_write = want_write;
+    watch_writes(epoll_fd, c->fd, c, &c->want_write, want_write);
 }
 
 static void open_connection(struct conn *c);
@@ -390,8 +236,7 @@ static void send_pending(struct conn *c)
  * the connection id and the round number, and start sending it. */
 static void start_round(struct conn *c)
 {
-    size_t offset = ((size_t)c->id * 2654435761u + (size_t)c->round * 40503u) % PATTERN_SPAN;
-    memcpy(c->message, pattern + offset, opt.message_size);
+    memcpy(c->message, pattern + pattern_offset(c->id, c->round), opt.message_size);
     uint32_t stamp[2] = {c->id, c->round};
     size_t stamp_len = opt.message_size < sizeof stamp ? opt.message_size : sizeof stamp;
     for (size_t i = 0; i < stamp_len; i++)
@@ -480,24 +325,14 @@ static void on_readable(struct conn *c)
 
 static void open_connection(struct conn *c)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        die("socket");
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->fd = fd;
+    bool failed; /* otherwise completion (or failure) is reported as EPOLLOUT/EPOLLERR */
+    c->fd = start_connect(epoll_fd, &server_addr, c, &failed);
     c->state = CONN_CONNECTING;
     c->want_write = true;
     alive++;
     unproven++;
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
-    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
-        die("epoll_ctl(ADD)");
-    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 &&
-        errno != EINPROGRESS) {
+    if (failed)
         close_conn(c, &errors.connect_failed);
-    }
-    /* Completion (or failure) is reported as EPOLLOUT/EPOLLERR. */
 }
 
 static void on_connect_done(struct conn *c)
@@ -634,50 +469,20 @@ static void parse_args(int argc, char **argv)
     }
 }
 
-/* Each connection needs a descriptor; the soft limit is often 1024. */
-static void raise_fd_limit(void)
-{
-    struct rlimit lim;
-    if (getrlimit(RLIMIT_NOFILE, &lim) < 0)
-        die("getrlimit");
-    rlim_t needed = (rlim_t)opt.connections + 64;
-    if (lim.rlim_cur < lim.rlim_max) {
-        lim.rlim_cur = lim.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &lim) < 0)
-            die("setrlimit(RLIMIT_NOFILE)");
-    }
-    if (lim.rlim_cur < needed)
-        fprintf(stderr, "loadgen: warning: RLIMIT_NOFILE hard limit %llu < %llu needed\n",
-                (unsigned long long)lim.rlim_max, (unsigned long long)needed);
-}
 
 static void setup(void)
 {
-    raise_fd_limit();
+    raise_fd_limit(opt.connections);
     signal(SIGPIPE, SIG_IGN);
 
-    memset(&server_addr, 0, sizeof server_addr);
-    server_addr.sin_family = AF_INET;
-    server_addr.sin_port = htons((uint16_t)opt.port);
-    if (inet_pton(AF_INET, opt.host, &server_addr.sin_addr) != 1) {
-        fprintf(stderr, "loadgen: --host must be an IPv4 address, got %s\n", opt.host);
-        exit(2);
-    }
+    server_addr = server_address(opt.host, opt.port);
 
-    /* xorshift64: the same pattern on every run. */
-    pattern = malloc(opt.message_size + PATTERN_SPAN);
+    pattern = random_pattern(opt.message_size);
     scratch = malloc(RECV_CHUNK);
     conns = calloc((size_t)opt.connections, sizeof *conns);
     unsigned char *messages = malloc(opt.message_size * (size_t)opt.connections);
     if (!pattern || !scratch || !conns || !messages)
         die("malloc");
-    uint64_t x = 0x9E3779B97F4A7C15ULL;
-    for (size_t i = 0; i < opt.message_size + PATTERN_SPAN; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        pattern[i] = (unsigned char)(x >> 24);
-    }
     for (int i = 0; i < opt.connections; i++) {
         conns[i].id = (uint32_t)i;
         conns[i].fd = -1;
@@ -697,14 +502,9 @@ int main(int argc, char **argv)
     struct epoll_event events[MAX_EVENTS];
     uint64_t run_start = now_ns();
     uint64_t ramp_deadline = run_start + (uint64_t)(opt.ramp_timeout_s * 1e9);
-    uint64_t ramp_end = 0, warmup_end = 0, measure_start = 0, measure_end = 0;
-    uint64_t drain_end = 0;
-    double server_cpu_start = -1, self_cpu_start = 0;
-    double server_cpu_s = -1, self_cpu_s = 0;
-    int loadgen_core = own_core();
-    double server_core_start = -1, loadgen_core_start = -1;
-    double server_core_busy_s = -1, loadgen_core_busy_s = -1;
-    long server_rss_kib = -1, server_hwm_kib = -1;
+    uint64_t ramp_end = 0, warmup_end = 0, measure_deadline = 0, drain_end = 0;
+    struct window window;
+    window_init(&window, opt.server_pid, opt.server_core);
 
     open_more_connections();
     while (phase != PHASE_DONE) {
@@ -731,36 +531,17 @@ int main(int argc, char **argv)
             if (opt.counted)
                 quiet_edge("window-start");
             phase = PHASE_MEASURE;
-            measure_start = now_ns();
-            measure_end = measure_start + (uint64_t)(opt.duration_s * 1e9);
-            self_cpu_start = self_cpu_seconds();
-            if (opt.server_pid)
-                server_cpu_start = process_cpu_seconds(opt.server_pid);
-            if (opt.server_core >= 0)
-                server_core_start = core_busy_seconds(opt.server_core);
-            if (loadgen_core >= 0)
-                loadgen_core_start = core_busy_seconds(loadgen_core);
+            window_open(&window);
+            measure_deadline = window.start_ns + (uint64_t)(opt.duration_s * 1e9);
             if (opt.counted)
                 start_phase(opt.request_limit);
         }
         if (phase == PHASE_MEASURE &&
-            (now >= measure_end || alive == 0 ||
+            (now >= measure_deadline || alive == 0 ||
              (opt.counted ? phase_complete()
                           : opt.request_limit > 0 &&
                                 measured_requests >= (uint64_t)opt.request_limit))) {
-            measure_end = now_ns();
-            self_cpu_s = self_cpu_seconds() - self_cpu_start;
-            if (server_core_start >= 0)
-                server_core_busy_s = core_busy_seconds(opt.server_core) - server_core_start;
-            if (loadgen_core_start >= 0)
-                loadgen_core_busy_s = core_busy_seconds(loadgen_core) - loadgen_core_start;
-            if (opt.server_pid) {
-                double cpu_end = process_cpu_seconds(opt.server_pid);
-                if (server_cpu_start >= 0 && cpu_end >= 0)
-                    server_cpu_s = cpu_end - server_cpu_start;
-                server_rss_kib = process_status_kib(opt.server_pid, "VmRSS");
-                server_hwm_kib = process_status_kib(opt.server_pid, "VmHWM");
-            }
+            window_close(&window);
             if (opt.counted)
                 quiet_edge("window-end");
             if (opt.drain_s > 0) {
@@ -784,7 +565,7 @@ int main(int argc, char **argv)
         }
         if (alive == 0 && phase != PHASE_RAMP) {
             /* Everything died before measuring: report an empty window. */
-            measure_start = measure_end = now;
+            window.start_ns = window.end_ns = now;
             phase = PHASE_DONE;
             break;
         }
@@ -808,52 +589,28 @@ int main(int argc, char **argv)
         if (conns[i].state == CONN_ACTIVE && conns[i].in_round)
             rounds_incomplete++;
 
-    double window_s = (double)(measure_end - measure_start) / 1e9;
+    double window_s = window_seconds(&window);
     uint64_t error_total = errors.mismatch + errors.reset + errors.eof +
                            errors.connect_failed + errors.connect_timeout;
-    double mean_us = 0;
-    {
-        double sum = 0;
-        for (int i = 0; i < HIST_BUCKETS; i++)
-            sum += (double)histogram[i] * hist_value(i);
-        if (measured_requests)
-            mean_us = sum / (double)measured_requests / 1000.0;
-    }
-    double max_us = 0;
-    for (int i = HIST_BUCKETS - 1; i >= 0; i--)
-        if (histogram[i]) {
-            max_us = hist_value(i) / 1000.0;
-            break;
-        }
-
     printf("{\"connections\": %d, \"connections_established\": %d, "
            "\"connections_alive_at_end\": %d, \"message_bytes\": %zu, "
-           "\"ramp_s\": %.3f, \"window_s\": %.3f, \"requests\": %llu, "
+           "\"ramp_s\": %.3f, \"requests\": %llu, "
            "\"lines_per_request\": %d, \"messages\": %llu, \"counted\": %s, "
-           "\"requests_per_s\": %.1f, \"echo_mb_per_s\": %.2f, "
-           "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"p999\": %.1f, "
-           "\"max\": %.1f, \"mean\": %.1f}, "
-           "\"errors\": {\"mismatch\": %llu, \"reset\": %llu, \"eof\": %llu, "
-           "\"connect_failed\": %llu, \"connect_timeout\": %llu}, \"errors_total\": %llu, "
-           "\"loadgen_cpu_s\": %.4f, \"server_cpu_s\": %.4f, "
-           "\"server_core_busy_s\": %.4f, \"loadgen_core_busy_s\": %.4f, "
-           "\"server_rss_kib\": %ld, \"server_hwm_kib\": %ld, "
-           "\"connections_failed\": %llu, \"reconnects\": %llu, \"rounds_incomplete\": %llu}\n",
+           "\"requests_per_s\": %.1f, \"echo_mb_per_s\": %.2f, ",
            opt.connections, proven_total, alive, opt.message_size,
-           (double)((ramp_end ? ramp_end : measure_end) - run_start) / 1e9, window_s,
+           (double)((ramp_end ? ramp_end : window.end_ns) - run_start) / 1e9,
            (unsigned long long)measured_requests,
            opt.lines, (unsigned long long)measured_requests * (unsigned long long)opt.lines,
            opt.counted ? "true" : "false",
            window_s > 0 ? (double)measured_requests / window_s : 0.0,
-           window_s > 0 ? (double)measured_echo_bytes / window_s / 1e6 : 0.0,
-           hist_percentile(measured_requests, 0.50) / 1000.0,
-           hist_percentile(measured_requests, 0.90) / 1000.0,
-           hist_percentile(measured_requests, 0.99) / 1000.0,
-           hist_percentile(measured_requests, 0.999) / 1000.0, max_us, mean_us,
+           window_s > 0 ? (double)measured_echo_bytes / window_s / 1e6 : 0.0);
+    print_window_fields(&window, measured_requests);
+    printf("\"errors\": {\"mismatch\": %llu, \"reset\": %llu, \"eof\": %llu, "
+           "\"connect_failed\": %llu, \"connect_timeout\": %llu}, \"errors_total\": %llu, "
+           "\"connections_failed\": %llu, \"reconnects\": %llu, \"rounds_incomplete\": %llu}\n",
            (unsigned long long)errors.mismatch, (unsigned long long)errors.reset,
            (unsigned long long)errors.eof, (unsigned long long)errors.connect_failed,
            (unsigned long long)errors.connect_timeout, (unsigned long long)error_total,
-           self_cpu_s, server_cpu_s, server_core_busy_s, loadgen_core_busy_s, server_rss_kib, server_hwm_kib,
            (unsigned long long)connections_failed, (unsigned long long)reconnects,
            (unsigned long long)rounds_incomplete);
     fflush(stdout);

@@ -140,8 +140,9 @@ class Workload:
     # Counted mode: round trips (writes) before the window, and in it.
     counted_requests: tuple = (2_000, 20_000)
     smoke_counted_requests: tuple = (200, 2_000)
-    # The server the "× C" columns divide by.
+    # The server the "× C" columns divide by, and their header.
     floor: str = FLOOR
+    floor_header: str = "× C"
     # The two servers of the "simpletcp ÷ uvloop" line.
     compared: tuple = ("simpletcp", "uvloop")
 
@@ -369,12 +370,15 @@ def loadgen_argv(port: int, workload: Workload, connections: int, pin: bool) -> 
     return argv
 
 
-def run_once(server: Server, workload: Workload, connections: int, args, pin: bool) -> RunResult:
+def run_once(server: Server, workload: Workload, connections: int, args, pin: bool,
+             client=loadgen_argv) -> RunResult:
+    """One timed run; `client(port, workload, connections, pin)` is the load generator's
+    command line without the window's options (bench/tls.py's is the TLS one)."""
     try:
         with running_server(server, pin) as running:
             time.sleep(SERVER_SETTLE_S)
             rss_idle_kib = vm_rss_kib(running.proc.pid)
-            argv = loadgen_argv(running.port, workload, connections, pin) + [
+            argv = client(running.port, workload, connections, pin) + [
                 "--duration", str(args.duration), "--warmup", str(args.warmup),
                 "--ramp-timeout", str(args.ramp_timeout), "--server-pid", str(running.proc.pid)]
             time_limit = args.ramp_timeout + args.warmup + args.duration + 30
@@ -410,26 +414,38 @@ C_PROGRAMS = [
     # Needs <linux/io_uring.h> from Linux >= 6.1 headers.
     (SERVERS_DIR / "c_uring_echo.c", C_URING_SERVER, False),
 ]
+# What the programs include from bench/: a change to it rebuilds them.
+C_HEADERS = (BENCH_DIR / "loadgen_common.h",)
 build_failures: dict[str, str] = {}   # binary path -> why it did not build
 
 
-def build_c_programs():
+def build_c_program(source: Path, binary: Path, required: bool,
+                    libraries: tuple = ()) -> str | None:
+    """Compile `source` into `binary` unless it is newer than the sources: None when it is
+    there, else why not (also kept in build_failures). A required program that does not
+    compile stops the run."""
     BUILD_DIR.mkdir(exist_ok=True)
-    for source, binary, required in C_PROGRAMS:
-        if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
-            continue
-        command = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source)]
-        print("building:", " ".join(command), file=sys.stderr)
-        compiled = subprocess.run(command, capture_output=True, text=True)
-        sys.stderr.write(compiled.stderr)
-        if compiled.returncode == 0:
-            continue
-        if required:
-            raise SystemExit(f"building {source.name} failed")
-        errors = [line for line in compiled.stderr.splitlines() if "error" in line]
-        build_failures[str(binary)] = (f"{source.name} does not compile here: "
-                                       f"{(errors or ['gcc failed'])[0].strip()}")
-        binary.unlink(missing_ok=True)
+    newest_source = max(path.stat().st_mtime for path in (source, *C_HEADERS))
+    if binary.exists() and binary.stat().st_mtime >= newest_source:
+        return None
+    command = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source), *libraries]
+    print("building:", " ".join(command), file=sys.stderr)
+    compiled = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(compiled.stderr)
+    if compiled.returncode == 0:
+        return None
+    if required:
+        raise SystemExit(f"building {source.name} failed")
+    errors = [line for line in compiled.stderr.splitlines() if "error" in line]
+    build_failures[str(binary)] = (f"{source.name} does not compile here: "
+                                   f"{(errors or ['gcc failed'])[0].strip()}")
+    binary.unlink(missing_ok=True)
+    return build_failures[str(binary)]
+
+
+def build_c_programs():
+    for program in C_PROGRAMS:
+        build_c_program(*program)
 
 
 def unavailable_reason(server: Server) -> str | None:
@@ -534,8 +550,9 @@ def describe_timed(run: RunResult) -> str:
             f"loadgen {m['loadgen_cpu_pct']:.0f}%")
 
 
-def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool) -> dict:
-    suite = run_rounds(args, servers, workloads, pin, "round", run_once, describe_timed)
+def run_suite(args, servers: list[Server], workloads: list[Workload], pin: bool,
+              measure=run_once) -> dict:
+    suite = run_rounds(args, servers, workloads, pin, "round", measure, describe_timed)
     for workload_cells in suite["cells"].values():
         for cell in workload_cells.values():
             if cell.status == "ok":
@@ -602,23 +619,54 @@ RESP_SERVERS = [
            requires=("simpletcp.tcpserver",)),
 ]
 RESP_REFERENCE = "uvloop_resp"
-RESP_TESTS = "ping,set,get,incr"      # five runs: PING_INLINE, PING_MBULK, SET, GET, INCR
-RESP_TEST_NAMES = ("PING_INLINE", "PING_MBULK", "SET", "GET", "INCR")
-RESP_CLIENTS = 50
-RESP_PIPELINES = (1, 16)
+@dataclass(frozen=True)
+class RespPlan:
+    """What redis-benchmark asks the RESP stores: its tests, clients, value size, the
+    pipelines run, and how many requests per test (timed, counted; smoke divides)."""
+    tests: str
+    test_names: tuple
+    clients: int
+    value_size: int
+    pipelines: tuple
+    timed_requests: tuple    # (full, smoke), times the pipeline up to 4
+    counted_requests: tuple  # (full, smoke), times the pipeline
+
+    def requests_per_test(self, pipeline: int, args) -> int:
+        if args.mode == "counted":
+            return self.counted_requests[args.smoke] * pipeline
+        return self.timed_requests[args.smoke] * min(pipeline, 4)
+
+    def describe(self) -> str:
+        return (f"redis-benchmark -t {self.tests} -c {self.clients}"
+                + (f" -d {self.value_size}" if self.value_size != 3 else "")
+                + f"; a request is one command of its {len(self.test_names)} test(s)")
+
+
+# Five runs: PING_INLINE, PING_MBULK, SET, GET, INCR, with redis-benchmark's 3-byte values.
+RESP_MIX = RespPlan("ping,set,get,incr", ("PING_INLINE", "PING_MBULK", "SET", "GET", "INCR"),
+                    clients=50, value_size=3, pipelines=(1, 16),
+                    timed_requests=(100_000, 2_000), counted_requests=(2_000, 200))
+# Issue 13's large message: a SET of 1,000,000 bytes (the stores refuse requests over
+# 1 MiB), 10 clients, no pipelining.
+RESP_LARGE_SET = RespPlan("set", ("SET",), clients=10, value_size=1_000_000, pipelines=(1,),
+                          timed_requests=(2_000, 50), counted_requests=(100, 20))
+
+
+def resp_plan(args) -> RespPlan:
+    return RESP_LARGE_SET if args.resp_large else RESP_MIX
 
 
 def resp_requests_per_test(pipeline: int, args) -> int:
-    """Requests of each of redis-benchmark's five tests."""
-    if args.mode == "counted":
-        return (200 if args.smoke else 2_000) * pipeline
-    return (2_000 if args.smoke else 100_000) * min(pipeline, 4)
+    """Requests of each of redis-benchmark's tests."""
+    return resp_plan(args).requests_per_test(pipeline, args)
 
 
-def redis_benchmark(port: int, requests: int, pipeline: int, pin: bool) -> dict:
+def redis_benchmark(port: int, requests: int, pipeline: int, pin: bool,
+                    plan: RespPlan = RESP_MIX) -> dict:
     """Run redis-benchmark to completion: {test: requests/s}; CountingError on any error."""
-    argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", RESP_TESTS,
-            "-n", str(requests), "-c", str(RESP_CLIENTS), "-P", str(pipeline), "--csv"]
+    argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", plan.tests,
+            "-n", str(requests), "-c", str(plan.clients), "-P", str(pipeline),
+            "-d", str(plan.value_size), "--csv"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=counted.RUN_TIMEOUT_S,
                           preexec_fn=child_setup(LOADGEN_CORE if pin else None))
     said = (done.stdout + done.stderr).strip()
@@ -628,25 +676,33 @@ def redis_benchmark(port: int, requests: int, pipeline: int, pin: bool) -> dict:
     for line in done.stdout.splitlines()[1:]:
         fields = [field.strip('"') for field in line.split(",")]
         rates[fields[0]] = float(fields[1])
-    if set(rates) != set(RESP_TEST_NAMES):
+    if set(rates) != set(plan.test_names):
         raise counted.CountingError(f"redis-benchmark ran {sorted(rates)}: {said[-300:]}")
     return rates
 
 
 def process_cpu_seconds(pid: int) -> float:
+    return process_counters(pid)[0]
+
+
+def process_counters(pid: int) -> tuple:
+    """(CPU seconds, minor page faults) of the process so far."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
 def resp_timed_once(server: Server, pipeline: int, args, pin: bool) -> RunResult:
+    plan = resp_plan(args)
     requests = resp_requests_per_test(pipeline, args)
     try:
         with running_server(server, pin) as running:
-            redis_benchmark(running.port, requests // 10 or 1, pipeline, pin)  # warm-up
-            before = process_cpu_seconds(running.proc.pid)
-            rates = redis_benchmark(running.port, requests, pipeline, pin)
-            cpu = process_cpu_seconds(running.proc.pid) - before
+            redis_benchmark(running.port, requests // 10 or 1, pipeline, pin, plan)  # warm-up
+            cpu_before, faults_before = process_counters(running.proc.pid)
+            rates = redis_benchmark(running.port, requests, pipeline, pin, plan)
+            cpu, faults = process_counters(running.proc.pid)
+            cpu -= cpu_before
+            faults -= faults_before
             problem = running.exit_problem()
     except (ServerStartError, counted.CountingError, subprocess.TimeoutExpired) as error:
         return RunResult("failed", str(error))
@@ -656,33 +712,36 @@ def resp_timed_once(server: Server, pipeline: int, args, pin: bool) -> RunResult
     busy = sum(requests / rate for rate in rates.values())
     return RunResult("ok", metrics={"requests_per_s": total / busy,
                                     "cpu_us_per_request": 1e6 * cpu / total,
-                                    "server_cpu_pct": 100 * cpu / busy}, raw={"rates": rates})
+                                    "server_cpu_pct": 100 * cpu / busy,
+                                    "page_faults_per_request": faults / total},
+                     raw={"rates": rates})
 
 
 def resp_counted_once(server: Server, pipeline: int, args, pin: bool) -> counted.CountedRun:
     """Instructions (callgrind) and system calls (strace) of the server over one
     redis-benchmark run, after a warm-up run; two separate server runs."""
+    plan = resp_plan(args)
     requests = resp_requests_per_test(pipeline, args)
-    run = counted.CountedRun("ok", messages=requests * len(RESP_TEST_NAMES))
+    run = counted.CountedRun("ok", messages=requests * len(plan.test_names))
     try:
         with tempfile.TemporaryDirectory(prefix="simpletcp-callgrind-") as tmp:
             out_file = Path(tmp) / "callgrind.out"
             wrapper = ("valgrind", "--tool=callgrind", "--quiet",
                        f"--callgrind-out-file={out_file}")
             with running_server(server, pin, wrapper, SERVER_START_UNDER_VALGRIND_TIMEOUT_S) as running:
-                redis_benchmark(running.port, requests // 10 or 1, pipeline, pin)
+                redis_benchmark(running.port, requests // 10 or 1, pipeline, pin, plan)
                 counted.callgrind_control("--zero", running.proc.pid)
-                redis_benchmark(running.port, requests, pipeline, pin)
+                redis_benchmark(running.port, requests, pipeline, pin, plan)
                 counted.callgrind_control("--dump", running.proc.pid)
             run.instructions = counted.dumped_instructions(out_file)
         with tempfile.TemporaryDirectory(prefix="simpletcp-strace-") as tmp:
             summary = Path(tmp) / "strace.txt"
             with running_server(server, pin) as running:
-                redis_benchmark(running.port, requests // 10 or 1, pipeline, pin)
+                redis_benchmark(running.port, requests // 10 or 1, pipeline, pin, plan)
                 window = counted.StraceWindow(running.proc.pid, summary, live_processes)
                 try:
                     window.start()
-                    redis_benchmark(running.port, requests, pipeline, pin)
+                    redis_benchmark(running.port, requests, pipeline, pin, plan)
                     window.stop()
                 finally:
                     window.close()
@@ -703,7 +762,7 @@ def run_resp_suite(args, pin: bool) -> dict:
         availability = {name: "unavailable (needs redis-benchmark: apt-get install redis-tools)"
                         for name in availability}
     cells: dict = {}
-    for pipeline in RESP_PIPELINES:
+    for pipeline in resp_plan(args).pipelines:
         cells[pipeline] = {server.name: Cell("unavailable", availability[server.name])
                            if availability[server.name] else Cell("ok")
                            for server in RESP_SERVERS}
@@ -729,11 +788,11 @@ def run_resp_suite(args, pin: bool) -> dict:
 def render_resp_report(args, cells: dict, machine: dict) -> str:
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     kind = "counted" if args.mode == "counted" else "timed"
+    plan = resp_plan(args)
     lines = [f"## RESP store under redis-benchmark ({kind}{', smoke' if args.smoke else ''})",
              "",
              f"{started}; {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
-             f"uvloop {machine['uvloop_version'] or 'not installed'}. redis-benchmark -t "
-             f"{RESP_TESTS} -c {RESP_CLIENTS}; a request is one command of its five tests. "
+             f"uvloop {machine['uvloop_version'] or 'not installed'}. {plan.describe()}. "
              f"÷ uvloop: value ÷ uvloop's. {args.rounds} round(s), medians.", ""]
     labels = {server.name: server.label for server in RESP_SERVERS}
     for pipeline, by_server in cells.items():
@@ -746,11 +805,11 @@ def render_resp_report(args, cells: dict, machine: dict) -> str:
         reference = by_server.get(RESP_REFERENCE)
         reference_medians = reference.medians if reference and reference.status == "ok" else {}
         lines += [title, "", "| server | req/s | ÷ uvloop | server CPU µs/req | ÷ uvloop "
-                  "| server CPU % |", "|---|---|---|---|---|---|"]
+                  "| server CPU % | page faults/req |", "|---|---|---|---|---|---|---|"]
         for name, label in labels.items():
             cell = by_server[name]
             if cell.status != "ok":
-                lines.append(f"| {label} | {cell.reason} |  |  |  |  |")
+                lines.append(f"| {label} | {cell.reason} |  |  |  |  |  |")
                 continue
             m = cell.medians
             lines.append(
@@ -758,14 +817,15 @@ def render_resp_report(args, cells: dict, machine: dict) -> str:
                 f"{ratio(m['requests_per_s'], reference_medians.get('requests_per_s'))} | "
                 f"{m['cpu_us_per_request']:,.2f} | "
                 f"{ratio(m['cpu_us_per_request'], reference_medians.get('cpu_us_per_request'))} | "
-                f"{m['server_cpu_pct']:.0f} |")
+                f"{m['server_cpu_pct']:.0f} | {m['page_faults_per_request']:,.2f} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def resp_results_json(args, cells: dict, machine: dict) -> dict:
     return {"config": {"smoke": args.smoke, "mode": args.mode, "rounds": args.rounds,
-                       "clients": RESP_CLIENTS, "tests": RESP_TESTS},
+                       "clients": resp_plan(args).clients, "tests": resp_plan(args).tests,
+                       "value_size": resp_plan(args).value_size},
             "machine": machine,
             "results": {f"P{pipeline}": {name: {
                 "status": cell.status, "reason": cell.reason, "median": cell.medians,
@@ -794,7 +854,7 @@ def workload_table(workload: Workload, cells: dict[str, Cell], servers: list[Ser
     for key in workload.columns:
         headers.append(METRICS[key].header)
         if METRICS[key].vs_floor:
-            headers.append("× C")
+            headers.append(workload.floor_header)
     floor = cells.get(workload.floor)
     floor_medians = floor.medians if floor and floor.status == "ok" else {}
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -991,6 +1051,9 @@ def parse_args(argv=None):
                              "-P 1 and -P 16 on simpletcp, uvloop and asyncio instead of the "
                              "load generator's workloads; timed, or counted with --counted "
                              "(needs redis-benchmark: apt-get install redis-tools)")
+    parser.add_argument("--resp-large", action="store_true",
+                        help="with --resp: the stores under SETs of 1,000,000-byte values "
+                             "(redis-benchmark -t set -d 1000000 -c 10) instead of the mix")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR,
                         help=f"directory for the .md/.json results (default {RESULTS_DIR})")
     args = parser.parse_args(argv)
@@ -1018,6 +1081,8 @@ def parse_args(argv=None):
         else [WORKLOADS_BY_NAME[name] for name in COUNTED_DEFAULT_WORKLOADS])
     args.required = ({server.name for server in pick(args.require, SERVERS_BY_NAME, "server")}
                      if args.require else set())
+    if args.resp_large and not args.resp:
+        parser.error("--resp-large is an option of --resp")
     if args.resp and args.mode == "both":
         parser.error("--resp runs one mode at a time: timed (default) or --counted")
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
@@ -1072,7 +1137,8 @@ def main(argv=None) -> int:
         cells = suites["resp"]
         report = render_resp_report(args, cells, machine)
         print(report)
-        stem = "resp-" + ("counted" if args.mode == "counted" else "timed")
+        stem = ("resp-large-" if args.resp_large else "resp-") + (
+            "counted" if args.mode == "counted" else "timed")
         write_results(args.output, stem + ("-smoke" if args.smoke else ""), report,
                       resp_results_json(args, cells, machine), started)
         failures += unexpected_failures({"cells": {f"RESP -P {p}": c for p, c in cells.items()}},

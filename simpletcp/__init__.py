@@ -47,3 +47,5 @@ except ImportError as _error:
 
 # Why a connection closed (queue.close_reason), for on_disconnect.
 from simpletcp._loop import CloseReason as CloseReason  # noqa: E402  (after the check above)
+# What a TLS connection's handshake agreed on (queue.tls), for annotations.
+from simpletcp._loop import TLSInfo as TLSInfo  # noqa: E402

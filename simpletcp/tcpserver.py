@@ -72,8 +72,9 @@ class TCPServer:
     - ``on_disconnect(queue)`` or ``on_disconnect(ip, queue)``: called once when a
       connection that had on_connect closed; ``queue.close_reason`` says why.
     - ``ssl``: a server-side ``ssl.SSLContext`` (with its certificate loaded): every
-      connection is TLS; the callback sees plaintext, and ``queue.ssl_object`` the
-      session. ``ssl_handshake_timeout`` (default 60 s) bounds the handshake,
+      connection is TLS; the callback sees plaintext, and ``queue.tls`` what the
+      handshake agreed on (read-only). ``ssl_handshake_timeout`` (default 60 s, from
+      accept or the end of the PROXY header) bounds the handshake,
       ``ssl_shutdown_timeout`` (default 30 s) the wait for the peer's close after ours.
     """
 

@@ -84,6 +84,7 @@ cdef class Connection:
     cdef in_addr peer_ipv4    # AF_INET peers' address (see peer_family)
     cdef Py_ssize_t discarded # input bytes dropped since the close began
     cdef double last_active   # loop.now when bytes last moved either way
+    cdef double awaiting_since  # when it began AWAITING_PROXY_HEADER or _TLS_HANDSHAKE
     cdef double linger_started
     cdef int linger_unacknowledged  # unacknowledged() when lingering last looked (on_linger_quiet)
     cdef ActivityList listed_in  # the loop's idle or lingering list, if in one
@@ -112,6 +113,8 @@ cdef class Connection:
     cdef inline int on_events(self, int events) except -1
     cdef inline int on_readable(self) except -1
     cdef inline int read_for_callback(self) except -1
+    cdef int read_into_partial(self, Py_ssize_t room) except -1
+    cdef inline ssize_t receive(self, char *into, Py_ssize_t room) except -1
     cdef int read_proxy_header(self) except -1
     cdef inline int hand_out(self, Py_ssize_t n) except -1
     cdef int hand_out_slices(self, Py_ssize_t n) except -1

@@ -57,9 +57,13 @@ cdef class Connection:
         AWAITING_PROXY_HEADER with proxy_protocol. From here on only become() changes it."""
         self.fd = fd
         self.loop = loop
+        if loop.framer is not None:
+            # Borrowed: the framer is the loop's, and only the loop sends (outbuf_clear,
+            # which a connection outliving its loop may run, recycles nothing).
+            self.output.recycler = <PyObject *>loop.framer
         self.input_open = True
         self.interest = READABLE
-        self.last_active = loop.now
+        self.last_active = self.awaiting_since = loop.now
         if loop.proxy_header_parser is not None:
             # OPEN once its header is read (read_proxy_header).
             self.state = AWAITING_PROXY_HEADER
@@ -288,8 +292,32 @@ cdef class Connection:
         cdef ssize_t n
         if self.paused:
             return 0
+        if self.partial != NULL:
+            # framing=: the rest of a large message goes straight where it is gathered.
+            n = direct_read_room(self, buffer.capacity)
+            if n:
+                return self.read_into_partial(n)
+        n = self.receive(buffer.memory, buffer.capacity)
+        if n <= 0:
+            return 0
+        self.mark_active(loop.now)
+        return self.hand_out(n)
+
+    cdef int read_into_partial(self, Py_ssize_t room) except -1:
+        """Read up to `room` bytes straight into the unfinished message (framing.pyx:
+        direct_read_room made the room), and hand it out if it is now whole."""
+        cdef ssize_t n = self.receive(partial_bytes(self.partial) + self.partial.size, room)
+        if n <= 0:
+            return 0
+        self.mark_active(self.loop.now)
+        return self.loop.framer.take_direct_read(self, n)
+
+    cdef inline ssize_t receive(self, char *into, Py_ssize_t room) except -1:
+        """One recv() of up to `room` bytes into `into`: how many came, or 0 after
+        handling what came instead (EOF, nothing to read, an error)."""
+        cdef ssize_t n
         while True:
-            n = recv(self.fd, buffer.memory, buffer.capacity, 0)
+            n = recv(self.fd, into, room, 0)
             if n > 0:
                 break
             if n == 0:
@@ -301,9 +329,9 @@ cdef class Connection:
             if would_block(errno):
                 return 0
             if errno != EINTR:
-                return self.on_io_error(errno, "recv")
-        self.mark_active(loop.now)
-        return self.hand_out(n)
+                self.on_io_error(errno, "recv")
+                return 0
+        return n
 
     cdef inline int hand_out(self, Py_ssize_t n) except -1:
         """The `n` bytes at the start of the read buffer (a plain read's, or what TLS
@@ -558,7 +586,8 @@ cdef class Connection:
 
     cdef inline void mark_active(self, double now) noexcept:
         self.last_active = now
-        if self.listed_in is not None and self is not self.listed_in.newest:
+        if (self.listed_in is not None and self is not self.listed_in.newest
+                and not self.listed_in.keeps_join_order):
             self.listed_in.move_to_newest(self)
 
     # ---- sending and settling ---------------------------------------------------
@@ -649,10 +678,10 @@ cdef class Connection:
         """The one place the state changes, with what entering each state takes."""
         self.state = state
         if state == AWAITING_TLS_HANDSHAKE:
-            # From AWAITING_PROXY_HEADER: the handshake's timeout starts now.
+            # From AWAITING_PROXY_HEADER: the handshake's deadline counts from now.
             if self.listed_in is not None:
                 self.listed_in.unlink(self)
-            self.last_active = self.loop.now
+            self.awaiting_since = self.loop.now
             self.loop.timers.awaiting_tls_handshake.append(self)
         elif state == OPEN:
             # From AWAITING_PROXY_HEADER or AWAITING_TLS_HANDSHAKE: their timeout gives
@@ -808,7 +837,7 @@ class ConnectionQueue(_queue.Queue):
     for sending, from the callback or from any thread; shutdown() closes the connection
     once what was queued is sent (shutdown(immediate=True): at once). ``peer`` is the
     (host, port) the connection came from; ``close_reason`` why it closed (None while
-    open).
+    open); ``tls`` what its TLS handshake agreed on (None for a plain connection).
 
     It is the connection's one object for its whole life, and the place for the
     application's per-connection state: set any attribute on it (``queue.nickname =
@@ -884,11 +913,13 @@ class ConnectionQueue(_queue.Queue):
         return close_reason_of(connection_of(self).close_reason)
 
     @property
-    def ssl_object(self):
-        """The ssl.SSLObject of a TLS connection (ssl=): getpeercert(), version(),
-        cipher(), selected_alpn_protocol()...; None for a plain one."""
+    def tls(self):
+        """What a TLS connection's handshake agreed on (ssl=), a ``simpletcp.TLSInfo``:
+        version(), cipher(), getpeercert(), selected_alpn_protocol(), server_hostname...
+        Read-only, from any thread, still there after the close; None for a plain
+        connection."""
         cdef TLSConnection tls = connection_of(self).tls
-        return None if tls is None else tls.ssl_object
+        return None if tls is None else tls.info
 
     def _consumed_by_server(self, *args, **kwargs):
         raise NotImplementedError(

@@ -21,41 +21,96 @@
 cdef enum:
     # The least room an unfinished message is given: a few short reads fit in it.
     PARTIAL_MINIMUM = 256
+    # How much memory a framer keeps in large messages' bytes objects that nobody else
+    # holds any more, as room for the next large ones (MessageFramer.recycle): a
+    # message then lands in memory already in use instead of memory the allocator
+    # just got from the kernel (page faults were most of a 1 MB request's system time).
+    SPARE_BYTES = 16777216
+
+cdef inline char *partial_bytes(PartialMessage *partial) noexcept:
+    return bytes_memory(partial.storage)
 
 
-cdef inline char *partial_bytes(PartialMessage *partial) noexcept nogil:
-    return <char *>(partial + 1)
+cdef inline Py_ssize_t partial_capacity(PartialMessage *partial) noexcept:
+    return 0 if partial.storage == NULL else bytes_size(partial.storage)
+
+
+cdef int make_room(Connection connection, Py_ssize_t needed, Py_ssize_t bound) except -1:
+    """Room for `needed` bytes in the connection's unfinished message (made if there is
+    none), whose framer never lets it hold more than `bound` bytes (the caller checked
+    that they fit). Room doubles as bytes arrive, so a peer that announces a large
+    message and sends little holds little."""
+    cdef PartialMessage *partial = connection.partial
+    cdef Py_ssize_t capacity
+    cdef bytes storage
+    if partial == NULL:
+        partial = <PartialMessage *>calloc(1, sizeof(PartialMessage))
+        if partial == NULL:
+            raise MemoryError()
+        connection.partial = partial
+    capacity = partial_capacity(partial)
+    if needed <= capacity:
+        return 0
+    capacity = max(needed, min(max(2 * capacity, PARTIAL_MINIMUM), bound))
+    storage = None
+    if capacity >= DIRECT_READ_MINIMUM:
+        storage = connection.loop.framer.take_spare(capacity)
+    if storage is not None:
+        if partial.size:
+            memcpy(PyBytes_AS_STRING(storage), partial_bytes(partial), partial.size)
+        Py_XDECREF(partial.storage)
+        Py_INCREF(storage)
+        partial.storage = <PyObject *>storage
+        return 0
+    if partial.storage == NULL:
+        storage = PyBytes_FromStringAndSize(NULL, capacity)
+        Py_INCREF(storage)
+        partial.storage = <PyObject *>storage
+    elif _PyBytes_Resize(&partial.storage, capacity) < 0:
+        # The resize dropped the bytes object: what was buffered is gone, and with it
+        # the message (as when a realloc of it failed before).
+        forget_partial(connection)
+        return -1
+    return 0
 
 
 cdef int keep_partial(Connection connection, const char *data, Py_ssize_t size,
                       Py_ssize_t bound) except -1:
     """Add `size` bytes of `data` to the connection's unfinished message, whose framer
-    never lets it hold more than `bound` bytes (the caller checked that they fit).
-    Room doubles as bytes arrive, so a peer that announces a large message and sends
-    little holds little."""
-    cdef PartialMessage *partial = connection.partial
-    cdef PartialMessage *grown
-    cdef Py_ssize_t used = 0, capacity = 0
-    if partial != NULL:
-        used = partial.size
-        capacity = partial.capacity
-    if used + size > capacity:
-        capacity = max(used + size, min(max(2 * capacity, PARTIAL_MINIMUM), bound))
-        grown = <PartialMessage *>realloc(partial, sizeof(PartialMessage) + capacity)
-        if grown == NULL:
-            raise MemoryError()
-        if partial == NULL:
-            memset(grown, 0, sizeof(PartialMessage))
-        grown.capacity = capacity
-        connection.partial = partial = grown
-    memcpy(partial_bytes(partial) + used, data, size)
-    partial.size = used + size
+    never lets it hold more than `bound` bytes (the caller checked that they fit)."""
+    cdef Py_ssize_t used = 0 if connection.partial == NULL else connection.partial.size
+    make_room(connection, used + size, bound)
+    memcpy(partial_bytes(connection.partial) + used, data, size)
+    connection.partial.size = used + size
     return 0
 
 
 cdef inline void forget_partial(Connection connection) noexcept:
-    free(connection.partial)
-    connection.partial = NULL
+    cdef PartialMessage *partial = connection.partial
+    if partial != NULL:
+        Py_XDECREF(partial.storage)
+        free(partial)
+        connection.partial = NULL
+
+
+cdef Py_ssize_t direct_read_room(Connection connection, Py_ssize_t read_size) except -1:
+    """How many bytes the next recv() may put straight into the connection's unfinished
+    message, room made for them; 0 if it should read into the read buffer. Only a
+    message that awaits many more bytes is read into (DIRECT_READ_MINIMUM), and never
+    past its end (or past what a custom framer asked for: NeedMore), so what follows
+    it is framed as usual. At most `read_size` bytes, as a read through the buffer;
+    and the room made doubles at most, as for any unfinished message."""
+    cdef PartialMessage *partial = connection.partial
+    cdef Py_ssize_t awaited, needed, room
+    if partial == NULL:
+        return 0
+    awaited = partial.expected if partial.expected else partial.wanted
+    needed = awaited - partial.size
+    if needed < DIRECT_READ_MINIMUM:
+        return 0
+    room = min(needed, read_size, max(partial.size, DIRECT_READ_MINIMUM))
+    make_room(connection, partial.size + room, awaited)
+    return room
 
 
 cdef inline int deliver(Connection connection, const char *data, Py_ssize_t size) except -1:
@@ -63,17 +118,44 @@ cdef inline int deliver(Connection connection, const char *data, Py_ssize_t size
     return connection.call_callback(connection.loop.read_buffer.take_at(data, size))
 
 
-cdef int deliver_joined(Connection connection, Py_ssize_t skip, Py_ssize_t head,
-                        const char *data, Py_ssize_t tail) except -1:
-    """Call back with the message a read finished: `head` bytes of the unfinished
-    message (after its first `skip`: a length header), then `tail` bytes of `data`."""
+cdef bytes joined_message(Connection connection, Py_ssize_t skip, Py_ssize_t head,
+                          const char *data, Py_ssize_t tail):
+    """The message a read finished: `head` bytes of the unfinished message (after its
+    first `skip`: a length header), then `tail` bytes of `data`. It is the unfinished
+    message's own bytes object, cut to length, so its head is not copied; the
+    connection no longer has an unfinished message."""
     cdef PartialMessage *partial = connection.partial
-    cdef bytes message = PyBytes_FromStringAndSize(NULL, head + tail)
-    cdef char *into = PyBytes_AS_STRING(message)
-    memcpy(into, partial_bytes(partial) + skip, head)
-    memcpy(into + head, data, tail)
-    forget_partial(connection)  # first: the callback may close the connection
-    return connection.call_callback(message)
+    cdef Py_ssize_t length = head + tail
+    cdef char *memory
+    cdef bytes message
+    if length == 0:
+        forget_partial(connection)
+        return b""
+    make_room(connection, skip + length, skip + length)
+    memory = partial_bytes(partial)
+    if tail:
+        memcpy(memory + skip + head, data, tail)
+    if skip:
+        memmove(memory, memory + skip, length)
+    if length != bytes_size(partial.storage) and _PyBytes_Resize(&partial.storage, length) < 0:
+        forget_partial(connection)
+        raise MemoryError()
+    message = <bytes>partial.storage  # the connection's reference becomes the message's
+    Py_DECREF(message)
+    (<PyBytesObject *>partial.storage).ob_shash = -1  # a recycled one may have been hashed
+    partial.storage = NULL
+    forget_partial(connection)
+    return message
+
+
+cdef inline int deliver_joined(Connection connection, Py_ssize_t skip, Py_ssize_t head,
+                               const char *data, Py_ssize_t tail) except -1:
+    """Call back with the message a read finished (joined_message); first the
+    connection forgets it: the callback may close the connection."""
+    cdef bytes message = joined_message(connection, skip, head, data, tail)
+    connection.call_callback(message)
+    connection.loop.framer.recycle(<PyObject *>message)
+    return 0
 
 
 cdef Py_ssize_t complete_known(Connection connection, const char *data, Py_ssize_t size,
@@ -123,6 +205,44 @@ cdef class MessageFramer:
                        Py_ssize_t size) except -1:
         """Hand out the whole messages `data` begins with; keep the start of the next."""
         raise NotImplementedError
+
+    cdef void recycle(self, PyObject *message) noexcept:
+        """Keep `message` as room for a large message to come if it is a large bytes
+        object that only the caller holds (so nothing can see it change, as in
+        ReadBuffer.take_at): a message whose callback let it go, or a reply once sent
+        (outbuf_consume)."""
+        cdef Py_ssize_t size
+        if refcount_of(message) != 1 or not bytes_exact(message):
+            return
+        size = bytes_size(message)
+        if size >= DIRECT_READ_MINIMUM and self.spare_bytes + size <= SPARE_BYTES:
+            if self.spares is None:
+                self.spares = []
+            self.spares.append(<object>message)
+            self.spare_bytes += size
+
+    cdef bytes take_spare(self, Py_ssize_t capacity):
+        """A recycled bytes object of at least `capacity` bytes, no longer kept; or None."""
+        cdef Py_ssize_t i
+        cdef bytes spare
+        if not self.spares:
+            return None
+        for i in range(len(self.spares) - 1, -1, -1):  # the most recent first: in cache
+            spare = self.spares[i]
+            if PyBytes_GET_SIZE(spare) >= capacity:
+                del self.spares[i]
+                self.spare_bytes -= PyBytes_GET_SIZE(spare)
+                return spare
+        return None
+
+    cdef int take_direct_read(self, Connection connection, Py_ssize_t size) except -1:
+        """`size` bytes were just read straight into the unfinished message
+        (direct_read_room): hand it out if it is now whole."""
+        cdef PartialMessage *partial = connection.partial
+        partial.size += size
+        if partial.size == (partial.expected if partial.expected else partial.wanted):
+            return self.feed(connection, NULL, 0)
+        return 0
 
     cdef int reject(self, Connection connection, str why, object error=None) except -1:
         """Bad input, or a custom framer that failed (`error`, whose traceback is then
@@ -347,15 +467,34 @@ cdef class PythonFramer(MessageFramer):
                 return 0
             partial = NULL
         if partial == NULL:
-            buffered = PyBytes_FromStringAndSize(<char *>data, size)
+            buffered = self.bytes_of(data, size)
         elif partial.size + size < partial.wanted:
             return keep_partial(connection, data, size, self.max_length)
         else:
-            buffered = PyBytes_FromStringAndSize(NULL, partial.size + size)
-            memcpy(PyBytes_AS_STRING(buffered), partial_bytes(partial), partial.size)
-            memcpy(PyBytes_AS_STRING(buffered) + partial.size, data, size)
-            forget_partial(connection)
-        return self.frame_buffered(connection, buffered)
+            buffered = joined_message(connection, 0, partial.size, data, size)
+        self.frame_buffered(connection, buffered)
+        self.recycle(<PyObject *>buffered)
+        return 0
+
+    cdef bytes bytes_of(self, const char *data, Py_ssize_t size):
+        """`size` bytes of `data` for frame(): in a recycled bytes object if they are
+        many (the start of a large message, most likely), cut to length."""
+        cdef bytes spare = None
+        cdef PyObject *storage
+        if size >= DIRECT_READ_MINIMUM:
+            spare = self.take_spare(size)
+        if spare is None:
+            return PyBytes_FromStringAndSize(<char *>data, size)
+        memcpy(PyBytes_AS_STRING(spare), data, size)
+        storage = <PyObject *>spare
+        Py_INCREF(spare)
+        spare = None  # the one reference left is `storage`, so that it can be resized
+        if _PyBytes_Resize(&storage, size) < 0:
+            raise MemoryError()
+        (<PyBytesObject *>storage).ob_shash = -1
+        spare = <bytes>storage
+        Py_DECREF(spare)
+        return spare
 
     cdef int frame_buffered(self, Connection connection, bytes data) except -1:
         """Ask frame(data, start) for each message at the start of `data`, all that is

@@ -12,3 +12,5 @@ cdef struct OutputBuffer:
     Py_ssize_t capacity
     Py_ssize_t offset      # bytes of chunks[head] already sent
     Py_ssize_t pending     # unsent bytes in all
+    PyObject *recycler     # borrowed: the server's framer (framing=), given each large
+                           # chunk sent (MessageFramer.recycle); NULL without framing

@@ -36,7 +36,9 @@ cdef int outbuf_push(OutputBuffer *buf, bytes chunk) except -1:
 
 
 cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
-    """Forget the first `sent` bytes: release the chunks that went out whole."""
+    """Forget the first `sent` bytes: release the chunks that went out whole (a large
+    one to buf.recycler first: room for a large message to come, if nobody else holds
+    it)."""
     cdef Py_ssize_t left
     cdef PyObject *chunk
     buf.pending -= sent
@@ -50,6 +52,8 @@ cdef void outbuf_consume(OutputBuffer *buf, Py_ssize_t sent):
         buf.offset = 0
         buf.chunks[buf.head] = NULL
         buf.head += 1
+        if buf.recycler != NULL and bytes_size(chunk) >= DIRECT_READ_MINIMUM:
+            (<MessageFramer>buf.recycler).recycle(chunk)
         Py_DECREF(<object>chunk)
     if buf.head == buf.tail:
         buf.head = buf.tail = 0
@@ -97,3 +101,4 @@ cdef void outbuf_clear(OutputBuffer *buf):
     buf.chunks = NULL
     buf.head = buf.tail = buf.capacity = 0
     buf.offset = buf.pending = 0
+    buf.recycler = NULL

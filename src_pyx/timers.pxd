@@ -13,6 +13,9 @@ cdef enum TimerKind:
 cdef class ActivityList:
     cdef Connection oldest
     cdef Connection newest
+    # A deadline list: its members keep the order they joined in, whatever moves on
+    # them (mark_active), and their time counts from Connection.awaiting_since.
+    cdef bint keeps_join_order
 
     cdef void append(self, Connection connection) noexcept
     cdef void unlink(self, Connection connection) noexcept
@@ -27,12 +30,12 @@ cdef class Timers:
     cdef ActivityList idle        # connections under the idle timeout
     cdef ActivityList lingering   # lingering connections (LINGER_QUIET_MS)
     cdef double idle_timeout      # seconds; 0: none
-    # proxy_protocol: connections still owing their PROXY header, by accept time (a
-    # partial header does not touch them: trickling does not extend the deadline).
+    # Deadlines (keeps_join_order: no byte either way extends them, so trickling cannot):
+    # proxy_protocol: connections still owing their PROXY header, by accept time.
     cdef ActivityList awaiting_proxy_header
     cdef double proxy_header_timeout  # seconds
-    # ssl=: connections whose TLS handshake is not done, by accept time (or the end of
-    # their PROXY header); a flight the server sends (mark_active) restarts their time.
+    # ssl=: connections whose TLS handshake is not done, by accept time (or, with
+    # proxy_protocol, the end of their PROXY header), as asyncio's ssl_handshake_timeout.
     cdef ActivityList awaiting_tls_handshake
     cdef double tls_handshake_timeout  # seconds
 

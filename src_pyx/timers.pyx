@@ -5,6 +5,8 @@
 # deadline each. The per-connection ones (idle timeout, lingering) each have a single
 # duration, so a FIFO ordered by last activity holds them: the next to expire is the
 # oldest, and a touch on every request only moves a connection to the newest end.
+# The handshake deadlines (PROXY header, TLS) are FIFOs by the time a connection began
+# waiting, which nothing moves: a deadline, not an inactivity timeout.
 
 
 cdef class ActivityList:
@@ -54,7 +56,9 @@ cdef class Timers:
         self.idle = ActivityList.__new__(ActivityList)
         self.lingering = ActivityList.__new__(ActivityList)
         self.awaiting_proxy_header = ActivityList.__new__(ActivityList)
+        self.awaiting_proxy_header.keeps_join_order = True
         self.awaiting_tls_handshake = ActivityList.__new__(ActivityList)
+        self.awaiting_tls_handshake.keeps_join_order = True
 
     cdef inline void start(self, TimerKind kind, double at) noexcept:
         self.deadline[<int>kind] = at
@@ -86,14 +90,15 @@ cdef class Timers:
         """Whether the connection accepted longest ago of those still owing their PROXY
         header has had proxy_header_timeout to send it."""
         return (self.awaiting_proxy_header.oldest is not None
-                and self.awaiting_proxy_header.oldest.last_active
+                and self.awaiting_proxy_header.oldest.awaiting_since
                 + self.proxy_header_timeout <= now)
 
     cdef inline bint tls_handshake_late(self, double now) noexcept:
         """Whether the connection waiting longest for its TLS handshake to be done has
-        had tls_handshake_timeout."""
+        had tls_handshake_timeout (since accept, or the end of its PROXY header: the
+        flights of the handshake do not extend it)."""
         return (self.awaiting_tls_handshake.oldest is not None
-                and self.awaiting_tls_handshake.oldest.last_active
+                and self.awaiting_tls_handshake.oldest.awaiting_since
                 + self.tls_handshake_timeout <= now)
 
     cdef double next_deadline(self) noexcept:
@@ -113,11 +118,11 @@ cdef class Timers:
             if earliest == 0 or at < earliest:
                 earliest = at
         if self.awaiting_proxy_header.oldest is not None:
-            at = self.awaiting_proxy_header.oldest.last_active + self.proxy_header_timeout
+            at = self.awaiting_proxy_header.oldest.awaiting_since + self.proxy_header_timeout
             if earliest == 0 or at < earliest:
                 earliest = at
         if self.awaiting_tls_handshake.oldest is not None:
-            at = self.awaiting_tls_handshake.oldest.last_active + self.tls_handshake_timeout
+            at = self.awaiting_tls_handshake.oldest.awaiting_since + self.tls_handshake_timeout
             if earliest == 0 or at < earliest:
                 earliest = at
         return earliest

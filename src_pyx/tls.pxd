@@ -34,9 +34,21 @@ cdef class TLSServer:
 
 
 @cython.final
+cdef class TLSInfo:
+    # What the handshake agreed on, read from the SSLObject once it was done (queue.tls).
+    cdef object _version, _cipher, _alpn_protocol, _compression, _session_reused
+    cdef object _peer_certificate, _peer_certificate_der, _tls_unique, _server_name
+
+    cdef int take_from(self, object ssl_object, object server_name) except -1
+
+
+@cython.final
 cdef class TLSConnection:
     cdef TLSServer server
-    cdef object ssl_object        # ssl.SSLObject (queue.ssl_object)
+    cdef object ssl_object        # ssl.SSLObject: only the loop's thread calls it
+    cdef TLSInfo info             # queue.tls, once the handshake is done
+    cdef bytes client_hello       # handshaking: the first bytes, until the ClientHello is whole
+    cdef str server_name          # the name the ClientHello asked for (SNI), or None
     cdef object incoming          # ssl.MemoryBIO: ciphertext received, not yet decrypted
     cdef object outgoing          # ssl.MemoryBIO: ciphertext the SSLObject wrote
     cdef OutputBuffer ciphertext  # what the socket has not taken yet of it
@@ -45,6 +57,7 @@ cdef class TLSConnection:
 
     cdef ssize_t receive(self, Connection connection) except -2
     cdef int handshake(self, Connection connection, bytes early) except -1
+    cdef int read_server_name(self, bytes received) except -1
     cdef int read_for_callback(self, Connection connection) except -1
     cdef int deliver(self, Connection connection) except -1
     cdef int flush(self, Connection connection) except -1

@@ -19,11 +19,14 @@
 # alert and closes without one.
 
 try:
-    from ssl import (MemoryBIO as _MemoryBIO, SSLContext as _SSLContext, SSLError as _SSLError,
+    from ssl import (CHANNEL_BINDING_TYPES as _CHANNEL_BINDING_TYPES, MemoryBIO as _MemoryBIO,
+                     SSLContext as _SSLContext, SSLError as _SSLError,
                      SSLWantReadError as _SSLWantReadError,
                      SSLZeroReturnError as _SSLZeroReturnError)
+    from simpletcp._tls import requested_server_name as _requested_server_name
 except ImportError:  # a Python built without OpenSSL: TCPServer refuses ssl= there
     _MemoryBIO = _SSLContext = _SSLError = _SSLWantReadError = _SSLZeroReturnError = None
+    _CHANNEL_BINDING_TYPES = _requested_server_name = None
 
 
 cdef class TLSServer:
@@ -53,7 +56,83 @@ cdef class TLSServer:
         tls.outgoing = _MemoryBIO()
         tls.ssl_object = self.context.wrap_bio(tls.incoming, tls.outgoing, server_side=True)
         tls.phase = TLS_HANDSHAKING
+        tls.client_hello = b""
         return tls
+
+
+cdef class TLSInfo:
+    """queue.tls: what a connection's TLS handshake agreed on, read-only.
+
+    Its methods and attributes are named as ssl.SSLObject's, and answer the same, but
+    they were read once, by the loop, when the handshake was done: any thread may read
+    them, at any time, also after the close (in on_disconnect). The SSLObject itself
+    stays the loop's: OpenSSL's objects are not safe to share between threads, and a
+    read(), write() or unwrap() from outside would corrupt the session.
+    """
+
+    def __init__(self, *args, **kwargs):
+        internal_class(self)
+
+    cdef int take_from(self, object ssl_object, object server_name) except -1:
+        self._version = ssl_object.version()
+        self._cipher = ssl_object.cipher()
+        self._alpn_protocol = ssl_object.selected_alpn_protocol()
+        self._compression = ssl_object.compression()
+        self._session_reused = ssl_object.session_reused
+        self._peer_certificate = ssl_object.getpeercert()
+        self._peer_certificate_der = ssl_object.getpeercert(True)
+        self._tls_unique = ssl_object.get_channel_binding("tls-unique")
+        self._server_name = server_name
+        return 0
+
+    def version(self):
+        """The protocol agreed on: "TLSv1.2", "TLSv1.3"."""
+        return self._version
+
+    def cipher(self):
+        """(cipher name, protocol version, secret bits), as ssl.SSLObject.cipher()."""
+        return self._cipher
+
+    def selected_alpn_protocol(self):
+        """The ALPN protocol agreed on (SSLContext.set_alpn_protocols), or None."""
+        return self._alpn_protocol
+
+    def compression(self):
+        """The compression algorithm in use, or None (OpenSSL offers none by default)."""
+        return self._compression
+
+    def getpeercert(self, binary_form=False):
+        """The client's certificate (mutual TLS), as ssl.SSLObject.getpeercert(): None if
+        it sent none; a dict of its fields if it was verified ({} if not); its DER bytes
+        with binary_form=True. The dict is a copy: the facts stay as they were."""
+        if binary_form:
+            return self._peer_certificate_der
+        if self._peer_certificate is None:
+            return None
+        return dict(self._peer_certificate)
+
+    def get_channel_binding(self, cb_type="tls-unique"):
+        """Channel binding data for `cb_type` (RFC 5929; "tls-unique" is the one type
+        ssl offers), as ssl.SSLObject.get_channel_binding()."""
+        if cb_type not in _CHANNEL_BINDING_TYPES:
+            raise ValueError(f"{cb_type!r} channel binding type not implemented")
+        return self._tls_unique
+
+    @property
+    def server_hostname(self):
+        """The host name the client asked for (SNI, what the context's sni_callback was
+        given), or None if it asked for none."""
+        return self._server_name
+
+    @property
+    def session_reused(self):
+        """Whether the client resumed an earlier session (a ticket or a session id)."""
+        return self._session_reused
+
+    def __repr__(self):
+        return (f"<TLSInfo {self._version} {self._cipher[0] if self._cipher else None} "
+                f"server_hostname={self._server_name!r} "
+                f"alpn={self._alpn_protocol!r}>")
 
 
 cdef class TLSConnection:
@@ -102,8 +181,11 @@ cdef class TLSConnection:
                 return 0
             if n < 0:
                 return 0
+            if self.client_hello is not None:
+                self.read_server_name(connection.loop.read_buffer.take(0, n))
         elif early:
             self.incoming.write(early)
+            self.read_server_name(early)
         try:
             self.ssl_object.do_handshake()
         except _SSLWantReadError:
@@ -115,9 +197,23 @@ cdef class TLSConnection:
             return self.fail(connection, error)
         self.take_output()
         self.phase = TLS_ESTABLISHED
+        self.info = TLSInfo.__new__(TLSInfo)
+        self.info.take_from(self.ssl_object, self.server_name)
+        self.client_hello = None
         connection.become(OPEN)
         if self.incoming.pending:
             return self.deliver(connection)
+        return 0
+
+    cdef int read_server_name(self, bytes received) except -1:
+        """The first bytes of the connection, until its ClientHello is whole: the name
+        it asks for (SNI) is queue.tls.server_hostname (the server side of an SSLObject
+        does not tell it)."""
+        cdef bint whole
+        self.client_hello += received
+        whole, self.server_name = _requested_server_name(self.client_hello)
+        if whole:
+            self.client_hello = None
         return 0
 
     cdef int read_for_callback(self, Connection connection) except -1:

@@ -68,6 +68,16 @@ def bench_programs(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tls_loadgen(tmp_path_factory):
+    """bench/tls_loadgen.c built with OpenSSL's libssl; skips where its headers are missing."""
+    try:
+        return compile_c(tmp_path_factory, BENCH / "tls_loadgen.c", "-lssl", "-lcrypto")
+    except subprocess.CalledProcessError:
+        pytest.skip("bench/tls_loadgen.c does not compile here: it needs OpenSSL's headers "
+                    "(apt-get install libssl-dev; .ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
 def loadgen(bench_programs):
     """bench/loadgen.c, built: the closed-loop load generator that checks every echoed byte."""
     return bench_programs["loadgen"]

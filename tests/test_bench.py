@@ -459,6 +459,26 @@ def test_resp_suite_smoke_reports_every_server(tmp_path):
             assert cell["status"] == "ok", cell["reason"]
             assert cell["median"]["requests_per_s"] > 0
 
+
+def test_resp_large_smoke_sets_a_million_bytes_on_every_server(tmp_path):
+    """--resp --resp-large: redis-benchmark's 1,000,000-byte SETs (which it checks were
+    answered +OK) on every store, reported with page faults per request."""
+    if shutil.which("redis-benchmark") is None:
+        pytest.skip("needs redis-benchmark: apt-get install redis-tools (.ci/run installs it)")
+    pytest.importorskip("uvloop", reason="needs uvloop: pip install '.[bench]'")
+    run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--resp", "--resp-large",
+                          "--smoke", "--output", str(tmp_path)], capture_output=True,
+                         text=True, timeout=280)
+    assert run.returncode == 0, run.stderr[-2000:]
+    data = json.loads((tmp_path / "resp-large-timed-smoke.json").read_text())
+    assert data["config"]["value_size"] == 1_000_000
+    for name in ("simpletcp_resp", "uvloop_resp", "asyncio_resp"):
+        cell = data["results"]["P1"][name]
+        assert cell["status"] == "ok", cell["reason"]
+        assert cell["median"]["requests_per_s"] > 0
+        assert cell["median"]["page_faults_per_request"] >= 0
+
+
 @pytest.mark.timeout(300)
 def test_the_workers_benchmark_runs_both_configurations(tmp_path):
     """bench/workers.py --smoke: both configurations serve the counted window (every

@@ -432,6 +432,131 @@ def test_the_readmes_resp_framer_serves_redis_py(serve, redis_py):
 
 # ----------------------------------------------------------------------------- life
 
+# ----------------------------------------------------------------------------- large messages
+# The rest of a large message is read straight into where it is gathered, and the bytes
+# object of one nobody kept is room for the next (framing.pyx: direct_read_room,
+# MessageFramer.recycle). Neither may read past a message, nor change one that is held.
+
+class LengthThenBody(Framer):
+    """A 4-byte big-endian length, then that many bytes: the length said at once."""
+
+    def frame(self, data, start):
+        if len(data) - start < 4:
+            return NeedMore(4 - (len(data) - start))
+        return 4 + int.from_bytes(data[start:start + 4], "big")
+
+
+class LengthThenBodyAskingForIt(Framer):
+    """The same, but asking for the whole message with NeedMore, then cutting it."""
+
+    def frame(self, data, start):
+        if len(data) - start < 4:
+            return NeedMore(4 - (len(data) - start))
+        length = 4 + int.from_bytes(data[start:start + 4], "big")
+        if len(data) - start < length:
+            return NeedMore(length - (len(data) - start))
+        return length, data[start:start + length]
+
+
+LARGE_AND_SMALL = [1_000_000, 5, 300_000, 70_000, 1, 65_536, 2_000_000, 3]
+
+
+def sized_message(index, size):
+    return bytes([index % 251]) * 7 + bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+
+
+@pytest.mark.parametrize("framing", [
+    lambda: LengthPrefixed(4, max_length=4 * 1024 * 1024),
+    lambda: LengthPrefixed(4, includes_header=True, max_length=4 * 1024 * 1024),
+    lambda: LengthThenBody(max_length=4 * 1024 * 1024 + 4),
+    lambda: LengthThenBodyAskingForIt(max_length=4 * 1024 * 1024 + 4),
+], ids=["LengthPrefixed", "LengthPrefixed-includes-header", "Framer-length",
+        "Framer-NeedMore"])
+@pytest.mark.parametrize("pieces", ["one-write", "random-pieces"])
+def test_large_messages_between_small_ones_arrive_whole_and_none_is_read_past(
+        serve, framing, pieces):
+    framer = framing()
+    messages = [sized_message(index, size) for index, size in enumerate(LARGE_AND_SMALL)]
+    header = 4 if isinstance(framer, LengthPrefixed) and framer.includes_header else 0
+    frames = [struct.pack(">I", len(m) + header) + m for m in messages]
+    framed_by_python = isinstance(framer, Framer)
+    expected = [frame if framed_by_python else message
+                for frame, message in zip(frames, messages)]
+    received = []
+
+    def callback(queue, message):
+        received.append(message)
+        return b"%d;" % len(message)
+
+    server = serve(callback, framing=framer)
+    data = b"".join(frames)
+    replies = b"".join(b"%d;" % len(m) for m in expected)
+    send = None if pieces == "one-write" else (
+        lambda client, data: in_random_pieces_large(client, data))
+    assert exchange(server, data, replies, send=send) == replies
+    assert [len(m) for m in received] == [len(m) for m in expected]
+    assert received == expected
+
+
+def in_random_pieces_large(client, data):
+    """Send ``data`` in pieces of 1 byte to 200 KiB, Nagle off."""
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pieces = random.Random(7)
+    start = 0
+    while start < len(data):
+        size = pieces.choice([1, 3, 4, 5, 1000, 65_536, 100_000, 200_000])
+        client.sendall(data[start:start + size])
+        start += size
+
+
+@pytest.mark.parametrize("framing", [
+    lambda: FixedSize(300_000),
+    lambda: LengthThenBody(max_length=400_000),
+], ids=["FixedSize", "Framer-length"])
+def test_a_large_message_the_callback_keeps_never_changes_when_more_arrive(serve, framing):
+    kept = []
+
+    def callback(queue, message):
+        kept.append(message)
+        return b"."
+
+    server = serve(callback, framing=framing())
+    size = 300_000 - (0 if isinstance(framing(), FixedSize) else 4)
+    bodies = [bytes([n]) * size for n in range(1, 9)]
+    frames = [b if isinstance(framing(), FixedSize) else struct.pack(">I", size) + b
+              for b in bodies]
+    with connect(server, timeout=30) as client:
+        for frame in frames:  # one at a time: each finished by a read of its own
+            client.sendall(frame)
+            assert recv_exactly(client, 1) == b"."
+    assert [message[-size:] for message in kept] == bodies
+
+
+def test_a_recycled_message_hashes_by_what_it_holds_now(serve):
+    """A callback hashes each large message and lets it go; the loop may reuse that bytes
+    object for the next message, whose hash must be its own, not the old one cached."""
+
+    def callback(queue, message):
+        return b"1" if hash(message) == hash(bytes(memoryview(message))) else b"0"
+
+    class HashingFramer(LengthThenBody):
+        def frame(self, data, start):
+            self.consistent = getattr(self, "consistent", True) and \
+                hash(data) == hash(bytes(memoryview(data)))
+            return super().frame(data, start)
+
+    for framer in (FixedSize(200_000), HashingFramer(max_length=300_000)):
+        server = serve(callback, framing=framer)
+        with connect(server, timeout=30) as client:
+            for n in range(6):
+                body = bytes([n]) * 199_996
+                client.sendall(body + bytes(4) if isinstance(framer, FixedSize)
+                               else struct.pack(">I", len(body)) + body)
+                assert recv_exactly(client, 1) == b"1"
+        if isinstance(framer, HashingFramer):
+            assert framer.consistent
+
+
 def test_a_callback_that_shuts_down_gets_no_later_message_of_the_same_read(serve):
     messages = []
 

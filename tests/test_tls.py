@@ -1,7 +1,7 @@
 """TLS (TCPServer(ssl=context)): the compiled loop serves TLS with the standard library's
 ssl.SSLContext, checked by real peers (Python's ssl client, openssl s_client): echo,
 TLS 1.2 and 1.3, 10 MB each way, backpressure, half-close, close_notify on a clean close
-and on stop(), per-connection facts (queue.ssl_object), mutual TLS, ALPN, a TLS 1.3 key
+and on stop(), per-connection facts (queue.tls), mutual TLS, ALPN, a TLS 1.3 key
 update, the PROXY header before the handshake, and the argument checks."""
 import logging
 import socket
@@ -48,7 +48,7 @@ def test_tls_1_2_and_1_3_are_served_and_the_queue_says_which(serve, server_conte
     facts = []
 
     def describe(queue, data):
-        tls = queue.ssl_object
+        tls = queue.tls
         facts.append((tls.version(), tls.cipher()[1]))
         queue.put(tls.version().encode())
 
@@ -61,12 +61,151 @@ def test_tls_1_2_and_1_3_are_served_and_the_queue_says_which(serve, server_conte
     assert facts == [(name, name)]
 
 
-def test_a_plain_connections_ssl_object_is_none(serve):
+def test_a_plain_connections_tls_is_none(serve):
     hand_off = HandOff()
     server = serve(hand_off)
     with connect(server) as client:
         client.sendall(b"x")
-        assert hand_off.first_queue().ssl_object is None
+        assert hand_off.first_queue().tls is None
+
+
+# ---- queue.tls: what the handshake agreed on ------------------------------------------
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_queue_tls_says_what_the_client_sees_and_cannot_drive_the_session(
+        serve, server_context, client_context, version):
+    facts = []
+
+    def remember(queue, data):
+        facts.append(queue.tls)
+        queue.put(data)
+
+    client_context.minimum_version = client_context.maximum_version = version
+    server_context.set_alpn_protocols(["echo/1"])
+    client_context.set_alpn_protocols(["echo/1"])
+    server = serve(remember, ssl=server_context)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"?")
+        assert recv_exactly(client, 1) == b"?"
+        tls = facts[0]
+        version = client.version()
+        assert tls.version() == version
+        assert tls.cipher() == client.cipher()
+        assert tls.selected_alpn_protocol() == "echo/1"
+        assert tls.server_hostname == "localhost"  # the name the client asked for (SNI)
+        assert tls.compression() is None and tls.session_reused is False
+        assert tls.getpeercert() is None and tls.getpeercert(binary_form=True) is None
+        assert tls.get_channel_binding() == client.get_channel_binding()
+        with pytest.raises(ValueError, match="tls-server-end-point"):
+            tls.get_channel_binding("tls-server-end-point")
+    # Facts only: nothing that would drive OpenSSL from the caller's thread.
+    for method in ("read", "write", "unwrap", "do_handshake", "pending", "context"):
+        assert not hasattr(tls, method), method
+    with pytest.raises(AttributeError):
+        tls.server_hostname = "elsewhere"
+    assert repr(tls).startswith(f"<TLSInfo {version} ")
+
+
+def test_queue_tls_is_still_there_in_on_disconnect_with_the_client_certificate(
+        serve, server_context, client_context, tls_ca):
+    seen = []
+
+    def after_close(queue):
+        tls = queue.tls
+        seen.append((queue.close_reason, tls.version(), tls.server_hostname,
+                     tls.getpeercert()["subject"], tls.getpeercert(binary_form=True)))
+
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    tls_ca.configure_trust(server_context)
+    tls_ca.issue_cert("client@example.test", common_name="client one").configure_cert(
+        client_context)
+    server = serve(echo, ssl=server_context, on_disconnect=after_close)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"hi")
+        assert recv_exactly(client, 2) == b"hi"
+        version = client.version()
+    wait_for(lambda: seen)
+    from simpletcp import CloseReason
+    reason, seen_version, name, subject, der = seen[0]
+    assert (reason, seen_version, name) == (CloseReason.PEER_CLOSED, version, "localhost")
+    assert ("commonName", "client one") in [part[0] for part in subject]
+    assert ssl.DER_cert_to_PEM_cert(der).startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_the_certificate_dict_is_a_copy(serve, server_context, client_context, tls_ca):
+    hand_off = HandOff()
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    tls_ca.configure_trust(server_context)
+    tls_ca.issue_cert("client@example.test").configure_cert(client_context)
+    server = serve(hand_off, ssl=server_context)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"x")
+        tls = hand_off.first_queue().tls
+        tls.getpeercert().clear()
+        assert tls.getpeercert()["subjectAltName"] == (("email", "client@example.test"),)
+
+
+def test_queue_tls_read_by_workers_while_the_loop_closes_the_connections(
+        serve, server_context, client_context):
+    # Workers read every fact in a loop while their connections are reset under them
+    # and closed by the loop: the facts never change, never raise, never crash.
+    failures, readers = [], []
+
+    def read_facts(queue):
+        tls = queue.tls
+        first = None
+        try:
+            while True:
+                closed = queue.close_reason is not None
+                now = (tls.version(), tls.cipher(), tls.server_hostname,
+                       tls.selected_alpn_protocol(), tls.getpeercert(),
+                       tls.get_channel_binding(), tls.session_reused, repr(queue.tls))
+                first = first or now
+                assert now == first
+                if closed:
+                    return
+        except Exception as error:  # pragma: no cover - what the test looks for
+            failures.append(error)
+
+    def hand_to_a_worker(queue, data):
+        reader = threading.Thread(target=read_facts, args=(queue,))
+        reader.start()
+        readers.append(reader)  # started: the test may join it
+
+    server = serve(hand_to_a_worker, ssl=server_context)
+    for count in range(1, 21):
+        client = connect_tls(server, client_context)
+        client.sendall(b"go")
+        wait_for(lambda: len(readers) == count)
+        socket.socket.setsockopt(client, socket.SOL_SOCKET, socket.SO_LINGER,
+                                 b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()  # a reset: the loop closes the connection (PEER_RESET)
+    for reader in readers:
+        reader.join(TIMEOUT)
+        assert not reader.is_alive()
+    assert failures == []
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_queue_tls_says_when_a_session_was_resumed(serve, server_context, client_context,
+                                                   version):
+    reused = []
+
+    def remember(queue, data):
+        reused.append(queue.tls.session_reused)
+        queue.put(data)
+
+    client_context.minimum_version = client_context.maximum_version = version
+    server = serve(remember, ssl=server_context)
+    with connect_tls(server, client_context) as first:
+        first.sendall(b"one")
+        assert recv_exactly(first, 3) == b"one"  # TLS 1.3: its ticket came before this
+        session = first.session
+    with connect_tls(server, client_context, session=session) as second:
+        second.sendall(b"two")
+        assert recv_exactly(second, 3) == b"two"
+        assert second.session_reused
+    assert reused == [False, True]
 
 
 def test_ten_megabytes_each_way_arrive_whole_and_in_order(serve, server_context,
@@ -314,7 +453,7 @@ def test_mutual_tls_the_callback_sees_the_verified_client_certificate(
     subjects = []
 
     def who(queue, data):
-        subject = dict(part[0] for part in queue.ssl_object.getpeercert()["subject"])
+        subject = dict(part[0] for part in queue.tls.getpeercert()["subject"])
         subjects.append(subject)
         queue.put(subject["commonName"].encode())
 
@@ -332,7 +471,7 @@ def test_mutual_tls_the_callback_sees_the_verified_client_certificate(
 def test_alpn_the_protocol_agreed_is_visible_to_the_callback(serve, server_context,
                                                             client_context):
     def protocol(queue, data):
-        queue.put(queue.ssl_object.selected_alpn_protocol().encode())
+        queue.put(queue.tls.selected_alpn_protocol().encode())
 
     server_context.set_alpn_protocols(["h2", "http/1.1"])
     client_context.set_alpn_protocols(["http/1.1"])
@@ -377,7 +516,7 @@ def test_openssl_s_client_alpn_and_a_client_certificate(serve, server_context, t
     seen = []
 
     def remember(queue, data):
-        tls = queue.ssl_object
+        tls = queue.tls
         seen.append((tls.selected_alpn_protocol(),
                      dict(part[0] for part in tls.getpeercert()["subject"])["commonName"]))
         upper_until_bye(queue, data)
@@ -458,15 +597,15 @@ def test_tls_timeouts_are_checked(server_context, name, value, error):
 
 def test_tls_with_framing_events_and_returned_replies(serve, server_context, client_context):
     # The chat's recipe over TLS: on_connect speaks first once the handshake is done
-    # (queue.ssl_object is there already), Lines frames the plaintext however the
+    # (queue.tls is there already), Lines frames the plaintext however the
     # records cut it, the returned reply is encrypted, on_disconnect hears the end.
     from simpletcp import CloseReason
     from simpletcp.framing import Lines
     seen = []
 
     def greet(queue):
-        seen.append(("connect", queue.ssl_object.version()))
-        return b"hello " + queue.ssl_object.version().encode() + b"\n"
+        seen.append(("connect", queue.tls.version()))
+        return b"hello " + queue.tls.version().encode() + b"\n"
 
     def shout(queue, line):
         seen.append(("line", line))

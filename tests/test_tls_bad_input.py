@@ -15,7 +15,7 @@ import time
 import pytest
 
 from support import (TIMEOUT, LibSSLClient, connect, connect_tls, descriptor_limit, echo,
-                     recv_exactly, recv_until_eof, rss_kib, wait_for)
+                     proxy_v1, recv_exactly, recv_until_eof, rss_kib, wait_for)
 
 
 def client_hello(client_context) -> bytes:
@@ -106,6 +106,60 @@ def test_a_handshake_left_unfinished_is_reset_at_ssl_handshake_timeout(
     assert len(warnings) == 1  # the second is counted for the next report, not logged
     assert "no TLS handshake within 0.5 s" in warnings[0].getMessage()
     assert_still_serving(server, client_context)
+
+
+def seconds_until_closed(sock: socket.socket, since: float) -> float:
+    """Seconds from ``since`` until the server closed ``sock`` (what it sent is read)."""
+    closed_by_server(sock)
+    return time.monotonic() - since
+
+
+def test_the_handshake_deadline_counts_from_accept_not_from_the_servers_flight(
+        serve, server_context, client_context):
+    # The ClientHello comes late, the server answers it, then the client stalls. Were
+    # the deadline refreshed by the server's flight (as an inactivity timeout), the
+    # connection would live until about 0.9 + 1 s.
+    hello = client_hello(client_context)
+    server = serve(echo, ssl=server_context, ssl_handshake_timeout=1.0)
+    with connect(server) as sock:
+        accepted = time.monotonic()
+        time.sleep(0.9)
+        sock.sendall(hello)
+        elapsed = seconds_until_closed(sock, accepted)
+    assert 0.95 <= elapsed < 1.6, elapsed
+
+
+def test_a_client_trickling_its_handshake_is_reset_at_the_deadline(
+        serve, server_context, client_context):
+    # One byte of the ClientHello every 20 ms, for longer than 2.5 timeouts: no byte
+    # the client sends extends its time.
+    hello = client_hello(client_context)
+    server = serve(echo, ssl=server_context, ssl_handshake_timeout=0.5)
+    with connect(server) as sock:
+        accepted = time.monotonic()
+        sock.setblocking(False)
+        for byte in hello[:70]:  # 70 × 20 ms = 1.4 s, the ClientHello still unfinished
+            try:
+                sock.send(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break  # reset already
+            time.sleep(0.02)
+        sock.setblocking(True)
+        elapsed = seconds_until_closed(sock, accepted)
+    assert 0.45 <= elapsed < 1.25, elapsed  # reset mid-trickle, at about 0.5 s
+
+
+def test_with_proxy_protocol_the_handshake_deadline_counts_from_the_header(
+        serve, server_context):
+    # The PROXY header has its own deadline (proxy_header_timeout); the handshake's
+    # starts when the header is whole, so a slow balancer does not eat the client's.
+    server = serve(echo, ssl=server_context, proxy_protocol=True, ssl_handshake_timeout=0.5)
+    with connect(server) as sock:
+        time.sleep(0.6)
+        sock.sendall(proxy_v1())
+        header_sent = time.monotonic()
+        elapsed = seconds_until_closed(sock, header_sent)
+    assert 0.45 <= elapsed < 1.1, elapsed
 
 
 @pytest.fixture

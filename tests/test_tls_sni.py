@@ -1,0 +1,178 @@
+"""SNI: a server context whose sni_callback picks a certificate by the name the client
+asks for (ssl_object.context = another context). Each client gets the certificate of
+its name, queue.tls.server_hostname says which name that was, and an sni_callback that
+refuses a name (an alert) or fails (an exception) closes only that connection."""
+import logging
+import ssl
+import subprocess
+
+import pytest
+
+from support import connect, connect_tls, echo, recv_exactly, wait_for
+
+
+OTHER_NAME = "other.example"
+
+
+@pytest.fixture(scope="session")
+def other_certificate(tls_ca):
+    """A second certificate, for OTHER_NAME only: a client that asks for OTHER_NAME and
+    verifies the host name accepts only this one."""
+    return tls_ca.issue_cert(OTHER_NAME)
+
+
+class PickByName:
+    """An sni_callback: OTHER_NAME gets the other context's certificate, "refused.example"
+    an alert (or an exception, with raises=True); anything else the default one."""
+
+    def __init__(self, other_context, raises=False):
+        self.other_context = other_context
+        self.raises = raises
+        self.names = []
+
+    def __call__(self, ssl_object, server_name, context):
+        self.names.append(server_name)
+        if server_name == OTHER_NAME:
+            ssl_object.context = self.other_context
+        elif server_name == "refused.example":
+            if self.raises:
+                raise LookupError(f"no certificate for {server_name}")
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        return None
+
+
+@pytest.fixture
+def sni_server_context(server_context, other_certificate):
+    other_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    other_certificate.configure_cert(other_context)
+    server_context.sni_callback = PickByName(other_context)
+    return server_context
+
+
+def say_server_hostname(queue, data):
+    """Replies with the name the client asked for, as queue.tls has it, and a newline;
+    then closes (s_client ends at the close)."""
+    queue.put(f"{queue.tls.server_hostname}\n".encode())
+    queue.shutdown()
+
+
+def test_each_name_gets_its_certificate_and_queue_tls_says_which(
+        serve, sni_server_context, client_context):
+    server = serve(say_server_hostname, ssl=sni_server_context)
+    for name in ["localhost", OTHER_NAME, "localhost"]:
+        # The client checks the certificate against the name it asked for.
+        with connect_tls(server, client_context, server_hostname=name) as client:
+            assert ("DNS", name) in client.getpeercert()["subjectAltName"]
+            client.sendall(b"?")
+            assert recv_exactly(client, len(name) + 1) == f"{name}\n".encode()
+    assert sni_server_context.sni_callback.names == ["localhost", OTHER_NAME, "localhost"]
+
+
+def test_a_client_that_asks_for_no_name_gets_the_default_certificate(
+        serve, sni_server_context, client_context):
+    server = serve(say_server_hostname, ssl=sni_server_context)
+    # By IP address: Python's client sends no SNI then (RFC 6066 allows only names).
+    with connect_tls(server, client_context, server_hostname="127.0.0.1") as client:
+        assert ("IP Address", "127.0.0.1") in client.getpeercert()["subjectAltName"]
+        client.sendall(b"?")
+        assert recv_exactly(client, 5) == b"None\n"
+    assert sni_server_context.sni_callback.names == [None]
+
+
+# An exception in an sni_callback is Python's to report (sys.unraisablehook, which
+# pytest turns into this warning); the handshake fails with an alert as for a refusal.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("refusal", ["alert", "exception"])
+def test_an_sni_callback_that_refuses_a_name_closes_only_that_connection(
+        serve, sni_server_context, client_context, caplog, refusal):
+    sni_server_context.sni_callback.raises = refusal == "exception"
+    disconnected = []
+    server = serve(echo, ssl=sni_server_context,
+                   on_disconnect=lambda queue: disconnected.append(queue.close_reason))
+    with caplog.at_level(logging.DEBUG, logger="simpletcp"):
+        with connect_tls(server, client_context, server_hostname=OTHER_NAME) as kept:
+            for _ in range(5):
+                with pytest.raises(ssl.SSLError) as refused:
+                    connect_tls(server, client_context, server_hostname="refused.example")
+                if refusal == "alert":
+                    assert "UNRECOGNIZED_NAME" in str(refused.value)
+            wait_for(lambda: server.connection_count == 1)
+            # The connection open before is served on, and new ones are served.
+            kept.sendall(b"still here")
+            assert recv_exactly(kept, 10) == b"still here"
+            with connect_tls(server, client_context) as fresh:
+                fresh.sendall(b"fresh")
+                assert recv_exactly(fresh, 5) == b"fresh"
+    failed = [r for r in caplog.records if r.name == "simpletcp"
+              and "TLS handshake failed" in r.getMessage()]
+    # Five refused handshakes, one WARNING: the rest are counted for the next report.
+    assert len(failed) == 1 and failed[0].levelno == logging.WARNING
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # The refused connections never opened (no on_disconnect); the two served ones did.
+    wait_for(lambda: len(disconnected) == 2)
+    assert all(reason is not None for reason in disconnected)
+
+
+def test_openssl_s_client_gets_the_certificate_of_the_name_it_asks_for(
+        serve, sni_server_context, tls_files, openssl):
+    server = serve(say_server_hostname, ssl=sni_server_context)
+    for name in ["localhost", OTHER_NAME]:
+        # -verify_hostname with -verify_return_error: s_client fails on another name's
+        # certificate.
+        result = subprocess.run(
+            [openssl, "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername",
+             name, "-verify_hostname", name, "-CAfile", str(tls_files["ca"]),
+             "-verify_return_error", "-quiet"],
+            input=b"?\n", capture_output=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{name}\n".encode()
+    assert sni_server_context.sni_callback.names == ["localhost", OTHER_NAME]
+
+
+def handshake_with_hello_in_records(sock, client_context, name, records):
+    """A TLS client over ``sock`` whose ClientHello is cut into ``records`` handshake
+    records (as TLS allows), then the rest of the handshake: its SSLObject."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    session = client_context.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        session.do_handshake()
+    hello = outgoing.read()
+    assert hello[0] == 22 and len(hello) == 5 + int.from_bytes(hello[3:5], "big")
+    message, step = hello[5:], -(-(len(hello) - 5) // records)
+    for start in range(0, len(message), step):
+        fragment = message[start:start + step]
+        sock.sendall(hello[:3] + len(fragment).to_bytes(2, "big") + fragment)
+    while True:
+        try:
+            session.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            received = sock.recv(65536)
+            assert received, "closed during the handshake"
+            incoming.write(received)
+    sock.sendall(outgoing.read())
+    return session, incoming, outgoing
+
+
+@pytest.mark.parametrize("records, seen", [(3, OTHER_NAME), (40, None)])
+def test_a_client_hello_in_several_records_is_read_for_its_name(
+        serve, sni_server_context, client_context, records, seen):
+    # A few records: the name is read across them. Past 16 records the name is not
+    # looked for (None: a bounded cost for a client trickling tiny records), and the
+    # connection is served all the same (OpenSSL, and the sni_callback, still see it).
+    server = serve(say_server_hostname, ssl=sni_server_context)
+    with connect(server) as sock:
+        session, incoming, outgoing = handshake_with_hello_in_records(
+            sock, client_context, OTHER_NAME, records)
+        session.write(b"?")
+        sock.sendall(outgoing.read())
+        reply = b""
+        while not reply.endswith(b"\n"):
+            incoming.write(sock.recv(65536))
+            try:
+                reply += session.read(100)
+            except ssl.SSLWantReadError:
+                pass
+    assert reply == f"{seen}\n".encode()
+    assert sni_server_context.sni_callback.names == [OTHER_NAME]
