@@ -125,6 +125,17 @@ def check_ssl_context(context: object) -> Any:
     return context
 
 
+def check_server_hostname(context: Any, name: str) -> None:
+    """``name`` (ClientSocket's ``server_hostname``): one that ``context`` can send
+    (SNI) and check the certificate against. Python's ssl module tells, as it would at
+    the handshake, in an SSLObject that never sees the network."""
+    import ssl
+    try:
+        context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=name)
+    except (TypeError, ValueError) as error:  # UnicodeError (IDNA) is a ValueError
+        raise ValueError(f"server_hostname {shown(name)} cannot be used: {error}") from None
+
+
 def check_client_ssl_context(context: object) -> Any:
     """``context`` (ClientSocket's ``ssl``): a client-side ssl.SSLContext, or None."""
     if context is None:

@@ -69,6 +69,7 @@ class ClientSocket:
                                 f"{type(server_hostname).__name__}")
             if self.ssl is None:
                 raise ValueError("server_hostname applies to TLS: give ssl= too")
+            _arguments.check_server_hostname(self.ssl, server_hostname)
         elif self.ssl is not None:
             if self._unix_path is not None:
                 if self.ssl.check_hostname:

@@ -133,6 +133,7 @@ cdef class Connection:
     cdef inline int flush(self) except -1
     cdef inline int send_all(self, OutputBuffer *buffer) except -1
     cdef inline Py_ssize_t owed(self) noexcept
+    cdef inline bint above_high_water(self) noexcept
     cdef inline void apply_backpressure(self)
     cdef inline int update_interest(self) except -1
     # Life (the diagram at the top of connection.pyx)

@@ -215,8 +215,7 @@ cdef class Connection:
         and sends what it puts, which must not pile up either (a lingering or closed
         connection has nothing pending, and drops what is put).
         """
-        return (self.output.pending >= self.loop.high_water
-                and PyThread_get_thread_ident() != self.loop.thread_ident)
+        return self.above_high_water() and PyThread_get_thread_ident() != self.loop.thread_ident
 
     cdef int wait_for_drain(self, bint block, object timeout) except -1:
         """Block the calling (non-loop) thread until the output drains or the connection
@@ -228,7 +227,7 @@ cdef class Connection:
         with drained:
             self.waiters += 1
             try:
-                while self.fd >= 0 and self.output.pending > self.loop.low_water:
+                while self.fd >= 0 and self.owed() > self.loop.low_water:
                     if deadline is None:
                         drained.wait()
                     else:
@@ -643,14 +642,22 @@ cdef class Connection:
             return self.output.pending
         return self.output.pending + self.tls.ciphertext.pending
 
+    cdef inline bint above_high_water(self) noexcept:
+        """Whether the peer is owed so much that it must read before more is taken from
+        it (reading pauses) or put for it (put() from other threads waits, full(),
+        broadcast() leaves it out). With TLS the ciphertext counts too: reading alone
+        makes some (a KeyUpdate answered), which a peer that never reads would otherwise
+        pile up, KeyUpdate after KeyUpdate."""
+        return self.owed() >= self.loop.high_water
+
     cdef inline void apply_backpressure(self):
         # A peer that sends but does not read would otherwise grow its output buffer
         # without bound. Reading stops above the high-water mark and resumes below the
         # low one; put()s from other threads wait for the same.
-        if self.output.pending >= self.loop.high_water:
+        if self.above_high_water():
             if self.state == OPEN:
                 self.paused = True
-        elif self.output.pending <= self.loop.low_water:
+        elif self.owed() <= self.loop.low_water:
             self.paused = False
             if self.waiters:
                 self.wake_waiters()
@@ -906,7 +913,7 @@ class ConnectionQueue(_queue.Queue):
     def full(self):
         """Whether the unsent output is at or above the server's high-water mark."""
         cdef Connection connection = connection_of(self)
-        return connection.output.pending >= connection.loop.high_water
+        return connection.above_high_water()
 
     @property
     def pending_bytes(self):

@@ -175,7 +175,7 @@ cdef class Events:
             if (connection is excluded or connection.shut_by_user
                     or connection.state == LINGERING or connection.state == CLOSED):
                 continue  # not to be sent, or nowhere to send it
-            if connection.output.pending >= connection.loop.high_water:
+            if connection.above_high_water():
                 full.append(connection.queue)
                 continue
             connection.put(chunk)

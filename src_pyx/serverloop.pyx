@@ -305,7 +305,7 @@ cdef class Loop:
                         self.drain_wakeups()
                     elif fd == self.signal_fd:
                         self.drain_signals()
-            except Exception as error:
+            except BaseException as error:
                 if connection is None:
                     raise  # the loop's own work, not one connection's
                 self.connection_failed(connection, error)
@@ -314,10 +314,14 @@ cdef class Loop:
 
     cdef int handle(self, Connection connection, int events) except -1:
         """One connection's work for `events` (Connection.on_events). An error in it
-        (the poller's bookkeeping, a MemoryError) closes that connection only."""
+        (the poller's bookkeeping, a MemoryError) closes that connection only: any
+        exception, as for a callback (Connection.call_callback), since Python code the
+        loop calls for it may raise anything (a TLS context's msg_callback, run inside
+        OpenSSL's calls, a SystemExit); connection_failed tells the application's signal
+        handlers' apart, which stop the server."""
         try:
             connection.on_events(events)
-        except Exception as error:
+        except BaseException as error:
             self.connection_failed(connection, error)
         return 0
 

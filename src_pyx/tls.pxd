@@ -52,6 +52,7 @@ cdef class TLSConnection:
     cdef object incoming          # ssl.MemoryBIO: ciphertext received, not yet decrypted
     cdef object outgoing          # ssl.MemoryBIO: ciphertext the SSLObject wrote
     cdef OutputBuffer ciphertext  # what the socket has not taken yet of it
+    cdef bint user_data_unsent    # the ciphertext holds records of what the user put
     cdef TLSPhase phase
 
     cdef ssize_t receive(self, Connection connection) except -2

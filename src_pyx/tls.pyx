@@ -302,6 +302,7 @@ cdef class TLSConnection:
             if connection.output.pending and self.ciphertext.pending < ENCRYPT_AHEAD:
                 self.encrypt(connection)
             if not self.ciphertext.pending:
+                self.user_data_unsent = False
                 return 0
             connection.send_all(&self.ciphertext)
             if self.ciphertext.pending:
@@ -315,6 +316,9 @@ cdef class TLSConnection:
         cdef OutputBuffer *plain = &connection.output
         cdef Py_ssize_t budget = ENCRYPT_AHEAD - self.ciphertext.pending, size, offset
         cdef object chunk
+        # Before OpenSSL sees any of it: a shutdown(immediate=True) from another thread
+        # while SSLObject.write() runs must know that a record of the user's is coming.
+        self.user_data_unsent = True
         try:
             while plain.pending and budget > 0:
                 chunk = <object>plain.chunks[plain.head]
@@ -384,12 +388,17 @@ cdef class TLSConnection:
         return connection.fd < 0 or self.ciphertext.pending > 0
 
     cdef int drop_unsent(self, Connection connection) except -1:
-        """queue.shutdown(immediate=True): nothing more is encrypted. Ciphertext already
-        made is dropped too; a record cut short, or missing ones, would make the peer
-        fail on our close_notify: that close is a reset (REPLY_CUT)."""
-        if self.ciphertext.pending or connection.output.offset:
+        """queue.shutdown(immediate=True): nothing more is encrypted. Records already
+        made of what the user put are dropped too; one cut short, or missing ones, would
+        make the peer fail on our close_notify: that close is a reset (REPLY_CUT). The
+        protocol's own records (the handshake's last flight, TLS 1.3's session tickets,
+        a KeyUpdate's answer) are no reply: they go out, then close_notify, so that an
+        on_connect that turns a client away closes as cleanly as on a plain connection.
+        (Connection.shutdown resets for a put cut short in the output itself.)"""
+        if self.user_data_unsent:
             connection.close_reason = REPLY_CUT
-        outbuf_clear(&self.ciphertext)
+            outbuf_clear(&self.ciphertext)
+            self.user_data_unsent = False
         return 0
 
     cdef int fail(self, Connection connection, object error) except -1:

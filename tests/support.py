@@ -634,3 +634,65 @@ def tls_exchange(sock: socket.socket, payload: bytes, expected: int,
     finally:
         sock.settimeout(TIMEOUT)
     return bytes(received)
+
+
+class LibSSLClient:
+    """A TLS 1.3 client made of libssl itself (through ctypes), for what Python's ssl
+    module cannot send: a KeyUpdate that asks for the server's in return. Small socket
+    buffers (4 KiB), so that what the kernel holds does not hide what the server does;
+    the server's certificate is not verified. Skips the test where Python's ssl module
+    does not run on a loadable libssl."""
+
+    KEY_UPDATE_REQUESTED = 1
+    ERROR_WANT_WRITE = 3
+
+    def __init__(self, port: int) -> None:
+        import ctypes
+        import ssl  # noqa: F401 (loads the libssl whose path /proc/self/maps gives)
+        paths = [line.split()[-1] for line in open("/proc/self/maps")
+                 if "/libssl.so" in line]
+        if not paths:
+            pytest.skip("Python's ssl module is not linked with a shared libssl")
+        lib = self.lib = ctypes.CDLL(paths[0])
+        pointer = ctypes.c_void_p
+        for name, result, arguments in [
+                ("TLS_client_method", pointer, []), ("SSL_CTX_new", pointer, [pointer]),
+                ("SSL_CTX_free", None, [pointer]), ("SSL_new", pointer, [pointer]),
+                ("SSL_free", None, [pointer]), ("SSL_set_fd", ctypes.c_int, [pointer, ctypes.c_int]),
+                ("SSL_connect", ctypes.c_int, [pointer]),
+                ("SSL_do_handshake", ctypes.c_int, [pointer]),
+                ("SSL_key_update", ctypes.c_int, [pointer, ctypes.c_int]),
+                ("SSL_get_error", ctypes.c_int, [pointer, ctypes.c_int])]:
+            function = getattr(lib, name)
+            function.restype, function.argtypes = result, arguments
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(None)  # blocking while SSL_connect runs, within TIMEOUT:
+        bound = struct.pack("ll", int(TIMEOUT), 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
+        self.context = lib.SSL_CTX_new(lib.TLS_client_method())
+        self.session = lib.SSL_new(self.context)
+        lib.SSL_set_fd(self.session, self.sock.fileno())
+        assert lib.SSL_connect(self.session) == 1, "no TLS handshake with the server"
+        self.sock.setblocking(False)
+        self.update_unsent = False
+
+    def send_key_update(self) -> bool:
+        """Send a KeyUpdate asking for the server's (or finish the one the socket had no
+        room for): whether it went out; False while the socket is full."""
+        if not self.update_unsent:
+            assert self.lib.SSL_key_update(self.session, self.KEY_UPDATE_REQUESTED) == 1
+        result = self.lib.SSL_do_handshake(self.session)
+        self.update_unsent = result != 1
+        if self.update_unsent:
+            assert self.lib.SSL_get_error(self.session, result) == self.ERROR_WANT_WRITE
+        return not self.update_unsent
+
+    def close(self) -> None:
+        self.lib.SSL_free(self.session)
+        self.lib.SSL_CTX_free(self.context)
+        self.sock.close()

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from simpletcp import CloseReason
 from simpletcp.tcpserver import TCPServer
 from support import (TIMEOUT, HandOff, connect, connect_tls, echo, proxy_v1, recv_exactly,
                      tls_exchange, tls_send_until_stuck, wait_for)
@@ -352,6 +353,29 @@ def test_an_immediate_shutdown_mid_reply_resets_rather_than_close_notify(
         wait_for(lambda: "closed: reply cut" in repr(queue))
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
+                         ids=["TLSv1.2", "TLSv1.3"])
+def test_an_immediate_shutdown_in_on_connect_closes_with_close_notify(
+        serve, server_context, client_context, version):
+    # An on_connect that turns a client away (a certificate it does not like) owes it
+    # no reply; the handshake's last records (TLS 1.2's Finished, TLS 1.3's session
+    # tickets) are still unsent then, and are the protocol's, not a reply to cut: they
+    # go out, then close_notify. Before, they were dropped and the connection reset
+    # (REPLY_CUT): a TLS 1.2 client's handshake failed with ECONNRESET.
+    reasons = []
+
+    def turn_away(queue):
+        queue.shutdown(immediate=True)
+
+    server = serve(echo, ssl=server_context, on_connect=turn_away,
+                   on_disconnect=lambda queue: reasons.append(queue.close_reason))
+    client_context.maximum_version = version
+    with connect_tls(server, client_context, suppress_ragged_eofs=False) as client:
+        assert client.recv(100) == b""  # close_notify: a ragged EOF or a reset raises
+    wait_for(lambda: reasons)
+    assert reasons == [CloseReason.QUEUE_SHUTDOWN]
+
+
 def test_the_idle_timeout_closes_with_close_notify(serve, server_context, client_context):
     server = serve(echo, ssl=server_context, idle_timeout=0.5)
     with connect_tls(server, client_context, suppress_ragged_eofs=False) as client:
@@ -375,6 +399,38 @@ def test_a_tls_error_after_the_handshake_closes_with_tls_error_logged_as_warning
     assert len(failures) == 1 and failures[0].levelno == logging.WARNING
     assert "127.0.0.1" in failures[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("raised", [ValueError("from msg_callback"), SystemExit(3),
+                                    KeyboardInterrupt()])
+def test_what_the_contexts_msg_callback_raises_closes_only_that_connection(
+        serve, server_context, client_context, raised):
+    # The ssl module's debugging hook runs inside OpenSSL's calls, which the loop makes:
+    # whatever it raises closes that connection, as a callback's exception does, and
+    # the server goes on serving (a SystemExit or KeyboardInterrupt stopped it).
+    armed = threading.Event()
+    shots = [raised]
+
+    def hook(ssl_object, direction, version, content_type, message_type, data):
+        if armed.is_set() and direction == "read" and shots:
+            raise shots.pop()
+
+    server_context._msg_callback = hook
+    hand_off = HandOff()
+    server = serve(hand_off, ssl=server_context)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"hello")
+        queue = hand_off.first_queue()
+        armed.set()
+        client.sendall(b"the record that raises")
+        wait_for(lambda: "closed: loop error" in repr(queue))
+    assert not shots
+    armed.clear()
+    server_context._msg_callback = None
+    assert server.running
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"still served")
+        wait_for(lambda: len(hand_off.queues) == 2)
 
 
 def test_the_callback_never_sees_a_connection_before_its_handshake(serve, server_context,

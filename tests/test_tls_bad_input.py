@@ -1,6 +1,7 @@
 """TLS bad input: plaintext HTTP and garbage sent to a TLS port, a handshake cut off
-halfway or left unfinished, an untrusted or expired client certificate, and 1,000
-connections that never finish their handshake. Each closes only its own connection,
+halfway or left unfinished, an untrusted or expired client certificate, 1,000
+connections that never finish their handshake, and a peer that sends KeyUpdates but
+never reads. Each closes only its own connection,
 is logged once at WARNING at most (a cut-off handshake at DEBUG), and the others go on
 being served."""
 import datetime
@@ -13,8 +14,8 @@ import time
 
 import pytest
 
-from support import (TIMEOUT, connect, connect_tls, descriptor_limit, echo, proxy_v1,
-                     recv_exactly, recv_until_eof, rss_kib, wait_for)
+from support import (TIMEOUT, LibSSLClient, connect, connect_tls, descriptor_limit, echo,
+                     proxy_v1, recv_exactly, recv_until_eof, rss_kib, wait_for)
 
 
 def client_hello(client_context) -> bytes:
@@ -236,3 +237,36 @@ def test_a_thousand_unfinished_handshakes_are_bounded_timed_out_and_quiet(
     late = [r for r in caplog.records if "no TLS handshake" in r.getMessage()]
     assert 1 <= len(late) <= 2  # one line per 10 s, with a count
     assert len(tls_warnings(caplog)) == len(late)
+
+
+def test_key_updates_from_a_peer_that_never_reads_are_held_by_the_high_water_mark(
+        serve, server_context, client_context):
+    # A KeyUpdate that asks for one in return makes the server write a record by reading
+    # alone. A peer that sends them and never reads must be stopped by TCP flow control,
+    # as one that sends requests and never reads the replies is (high_water), not grow
+    # the server's unsent ciphertext without bound. Small socket buffers on both sides
+    # (accepted sockets inherit the listener's), so the kernel hides little.
+    listener = socket.socket()
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        listener.setsockopt(socket.SOL_SOCKET, option, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = serve(echo, mode=None, sock=listener, ssl=server_context, high_water=16384)
+    client = LibSSLClient(server.port)
+    try:
+        sent, stuck_since = 0, None
+        # Each answer is a 27-byte record: 20,000 of them are 540 KB, far above what
+        # the mark and the socket buffers hold.
+        while sent < 20_000:
+            if client.send_key_update():
+                sent, stuck_since = sent + 1, None
+            elif stuck_since is None:
+                stuck_since = time.monotonic()
+            elif time.monotonic() - stuck_since > 2.0:
+                break  # the server stopped reading: held
+            else:
+                time.sleep(0.01)
+        assert sent < 20_000, "the server read every KeyUpdate and kept every answer"
+    finally:
+        client.close()
+    assert_still_serving(server, client_context)

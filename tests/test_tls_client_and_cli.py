@@ -51,6 +51,15 @@ def test_clientsocket_tls_arguments_are_checked(server_context, client_context):
         ClientSocket("unix:/tmp/nothing.sock", 0, ssl=client_context)
 
 
+@pytest.mark.parametrize("name", ["", ".example.com", "a..b", "x" * 64 + ".example.com",
+                                  "local\0host", "\ud800"])
+def test_clientsocket_a_server_hostname_tls_cannot_send_is_refused_at_once(client_context,
+                                                                          name):
+    # Python's ssl module would refuse it only at the handshake, in send().
+    with pytest.raises(ValueError, match="server_hostname"):
+        ClientSocket("localhost", 5000, ssl=client_context, server_hostname=name)
+
+
 # ---- the command line -----------------------------------------------------------------------
 
 def cli(*args):
@@ -108,6 +117,27 @@ def test_cli_an_unreadable_certificate_is_an_error_not_a_traceback(tmp_path):
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     result = cli("--port", "0", "--certfile", str(tmp_path / "junk.pem"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+def test_cli_a_certificate_file_problem_names_the_file(tls_files, tls_ca, tmp_path):
+    # OpenSSL's own errors name no file ("[Errno 2] No such file or directory",
+    # "[SSL] PEM lib"): with three files given, the user must be told which one.
+    certfile, keyfile, ca = (str(tls_files[name]) for name in ("certfile", "keyfile", "ca"))
+    other_key = tmp_path / "other-key.pem"
+    tls_ca.issue_cert("other.example").private_key_pem.write_to_path(str(other_key))
+    missing = str(tmp_path / "missing.pem")
+    for args, words in [
+            (["--certfile", certfile, "--keyfile", missing], missing),
+            (["--certfile", certfile, "--keyfile", keyfile, "--ca-certs", missing], missing),
+            (["--certfile", certfile, "--keyfile", str(other_key)],
+             f"the private key in {other_key}: [X509: KEY_VALUES_MISMATCH]"),
+            (["--certfile", certfile], f"the certificate chain in {certfile} and its "
+                                       "private key"),
+            (["--certfile", certfile, "--keyfile", keyfile, "--ca-certs", keyfile],
+             f"the CA certificates in {keyfile}")]:
+        result = cli("--port", "0", *args)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("simpletcp: ") and words in result.stderr, args
 
 
 class server_at:
