@@ -49,3 +49,5 @@ except ImportError as _error:
 from simpletcp._loop import CloseReason as CloseReason  # noqa: E402  (after the check above)
 # What a TLS connection's handshake agreed on (queue.tls), for annotations.
 from simpletcp._loop import TLSInfo as TLSInfo  # noqa: E402
+# What an SSLContext's sni_callback is given as the connection (README, "TLS").
+from simpletcp._loop import TLSSessionView as TLSSessionView  # noqa: E402

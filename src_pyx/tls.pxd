@@ -39,13 +39,21 @@ cdef class TLSInfo:
     cdef object _version, _cipher, _alpn_protocol, _compression, _session_reused
     cdef object _peer_certificate, _peer_certificate_der, _tls_unique, _server_name
 
-    cdef int take_from(self, object ssl_object, object server_name) except -1
+    cdef int take_from(self, object session, object server_name) except -1
+
+
+@cython.final
+cdef class TLSSessionView:
+    cdef object session           # the connection's TLSConnection.session
+    cdef object __weakref__       # the _ssl session refers to its owner weakly
 
 
 @cython.final
 cdef class TLSConnection:
     cdef TLSServer server
-    cdef object ssl_object        # ssl.SSLObject: only the loop's thread calls it
+    cdef object session           # the _ssl session an SSLObject would wrap: only the
+                                  # loop's thread calls it
+    cdef TLSSessionView view      # what the context's callbacks get as the connection
     cdef TLSInfo info             # queue.tls, once the handshake is done
     cdef bytes client_hello       # handshaking: the first bytes, until the ClientHello is whole
     cdef str server_name          # the name the ClientHello asked for (SNI), or None

@@ -1,8 +1,9 @@
 # TLS: a connection's encryption, by the standard library's ssl module.
 #
-# Each connection gets an ssl.SSLObject over two ssl.MemoryBIOs (SSLContext.wrap_bio,
-# server side), so the loop keeps its own non-blocking socket and OpenSSL never touches
-# it: recv() lands in the loop's ReadBuffer as for a plain connection and is written to
+# Each connection gets an OpenSSL session over two ssl.MemoryBIOs (the _ssl object an
+# ssl.SSLObject wraps, made as SSLContext.wrap_bio makes it, server side, and called
+# directly, without SSLObject's Python layer), so the loop keeps its own non-blocking
+# socket and OpenSSL never touches it: recv() lands in the loop's ReadBuffer as for a plain connection and is written to
 # the incoming BIO; SSLObject.read() decrypts into that same buffer, and the callback
 # gets its slices exactly as it gets a plain read's. What the user puts stays plaintext
 # in the connection's OutputBuffer (where backpressure counts it) until flush() encrypts
@@ -54,10 +55,83 @@ cdef class TLSServer:
         tls.server = self
         tls.incoming = _MemoryBIO()
         tls.outgoing = _MemoryBIO()
-        tls.ssl_object = self.context.wrap_bio(tls.incoming, tls.outgoing, server_side=True)
+        # What OpenSSL's callbacks into Python (the context's sni_callback, its
+        # _msg_callback) are given as the connection is TLSSessionView: they run inside
+        # the loop's own call into the session, and one that drove the session from
+        # there (do_handshake(), read(), write()) would re-enter OpenSSL mid-call, which
+        # CPython does not guard against (a double free: asyncio crashes the same way).
+        tls.view = TLSSessionView.__new__(TLSSessionView)
+        tls.session = self.context._wrap_bio(tls.incoming, tls.outgoing, True, None,
+                                             owner=tls.view)
+        tls.view.session = tls.session
         tls.phase = TLS_HANDSHAKING
         tls.client_hello = b""
         return tls
+
+
+cdef class TLSSessionView:
+    """A TLS connection as the SSLContext's callbacks see it (the first argument of an
+    ``sni_callback``, the ``conn`` of a ``_msg_callback``): it can switch the context
+    (``view.context = other``, as Python's documentation shows for SNI) and answer what
+    the session knows so far, but not drive it. Those callbacks run inside the loop's
+    own call into OpenSSL; a handshake, read or write from there re-enters OpenSSL in
+    the middle of that call, which CPython's ssl module does not guard against (it
+    frees memory twice: the interpreter crashes, under asyncio as well)."""
+
+    def __init__(self, *args, **kwargs):
+        internal_class(self)
+
+    @property
+    def context(self):
+        """The SSLContext the session uses; settable, as SSLObject.context."""
+        return self.session.context
+
+    @context.setter
+    def context(self, value):
+        if not isinstance(value, _SSLContext):
+            raise TypeError(f"context must be an ssl.SSLContext, not {type(value).__name__}")
+        self.session.context = value
+
+    @property
+    def server_side(self):
+        return True
+
+    @property
+    def server_hostname(self):
+        """None, as for any server-side SSLObject: the name the client asked for is the
+        sni_callback's second argument (and, once open, queue.tls.server_hostname)."""
+        return None
+
+    @property
+    def session_reused(self):
+        return self.session.session_reused
+
+    def version(self):
+        return self.session.version()
+
+    def cipher(self):
+        return self.session.cipher()
+
+    def selected_alpn_protocol(self):
+        return self.session.selected_alpn_protocol()
+
+    def compression(self):
+        return self.session.compression()
+
+    def getpeercert(self, binary_form=False):
+        return self.session.getpeercert(binary_form)
+
+    def _driven_by_the_loop(self, *args, **kwargs):
+        raise RuntimeError(
+            "the loop drives this TLS session: a callback of the SSLContext (sni_callback, "
+            "_msg_callback) may switch its context and read it, not call do_handshake(), "
+            "read(), write(), pending() or unwrap() (from inside OpenSSL's own call that "
+            "re-entry would crash the interpreter)")
+
+    do_handshake = read = write = pending = unwrap = _driven_by_the_loop
+
+    def __repr__(self):
+        return "<simpletcp TLSSessionView>"
 
 
 cdef class TLSInfo:
@@ -73,15 +147,15 @@ cdef class TLSInfo:
     def __init__(self, *args, **kwargs):
         internal_class(self)
 
-    cdef int take_from(self, object ssl_object, object server_name) except -1:
-        self._version = ssl_object.version()
-        self._cipher = ssl_object.cipher()
-        self._alpn_protocol = ssl_object.selected_alpn_protocol()
-        self._compression = ssl_object.compression()
-        self._session_reused = ssl_object.session_reused
-        self._peer_certificate = ssl_object.getpeercert()
-        self._peer_certificate_der = ssl_object.getpeercert(True)
-        self._tls_unique = ssl_object.get_channel_binding("tls-unique")
+    cdef int take_from(self, object session, object server_name) except -1:
+        self._version = session.version()
+        self._cipher = session.cipher()
+        self._alpn_protocol = session.selected_alpn_protocol()
+        self._compression = session.compression()
+        self._session_reused = session.session_reused
+        self._peer_certificate = session.getpeercert()
+        self._peer_certificate_der = session.getpeercert(True)
+        self._tls_unique = session.get_channel_binding("tls-unique")
         self._server_name = server_name
         return 0
 
@@ -187,7 +261,7 @@ cdef class TLSConnection:
             self.incoming.write(early)
             self.read_server_name(early)
         try:
-            self.ssl_object.do_handshake()
+            self.session.do_handshake()
         except _SSLWantReadError:
             return self.take_output()
         except Exception as error:
@@ -198,7 +272,7 @@ cdef class TLSConnection:
         self.take_output()
         self.phase = TLS_ESTABLISHED
         self.info = TLSInfo.__new__(TLSInfo)
-        self.info.take_from(self.ssl_object, self.server_name)
+        self.info.take_from(self.session, self.server_name)
         self.client_hello = None
         connection.become(OPEN)
         if self.incoming.pending:
@@ -249,7 +323,7 @@ cdef class TLSConnection:
             failure = None
             while filled < buffer.capacity:
                 try:
-                    n = self.ssl_object.read(
+                    n = self.session.read(
                         buffer.capacity - filled,
                         self.server.plaintext_view if filled == 0 else
                         PyMemoryView_FromMemory(buffer.memory + filled,
@@ -269,7 +343,7 @@ cdef class TLSConnection:
                 filled += n
                 # A read returns one record at most: the buffer full, the record may go
                 # on in the SSLObject; otherwise more is owed only if the BIO has more.
-                more = filled == buffer.capacity and self.ssl_object.pending()
+                more = filled == buffer.capacity and self.session.pending()
                 if not more and not self.incoming.pending:
                     break
             if filled:
@@ -334,9 +408,9 @@ cdef class TLSConnection:
                 # thread may change the output meanwhile. `chunk` keeps its bytes alive.
                 outbuf_consume(plain, size, None)
                 if offset == 0 and size == PyBytes_GET_SIZE(chunk):
-                    self.ssl_object.write(chunk)
+                    self.session.write(chunk)
                 else:
-                    self.ssl_object.write(PyMemoryView_FromMemory(
+                    self.session.write(PyMemoryView_FromMemory(
                         PyBytes_AS_STRING(chunk) + offset, size, PyBUF_READ))
                 budget -= size
         except _SSLError as error:
@@ -358,7 +432,7 @@ cdef class TLSConnection:
             memcpy(gathered + size, PyBytes_AS_STRING(<object>chunk) + plain.offset, take)
             outbuf_consume(plain, take, None)
             size += take
-        self.ssl_object.write(PyMemoryView_FromMemory(gathered, size, PyBUF_READ))
+        self.session.write(PyMemoryView_FromMemory(gathered, size, PyBUF_READ))
         return size
 
     cdef int take_output(self) except -1:
@@ -380,7 +454,7 @@ cdef class TLSConnection:
             try:
                 # Writes close_notify; then wants the peer's, which the lingering close
                 # does not wait for in TLS terms (it waits for the TCP close).
-                self.ssl_object.unwrap()
+                self.session.shutdown()  # SSLObject.unwrap()
             except _SSLError:
                 pass
             self.take_output()

@@ -538,7 +538,7 @@ finish()
 for internal in ("Connection", "ActivityList", "Events", "Poller", "EpollPoller",
                  "PollPoller", "LogThrottle", "ReadBuffer", "Timers", "MessageFramer",
                  "LineFramer", "LengthFramer", "FixedFramer", "PythonFramer", "TLSServer",
-                 "TLSConnection", "TLSInfo"):
+                 "TLSConnection", "TLSInfo", "TLSSessionView"):
     PROGRAMS[internal] = INTERNAL.format(name=internal)
 
 # The module's functions, with what a caller could pass.

@@ -5,6 +5,7 @@ refuses a name (an alert) or fails (an exception) closes only that connection.""
 import logging
 import ssl
 import subprocess
+import sys
 
 import pytest
 
@@ -176,3 +177,84 @@ def test_a_client_hello_in_several_records_is_read_for_its_name(
                 pass
     assert reply == f"{seen}\n".encode()
     assert sni_server_context.sni_callback.names == [OTHER_NAME]
+
+
+# OpenSSL calls the context's sni_callback and _msg_callback from inside the loop's own
+# call into the session; one that drove the session from there re-entered OpenSSL
+# mid-call, and CPython's ssl module freed memory twice: the interpreter crashed (it
+# does under asyncio too). They are given a TLSSessionView, which refuses. In a child
+# process, as a crash would take pytest with it.
+DRIVING_CALLBACK = r'''
+import socket, ssl, sys
+from simpletcp.tcpserver import TCPServer
+
+ca, certfile, keyfile, hook, method, backend = sys.argv[1:]
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(certfile, keyfile)
+refusals = []
+
+def drive(view):
+    try:
+        getattr(view, method)(*([b"x"] if method == "write" else []))
+    except RuntimeError as refusal:
+        refusals.append(refusal)
+        raise
+
+if hook == "sni_callback":
+    context.sni_callback = lambda view, name, ctx: drive(view)
+else:
+    context._msg_callback = lambda view, *args: drive(view)
+server = TCPServer("localhost", 0, lambda queue, data: data, ssl=context,
+                   backend=backend).start()
+client_context = ssl.create_default_context(cafile=ca)
+for attempt in range(3):
+    try:
+        with client_context.wrap_socket(socket.create_connection(
+                ("127.0.0.1", server.port), timeout=10), server_hostname="localhost") as c:
+            c.sendall(b"hello")
+            c.recv(5)
+    except (ssl.SSLError, OSError):
+        pass
+context.sni_callback = context._msg_callback = None
+with client_context.wrap_socket(socket.create_connection(
+        ("127.0.0.1", server.port), timeout=10), server_hostname="localhost") as c:
+    c.sendall(b"still serving")
+    assert c.recv(13) == b"still serving"
+assert server.stop(timeout=10)
+assert refusals and all("the loop drives this TLS session" in str(r) for r in refusals)
+print("survived", len(refusals))
+'''
+
+
+@pytest.mark.parametrize("hook", ["sni_callback", "_msg_callback"])
+@pytest.mark.parametrize("method", ["do_handshake", "read", "write", "unwrap", "pending"])
+def test_a_context_callback_that_drives_the_session_is_refused_not_a_crash(
+        tls_files, backend, hook, method):
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVING_CALLBACK, str(tls_files["ca"]),
+         str(tls_files["certfile"]), str(tls_files["keyfile"]), hook, method, backend],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "survived" in result.stdout
+
+
+def test_a_context_callback_sees_the_session_it_may_switch_and_read(
+        serve, sni_server_context, client_context):
+    seen = []
+    other_context = sni_server_context.sni_callback.other_context
+
+    def look(view, server_name, context):
+        seen.append((type(view).__name__, view.server_side, view.server_hostname,
+                     view.context is context))
+        with pytest.raises(TypeError):
+            view.context = "not a context"
+        if server_name == OTHER_NAME:
+            view.context = other_context
+
+    sni_server_context.sni_callback = look
+    server = serve(say_server_hostname, ssl=sni_server_context)
+    with connect_tls(server, client_context, server_hostname=OTHER_NAME) as client:
+        assert ("DNS", OTHER_NAME) in client.getpeercert()["subjectAltName"]
+        client.sendall(b"?")
+        assert recv_exactly(client, len(OTHER_NAME) + 1) == f"{OTHER_NAME}\n".encode()
+    assert seen == [("TLSSessionView", True, None, True)]
