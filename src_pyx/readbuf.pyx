@@ -102,15 +102,17 @@ cdef class ReadBuffer:
         return True
 
     cdef bytes take_large(self, Py_ssize_t capacity):
-        """A kept large bytes object of at least `capacity` bytes, now the caller's
-        alone (framing.pyx fills it and cuts it to length); or None."""
+        """A kept large bytes object of `capacity` bytes to twice that, now the caller's
+        alone (framing.pyx fills it and cuts it to length); or None. Never larger: room
+        is made as bytes arrive (make_room), and a client that announces a large message
+        and sends a few bytes must not be given a kept message's megabytes to hold."""
         cdef Py_ssize_t i
         cdef bytes spare
         if not self.large_spares:
             return None
         for i in range(len(self.large_spares) - 1, -1, -1):  # the most recent first: in cache
             spare = self.large_spares[i]
-            if PyBytes_GET_SIZE(spare) >= capacity:
+            if capacity <= PyBytes_GET_SIZE(spare) <= 2 * capacity:
                 del self.large_spares[i]
                 self.large_spare_bytes -= PyBytes_GET_SIZE(spare)
                 return spare
