@@ -106,14 +106,22 @@ cdef class ReadBuffer:
         alone (framing.pyx fills it and cuts it to length); or None. Never larger: room
         is made as bytes arrive (make_room), and a client that announces a large message
         and sends a few bytes must not be given a kept message's megabytes to hold."""
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, size
+        cdef PyObject *kept
         cdef bytes spare
         if not self.large_spares:
             return None
-        for i in range(len(self.large_spares) - 1, -1, -1):  # the most recent first: in cache
-            spare = self.large_spares[i]
-            if capacity <= PyBytes_GET_SIZE(spare) <= 2 * capacity:
+        for i in range(PyList_GET_SIZE(self.large_spares) - 1, -1, -1):  # the most recent first
+            kept = PyList_GET_ITEM(self.large_spares, i)
+            size = bytes_size(kept)
+            if refcount_of(kept) != 1:
+                # Python code found it after all (gc.get_objects() lists the spares): it
+                # must never change again, as in take_at.
                 del self.large_spares[i]
-                self.large_spare_bytes -= PyBytes_GET_SIZE(spare)
+                self.large_spare_bytes -= size
+            elif capacity <= size <= 2 * capacity:
+                spare = <bytes>kept
+                del self.large_spares[i]
+                self.large_spare_bytes -= size
                 return spare
         return None

@@ -366,3 +366,37 @@ def test_stop_while_a_large_message_is_half_read(serve):
         time.sleep(0.05)
         server.stop()
         assert client.recv(10) == b""
+
+
+def test_a_kept_bytes_object_that_python_code_found_is_never_refilled(serve):
+    """The large bytes objects kept for reuse are in a list that gc.get_objects() shows
+    (a debugger, a memory profiler): one taken from there is the finder's, and must
+    never change again. On bigmsg half of them were refilled with later messages."""
+    import gc
+    found = {}
+    calls = []
+
+    def callback(queue, message):
+        calls.append(None)
+        if len(calls) % 2:
+            for candidate in gc.get_objects():
+                if (type(candidate) is list and candidate
+                        and all(type(item) is bytes and len(item) >= 65_536
+                                for item in candidate)):
+                    for item in candidate:
+                        found.setdefault(id(item), (item, bytes(memoryview(item))))
+            found.setdefault(id(message), (message, bytes(memoryview(message))))
+            return b"."
+        queue.put(bytes(SIZE))  # two large replies: kept for reuse once sent
+        return bytes(SIZE)
+
+    server = serve(callback, framing=FixedSize(SIZE))
+    with connect(server, timeout=30) as client:
+        for n in range(1, 30):
+            client.sendall(bytes([n]) * 100_000)
+            time.sleep(0.01)  # (either way: the rest may be read straight in, or not)
+            client.sendall(bytes([n]) * (SIZE - 100_000))
+            reply = b"." if n % 2 else bytes(2 * SIZE)
+            assert recv_exactly(client, len(reply)) == reply
+    assert len(found) > 14
+    assert [item for item, snapshot in found.values() if item != snapshot] == []
