@@ -14,8 +14,8 @@ import pytest
 from simpletcp.framing import (DEFAULT_MAX_LENGTH, FixedSize, Framer, FramingError,
                                LengthPrefixed, Lines, NeedMore)
 from simpletcp.tcpserver import TCPServer
-from support import (TIMEOUT, child_server, connect, connect_slow_reader, echo, proxy_v1,
-                     recv_exactly, recv_until_eof)
+from support import (TIMEOUT, LengthThenBody, child_server, connect, connect_slow_reader, echo,
+                     proxy_v1, recv_exactly, recv_until_eof)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -436,15 +436,6 @@ def test_the_readmes_resp_framer_serves_redis_py(serve, redis_py):
 # The rest of a large message is read straight into where it is gathered, and the bytes
 # object of one nobody kept is room for the next (framing.pyx: direct_read_room,
 # MessageFramer.recycle). Neither may read past a message, nor change one that is held.
-
-class LengthThenBody(Framer):
-    """A 4-byte big-endian length, then that many bytes: the length said at once."""
-
-    def frame(self, data, start):
-        if len(data) - start < 4:
-            return NeedMore(4 - (len(data) - start))
-        return 4 + int.from_bytes(data[start:start + 4], "big")
-
 
 class LengthThenBodyAskingForIt(Framer):
     """The same, but asking for the whole message with NeedMore, then cutting it."""

@@ -5,29 +5,20 @@ keeps a message (a list, a closure, a memoryview, a dict, a traceback, a reply s
 queued), it never changes; whatever the sizes and however the bytes arrive, messages
 are whole and none is read past; TLS, PROXY headers, resets and stop() leave the
 direct read sound."""
+import random
 import socket
 import struct
 import threading
 import time
-import random
 
 import pytest
 
 from simpletcp.framing import FixedSize, Framer, LengthPrefixed, NeedMore
-from support import connect, connect_tls, recv_exactly
+from support import LengthThenBody, connect, connect_tls, recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 
 SIZE = 200_000  # a message: over the 64 KiB from which it is read straight in and reused
-
-
-class LengthThenBody(Framer):
-    """A 4-byte big-endian length, then that many bytes: the length said at once."""
-
-    def frame(self, data, start):
-        if len(data) - start < 4:
-            return NeedMore(4 - (len(data) - start))
-        return 4 + int.from_bytes(data[start:start + 4], "big")
 
 
 class KeepingWhatItSees(Framer):
