@@ -149,8 +149,8 @@ cdef class Connection:
         try:
             found = _references_from_inside(self.queue, (self,))
         except Exception:
-            return True  # cannot tell (out of memory, a strange object): wait, as before
-        if found is None:
+            found = None  # cannot tell (out of memory, a strange object): wait, as before
+        if found is None:  # (not returned from the except clause: see Loop.adopt)
             return True
         queue_inside, objects, inside = found
         # All counts in one pass that runs no Python code: the GIL is not let go, so a
@@ -372,10 +372,13 @@ cdef class Connection:
                 return 0
             return self.on_io_error(errno, "recv")
         pending = self.proxy_header_pending + buffer.take(0, n)
+        malformed = None
         try:
             header = loop.proxy_header_parser(pending)
         except ValueError as error:
-            loop.reject_proxy_header(self, str(error))
+            malformed = error
+        if malformed is not None:  # not returned from the except clause: see Loop.adopt
+            loop.reject_proxy_header(self, str(malformed))
             return 0
         if header is None:
             self.proxy_header_pending = pending
@@ -956,10 +959,12 @@ class ConnectionQueue(_queue.Queue):
                         "queue of a live connection")
 
     def __repr__(self):
-        cdef Connection connection
+        cdef Connection connection = None
         try:
             connection = connection_of(self)
         except TypeError:
+            pass
+        if connection is None:  # not returned from the except clause: see Loop.adopt
             return "<ConnectionQueue not bound to a connection>"
         return (f"<ConnectionQueue {connection.describe()} {life_of(connection)} "
                 f"pending={connection.output.pending}>")

@@ -93,17 +93,20 @@ cdef Py_ssize_t direct_read_room(Connection connection, Py_ssize_t read_size) ex
     message, room made for them; 0 if it should read into the read buffer. Only a
     message that awaits many more bytes is read into (DIRECT_READ_MINIMUM), and never
     past its end (or past what a custom framer asked for: NeedMore), so what follows
-    it is framed as usual. At most `read_size` bytes, as a read through the buffer;
-    and the room made doubles at most, as for any unfinished message."""
+    it is framed as usual. At most `read_size` bytes, as a read through the buffer,
+    and at most as many as the message holds already, so that the room made never
+    more than doubles what the peer sent (a peer that announces a large message and
+    sends a few bytes holds a few hundred): the start of a message, up to
+    DIRECT_READ_MINIMUM, comes through the read buffer."""
     cdef PartialMessage *partial = connection.partial
     cdef Py_ssize_t awaited, needed, room
     if partial == NULL:
         return 0
     awaited = partial.expected if partial.expected else partial.wanted
     needed = awaited - partial.size
-    if needed < DIRECT_READ_MINIMUM:
+    if needed < DIRECT_READ_MINIMUM or partial.size < DIRECT_READ_MINIMUM:
         return 0
-    room = min(needed, read_size, max(partial.size, DIRECT_READ_MINIMUM))
+    room = min(needed, read_size, partial.size)
     make_room(connection, partial.size + room, awaited)
     return room
 

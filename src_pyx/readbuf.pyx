@@ -31,6 +31,9 @@ cdef class ReadBuffer:
         self.recycled = <PyObject **>malloc(self.recycled_max * sizeof(PyObject *))
         if self.memory == NULL or self.recycled == NULL:
             raise MemoryError()
+        # Made here, not when the first is kept: from outbuf_consume a new list could
+        # run the cyclic GC, and a finalizer there could shut a connection down mid-send.
+        self.large_spares = []
         self.slice_size = slice_size
         self.capacity = capacity
         return 0
@@ -94,24 +97,32 @@ cdef class ReadBuffer:
         cdef Py_ssize_t size = bytes_size(chunk)
         if self.large_spare_bytes + size > LARGE_SPARE_BYTES:
             return False
-        if self.large_spares is None:
-            self.large_spares = []
         self.large_spares.append(<object>chunk)
         Py_DECREF(<object>chunk)
         self.large_spare_bytes += size
         return True
 
     cdef bytes take_large(self, Py_ssize_t capacity):
-        """A kept large bytes object of at least `capacity` bytes, now the caller's
-        alone (framing.pyx fills it and cuts it to length); or None."""
-        cdef Py_ssize_t i
+        """A kept large bytes object of `capacity` bytes to twice that, now the caller's
+        alone (framing.pyx fills it and cuts it to length); or None. Never larger: room
+        is made as bytes arrive (make_room), and a client that announces a large message
+        and sends a few bytes must not be given a kept message's megabytes to hold."""
+        cdef Py_ssize_t i, size
+        cdef PyObject *kept
         cdef bytes spare
         if not self.large_spares:
             return None
-        for i in range(len(self.large_spares) - 1, -1, -1):  # the most recent first: in cache
-            spare = self.large_spares[i]
-            if PyBytes_GET_SIZE(spare) >= capacity:
+        for i in range(PyList_GET_SIZE(self.large_spares) - 1, -1, -1):  # the most recent first
+            kept = PyList_GET_ITEM(self.large_spares, i)
+            size = bytes_size(kept)
+            if refcount_of(kept) != 1:
+                # Python code found it after all (gc.get_objects() lists the spares): it
+                # must never change again, as in take_at.
                 del self.large_spares[i]
-                self.large_spare_bytes -= PyBytes_GET_SIZE(spare)
+                self.large_spare_bytes -= size
+            elif capacity <= size <= 2 * capacity:
+                spare = <bytes>kept
+                del self.large_spares[i]
+                self.large_spare_bytes -= size
                 return spare
         return None

@@ -409,7 +409,11 @@ cdef class Loop:
         try:
             connection.begin_life(self, fd)
         except Exception as error:
-            return self.connection_failed(connection, error)
+            failure = error
+        if failure is not None:
+            # Not returned from inside the except clause: with no memory left for the
+            # exception's traceback, Cython's cleanup of that clause crashed.
+            return self.connection_failed(connection, failure)
         if self.events.on_connect is not None:
             self.handle(connection, WRITABLE)  # what on_connect put, or its close
         return 0

@@ -244,6 +244,7 @@ cdef class TLSConnection:
         done the connection is OPEN and what came with the last flight goes to the
         callback."""
         cdef ssize_t n
+        cdef object failure = None
         if early is None:
             n = self.receive(connection)
             if n == 0:
@@ -262,13 +263,16 @@ cdef class TLSConnection:
             self.read_server_name(early)
         try:
             self.session.do_handshake()
-        except _SSLWantReadError:
-            return self.take_output()
         except Exception as error:
+            failure = error
+        # Not returned from inside the except clause (see Loop.adopt).
+        if failure is not None:
+            if isinstance(failure, _SSLWantReadError):
+                return self.take_output()
             # SSLError (not TLS, a bad certificate, no shared protocol...), or what the
             # context's sni_callback raised: OpenSSL's alert goes out, then the close.
             self.take_output()
-            return self.fail(connection, error)
+            return self.fail(connection, failure)
         self.take_output()
         self.phase = TLS_ESTABLISHED
         self.info = TLSInfo.__new__(TLSInfo)
@@ -389,7 +393,7 @@ cdef class TLSConnection:
         time), smaller ones gathered a record at a time."""
         cdef OutputBuffer *plain = &connection.output
         cdef Py_ssize_t budget = ENCRYPT_AHEAD - self.ciphertext.pending, size, offset
-        cdef object chunk
+        cdef object chunk, failure = None
         # Before OpenSSL sees any of it: a shutdown(immediate=True) from another thread
         # while SSLObject.write() runs must know that a record of the user's is coming.
         self.user_data_unsent = True
@@ -414,8 +418,10 @@ cdef class TLSConnection:
                         PyBytes_AS_STRING(chunk) + offset, size, PyBUF_READ))
                 budget -= size
         except _SSLError as error:
+            failure = error
+        if failure is not None:  # not returned from the except clause: see Loop.adopt
             self.take_output()
-            return self.fail(connection, error)
+            return self.fail(connection, failure)
         return self.take_output()
 
     cdef Py_ssize_t encrypt_gathered(self, OutputBuffer *plain) except -1:

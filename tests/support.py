@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
+from simpletcp.framing import Framer, NeedMore
 from simpletcp.proxyprotocol import V2_SIGNATURE
 from simpletcp.tcpserver import ConnectionQueue, TCPServer
 
@@ -480,7 +481,7 @@ def process_gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or being reaped as it is read
         return True
 
 
@@ -696,3 +697,13 @@ class LibSSLClient:
         self.lib.SSL_free(self.session)
         self.lib.SSL_CTX_free(self.context)
         self.sock.close()
+
+
+class LengthThenBody(Framer):
+    """A Framer: a 4-byte big-endian length, then that many bytes; the length said at
+    once (the loop gathers the rest, read straight in when it is large)."""
+
+    def frame(self, data, start):
+        if len(data) - start < 4:
+            return NeedMore(4 - (len(data) - start))
+        return 4 + int.from_bytes(data[start:start + 4], "big")

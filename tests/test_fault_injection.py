@@ -16,6 +16,8 @@ A short run is part of the default suite (so CI runs it); ``pytest -m soak`` run
 long one (SIMPLETCP_FAULT_SOAK_REQUESTS).
 """
 import json
+import socket
+import threading
 import os
 import subprocess
 import textwrap
@@ -24,7 +26,7 @@ import time
 import pytest
 
 from conftest import ROOT, compile_c
-from support import child_server, rss_kib
+from support import TIMEOUT, child_server, rss_kib
 
 SHIM_SOURCE = ROOT / "tests" / "faultinject.c"
 
@@ -233,4 +235,40 @@ def test_allocation_failures_close_connections_not_the_server(loadgen, backend):
         report = json.loads(generator.communicate(timeout=60)[0].strip().splitlines()[-1])
         assert report["errors"]["mismatch"] == 0, report
         assert report["rounds_incomplete"] == 0, report
+        assert child.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_allocation_failures_while_accepting_close_connections_not_the_server(backend):
+    # Found by reviewing the large-message change: a failure in Connection.begin_life
+    # was returned from inside its except clause, which crashed the process (SIGSEGV in
+    # Loop.adopt) when no memory was left for the exception's traceback (on bigmsg: 4 of
+    # 4 runs of the poll backend died).
+    testcapi = pytest.importorskip("_testcapi")
+    if not hasattr(testcapi, "set_nomemory"):
+        pytest.skip("this CPython's _testcapi has no set_nomemory")
+    with child_server(NOMEM_SERVER, backend) as (child, port):
+        stop = threading.Event()
+
+        def connect_and_leave():
+            while not stop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                        client.sendall(b"x")
+                except OSError:
+                    pass  # refused or reset while the server has no memory: expected
+
+        clients = [threading.Thread(target=connect_and_leave) for _ in range(4)]
+        for client in clients:
+            client.start()
+        try:
+            for start in range(0, 200, 10):
+                child.stdin.write(f"nomem {start} {start % 50 + 5}\n")
+                child.stdin.flush()
+                assert child.stdout.readline() == "served\n", (child.wait(TIMEOUT),
+                                                                child.stderr.read())
+        finally:
+            stop.set()
+            for client in clients:
+                client.join(TIMEOUT)
         assert child.poll() is None

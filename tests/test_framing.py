@@ -14,8 +14,8 @@ import pytest
 from simpletcp.framing import (DEFAULT_MAX_LENGTH, FixedSize, Framer, FramingError,
                                LengthPrefixed, Lines, NeedMore)
 from simpletcp.tcpserver import TCPServer
-from support import (TIMEOUT, child_server, connect, connect_slow_reader, echo, proxy_v1,
-                     recv_exactly, recv_until_eof)
+from support import (TIMEOUT, LengthThenBody, child_server, connect, connect_slow_reader, echo,
+                     proxy_v1, recv_exactly, recv_until_eof)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -437,15 +437,6 @@ def test_the_readmes_resp_framer_serves_redis_py(serve, redis_py):
 # object of one nobody kept is room for the next (framing.pyx: direct_read_room,
 # MessageFramer.recycle). Neither may read past a message, nor change one that is held.
 
-class LengthThenBody(Framer):
-    """A 4-byte big-endian length, then that many bytes: the length said at once."""
-
-    def frame(self, data, start):
-        if len(data) - start < 4:
-            return NeedMore(4 - (len(data) - start))
-        return 4 + int.from_bytes(data[start:start + 4], "big")
-
-
 class LengthThenBodyAskingForIt(Framer):
     """The same, but asking for the whole message with NeedMore, then cutting it."""
 
@@ -555,6 +546,47 @@ def test_a_recycled_message_hashes_by_what_it_holds_now(serve):
                 assert recv_exactly(client, 1) == b"1"
         if isinstance(framer, HashingFramer):
             assert framer.consistent
+
+
+def test_a_client_that_sends_little_holds_little_even_when_large_messages_were_kept(serve):
+    """A client announces a large message and sends a byte at a time, while another's
+    large requests and replies, let go once done, are kept for reuse: the first must get
+    room for what it sent (at most doubling, from 64 KiB), not a kept 2 MiB bytes object
+    each (on bigmsg 20 such clients held 40 MiB for 120 bytes sent)."""
+    import tracemalloc
+    size = 2 * 1024 * 1024
+    body = bytes(range(256)) * (size // 256)
+    header = struct.pack(">I", size)
+    tracemalloc.start()
+    try:
+        # Each round trip leaves two large bytes objects nobody holds: the request, and
+        # the reply once sent; the next request takes one of them.
+        server = serve(lambda queue, message: bytes(size) if message == body else b"!",
+                       framing=LengthPrefixed(4, max_length=size))
+        with connect(server, timeout=30) as legit:
+            def round_trip():
+                legit.sendall(header + body)
+                assert recv_exactly(legit, size) == bytes(size)
+            for _ in range(10):  # until 16 MiB are kept
+                round_trip()
+            before = tracemalloc.get_traced_memory()[0]
+            hostile = []
+            try:
+                for _ in range(20):
+                    client = connect(server, timeout=30)
+                    hostile.append(client)
+                    client.sendall(header + b"x")
+                    round_trip()  # served after the read of that first byte
+                    client.sendall(b"y")  # read straight into the message's room
+                    round_trip()
+                grown = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                for client in hostile:
+                    client.close()
+    finally:
+        tracemalloc.stop()
+    # 20 × (64 KiB and a little), with slack: the kept objects were kept already.
+    assert grown < 20 * 200 * 1024, grown
 
 
 def test_a_callback_that_shuts_down_gets_no_later_message_of_the_same_read(serve):

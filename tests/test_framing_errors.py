@@ -13,7 +13,7 @@ import time
 import pytest
 
 from simpletcp import CloseReason
-from simpletcp.framing import Framer, FramingError, LengthPrefixed, Lines
+from simpletcp.framing import Framer, FramingError, LengthPrefixed, Lines, NeedMore
 from support import (TIMEOUT, child_server, connect, recv_exactly, recv_until_eof,
                      rss_kib, wait_for)
 
@@ -214,6 +214,10 @@ class Claims(Framer):
     ([4, b"x"], "returned [4, b'x']", logging.ERROR),
     (101, "the next message is 101 bytes, over max_length (100)", logging.WARNING),
     (2 ** 70, f"the next message is {2 ** 70} bytes", logging.WARNING),
+    # NeedMore counts from what is buffered (10 bytes): it may ask for max_length at most.
+    (NeedMore(91), "the next message is at least 101 bytes, over max_length (100)",
+     logging.WARNING),
+    (NeedMore(10 ** 9), f"at least {10 ** 9 + 10} bytes", logging.WARNING),
 ])
 def test_what_a_custom_framer_answers_is_checked(serve, caplog, answer, what, level):
     caplog.set_level(logging.WARNING, logger="simpletcp")
