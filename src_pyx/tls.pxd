@@ -45,7 +45,10 @@ cdef class TLSInfo:
 @cython.final
 cdef class TLSSessionView:
     cdef object session           # the connection's TLSConnection.session
+    cdef unsigned long loop_thread  # the only thread that may touch the session
     cdef object __weakref__       # the _ssl session refers to its owner weakly
+
+    cdef int check_thread(self) except -1
 
 
 @cython.final

@@ -64,6 +64,7 @@ cdef class TLSServer:
         tls.session = self.context._wrap_bio(tls.incoming, tls.outgoing, True, None,
                                              owner=tls.view)
         tls.view.session = tls.session
+        tls.view.loop_thread = PyThread_get_thread_ident()  # wrap() runs in the loop
         tls.phase = TLS_HANDSHAKING
         tls.client_hello = b""
         return tls
@@ -81,13 +82,26 @@ cdef class TLSSessionView:
     def __init__(self, *args, **kwargs):
         internal_class(self)
 
+    cdef int check_thread(self) except -1:
+        # The loop's thread calls into the session with the GIL released: a view kept
+        # past its callback and used from another thread meanwhile (a context switched
+        # mid-handshake) corrupted OpenSSL's memory and crashed the interpreter.
+        if PyThread_get_thread_ident() != self.loop_thread:
+            raise RuntimeError(
+                "a TLSSessionView may be used only in the loop's thread (in the "
+                "SSLContext's callbacks): the loop's calls into its session run "
+                "meanwhile, without the GIL")
+        return 0
+
     @property
     def context(self):
         """The SSLContext the session uses; settable, as SSLObject.context."""
+        self.check_thread()
         return self.session.context
 
     @context.setter
     def context(self, value):
+        self.check_thread()
         if not isinstance(value, _SSLContext):
             raise TypeError(f"context must be an ssl.SSLContext, not {type(value).__name__}")
         self.session.context = value
@@ -104,21 +118,27 @@ cdef class TLSSessionView:
 
     @property
     def session_reused(self):
+        self.check_thread()
         return self.session.session_reused
 
     def version(self):
+        self.check_thread()
         return self.session.version()
 
     def cipher(self):
+        self.check_thread()
         return self.session.cipher()
 
     def selected_alpn_protocol(self):
+        self.check_thread()
         return self.session.selected_alpn_protocol()
 
     def compression(self):
+        self.check_thread()
         return self.session.compression()
 
     def getpeercert(self, binary_form=False):
+        self.check_thread()
         return self.session.getpeercert(binary_form)
 
     def _driven_by_the_loop(self, *args, **kwargs):

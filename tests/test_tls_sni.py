@@ -258,3 +258,31 @@ def test_a_context_callback_sees_the_session_it_may_switch_and_read(
         client.sendall(b"?")
         assert recv_exactly(client, len(OTHER_NAME) + 1) == f"{OTHER_NAME}\n".encode()
     assert seen == [("TLSSessionView", True, None, True)]
+
+
+def test_a_view_kept_past_its_callback_is_refused_in_another_thread(
+        serve, sni_server_context, client_context):
+    # The loop's calls into the session release the GIL: another thread that switched
+    # a kept view's context meanwhile corrupted OpenSSL's memory (handshakes failed with
+    # internal errors, then the interpreter aborted). Only the loop's thread may use it.
+    kept = []
+    other_context = sni_server_context.sni_callback.other_context
+
+    def keep(view, server_name, context):
+        kept.append(view)
+        assert view.version() is None  # the loop's thread, mid-handshake: allowed
+
+    sni_server_context.sni_callback = keep
+    server = serve(echo, ssl=sni_server_context)
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"hello")
+        assert recv_exactly(client, 5) == b"hello"
+        view, = kept
+        for use in [lambda: setattr(view, "context", other_context),
+                    lambda: view.context, view.version, view.cipher, view.getpeercert,
+                    view.compression, view.selected_alpn_protocol,
+                    lambda: view.session_reused]:
+            with pytest.raises(RuntimeError, match="only in the loop's thread"):
+                use()
+        client.sendall(b"still served")
+        assert recv_exactly(client, 12) == b"still served"
