@@ -104,6 +104,13 @@ cdef class TLSSessionView:
         self.check_thread()
         if not isinstance(value, _SSLContext):
             raise TypeError(f"context must be an ssl.SSLContext, not {type(value).__name__}")
+        if getattr(self.session.context, "_msg_callback", None) is not None:
+            # From a _msg_callback (which the view cannot tell from an sni_callback) a
+            # switch after the ClientHello frees what OpenSSL is using: a crash, as with
+            # SSLObject.context. So with a _msg_callback, no switch at all.
+            raise RuntimeError(
+                "the context cannot be switched while it has a _msg_callback: switched "
+                "from one after the ClientHello, OpenSSL would use freed memory")
         self.session.context = value
 
     @property

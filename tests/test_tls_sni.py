@@ -286,3 +286,49 @@ def test_a_view_kept_past_its_callback_is_refused_in_another_thread(
                 use()
         client.sendall(b"still served")
         assert recv_exactly(client, 12) == b"still served"
+
+
+# A context switched from a _msg_callback after the ClientHello freed the certificate
+# OpenSSL was using (valgrind: an invalid read in SSL_do_handshake; handshakes failed
+# with LENGTH_MISMATCH). The view refuses any switch while the context has one.
+SWITCH_FROM_MSG_CALLBACK = r'''
+import socket, ssl, sys
+from simpletcp.tcpserver import TCPServer
+
+ca, certfile, keyfile, backend = sys.argv[1:]
+def server_context():
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+context, other = server_context(), server_context()
+refusals = []
+
+def switch(view, *args):
+    try:
+        view.context = other
+    except RuntimeError as refusal:
+        refusals.append(refusal)
+
+context._msg_callback = switch
+context.sni_callback = lambda view, name, ctx: switch(view)
+server = TCPServer("localhost", 0, lambda queue, data: data, ssl=context,
+                   backend=backend).start()
+client_context = ssl.create_default_context(cafile=ca)
+for attempt in range(10):
+    with client_context.wrap_socket(socket.create_connection(
+            ("127.0.0.1", server.port), timeout=10), server_hostname="localhost") as c:
+        c.sendall(b"hello")
+        assert c.recv(5) == b"hello"
+assert server.stop(timeout=10)
+assert refusals and all("_msg_callback" in str(r) for r in refusals)
+print("served", len(refusals))
+'''
+
+
+def test_with_a_msg_callback_the_view_refuses_to_switch_the_context(tls_files, backend):
+    result = subprocess.run(
+        [sys.executable, "-c", SWITCH_FROM_MSG_CALLBACK, str(tls_files["ca"]),
+         str(tls_files["certfile"]), str(tls_files["keyfile"]), backend],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "served" in result.stdout
