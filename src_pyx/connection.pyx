@@ -436,8 +436,8 @@ cdef class Connection:
 
     cdef int take_reply(self, object result, str callback="read_callback") except -1:
         """What the `callback` (read_callback, or on_connect) returned, if not None. A
-        bytes-like object is its reply: queued as by a put() at the callback's end (bytes without a copy; after
-        shutdown(), ShutDown, as put() raises). A coroutine is discarded
+        bytes-like object is its reply: queued as by a put() at the callback's end
+        (bytes without a copy; after shutdown(), ShutDown, as put() raises). A coroutine is discarded
         (discard_coroutine). A str is a reply that cannot be sent: the callback failed,
         as put() of one raises. Anything else is ignored, as every return value was
         before replies could be returned (a lambda that returns a tuple of the calls it

@@ -30,6 +30,26 @@ cdef inline Py_ssize_t partial_capacity(PartialMessage *partial) noexcept:
     return 0 if partial.storage == NULL else bytes_size(partial.storage)
 
 
+cdef inline Py_ssize_t awaited_size(PartialMessage *partial) noexcept:
+    """How large the unfinished message must grow before anything can be handed out:
+    its whole length if known, else what a custom framer asked for (NeedMore); 0 if
+    neither is known (a line)."""
+    return partial.expected if partial.expected else partial.wanted
+
+
+cdef bytes cut_to(PyObject *storage, Py_ssize_t length):
+    """`storage`, a bytes object whose only reference the caller hands over (no Python
+    code has seen it, or it was kept with nobody else holding it), cut to `length`
+    and without a cached hash (a kept one may have been hashed), as a bytes object."""
+    cdef bytes message
+    if bytes_size(storage) != length and _PyBytes_Resize(&storage, length) < 0:
+        raise MemoryError()
+    (<PyBytesObject *>storage).ob_shash = -1
+    message = <bytes>storage  # the reference handed over becomes the message's
+    Py_DECREF(message)
+    return message
+
+
 cdef int make_room(Connection connection, Py_ssize_t needed, Py_ssize_t bound) except -1:
     """Room for `needed` bytes in the connection's unfinished message (made if there is
     none), whose framer never lets it hold more than `bound` bytes (the caller checked
@@ -102,7 +122,7 @@ cdef Py_ssize_t direct_read_room(Connection connection, Py_ssize_t read_size) ex
     cdef Py_ssize_t awaited, needed, room
     if partial == NULL:
         return 0
-    awaited = partial.expected if partial.expected else partial.wanted
+    awaited = awaited_size(partial)
     needed = awaited - partial.size
     if needed < DIRECT_READ_MINIMUM or partial.size < DIRECT_READ_MINIMUM:
         return 0
@@ -123,13 +143,8 @@ cdef bytes bytes_of(ReadBuffer buffer, const char *data, Py_ssize_t size):
     memcpy(PyBytes_AS_STRING(spare), data, size)
     storage = <PyObject *>spare
     Py_INCREF(spare)
-    spare = None  # the one reference left is `storage`, so that it can be resized
-    if _PyBytes_Resize(&storage, size) < 0:
-        raise MemoryError()
-    (<PyBytesObject *>storage).ob_shash = -1
-    spare = <bytes>storage
-    Py_DECREF(spare)
-    return spare
+    spare = None  # the one reference left is `storage`, handed to cut_to
+    return cut_to(storage, size)
 
 
 cdef inline void recycle_unheld(ReadBuffer buffer, bytes message) noexcept:
@@ -156,7 +171,7 @@ cdef bytes joined_message(Connection connection, Py_ssize_t skip, Py_ssize_t hea
     cdef PartialMessage *partial = connection.partial
     cdef Py_ssize_t length = head + tail
     cdef char *memory
-    cdef bytes message
+    cdef PyObject *storage
     if length == 0:
         forget_partial(connection)
         return b""
@@ -166,15 +181,10 @@ cdef bytes joined_message(Connection connection, Py_ssize_t skip, Py_ssize_t hea
         memcpy(memory + skip + head, data, tail)
     if skip:
         memmove(memory, memory + skip, length)
-    if length != bytes_size(partial.storage) and _PyBytes_Resize(&partial.storage, length) < 0:
-        forget_partial(connection)
-        raise MemoryError()
-    message = <bytes>partial.storage  # the connection's reference becomes the message's
-    Py_DECREF(message)
-    (<PyBytesObject *>partial.storage).ob_shash = -1  # a recycled one may have been hashed
+    storage = partial.storage  # the connection's reference, handed to cut_to
     partial.storage = NULL
     forget_partial(connection)
-    return message
+    return cut_to(storage, length)
 
 
 cdef inline int deliver_joined(Connection connection, Py_ssize_t skip, Py_ssize_t head,
@@ -240,7 +250,7 @@ cdef class MessageFramer:
         (direct_read_room): hand it out if it is now whole."""
         cdef PartialMessage *partial = connection.partial
         partial.size += size
-        if partial.size == (partial.expected if partial.expected else partial.wanted):
+        if partial.size == awaited_size(partial):
             return self.feed(connection, NULL, 0)
         return 0
 
