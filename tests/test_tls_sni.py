@@ -179,18 +179,51 @@ def test_a_client_hello_in_several_records_is_read_for_its_name(
     assert sni_server_context.sni_callback.names == [OTHER_NAME]
 
 
-# OpenSSL calls the context's sni_callback and _msg_callback from inside the loop's own
-# call into the session; one that drove the session from there re-entered OpenSSL
-# mid-call, and CPython's ssl module freed memory twice: the interpreter crashed (it
-# does under asyncio too). They are given a TLSSessionView, which refuses. In a child
-# process, as a crash would take pytest with it.
-DRIVING_CALLBACK = r'''
+# A child process serving TLS with callbacks that may crash the interpreter (a crash
+# would take pytest with it): argv is the test CA's, the server's certificate and key
+# files, the backend, then the test's own; `server_context()` loads the certificate,
+# `echo_over_tls(port, data, ca)` is one client's round trip.
+TLS_CHILD = r'''
 import socket, ssl, sys
 from simpletcp.tcpserver import TCPServer
 
-ca, certfile, keyfile, hook, method, backend = sys.argv[1:]
-context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-context.load_cert_chain(certfile, keyfile)
+ca, certfile, keyfile, backend, *extra = sys.argv[1:]
+
+def server_context():
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+def serve(context):
+    return TCPServer("localhost", 0, lambda queue, data: data, ssl=context,
+                     backend=backend).start()
+
+def echo_over_tls(port, data):
+    client_context = ssl.create_default_context(cafile=ca)
+    with client_context.wrap_socket(socket.create_connection(("127.0.0.1", port),
+                                    timeout=10), server_hostname="localhost") as c:
+        c.sendall(data)
+        return c.recv(len(data))
+'''
+
+
+def run_tls_child(program, tls_files, backend, *extra):
+    """Run TLS_CHILD + `program`: it must exit 0; its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", TLS_CHILD + program, str(tls_files["ca"]),
+         str(tls_files["certfile"]), str(tls_files["keyfile"]), backend, *extra],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+# OpenSSL calls the context's sni_callback and _msg_callback from inside the loop's own
+# call into the session; one that drove the session from there re-entered OpenSSL
+# mid-call, and CPython's ssl module freed memory twice: the interpreter crashed (it
+# does under asyncio too). They are given a TLSSessionView, which refuses.
+DRIVING_CALLBACK = r'''
+hook, method = extra
+context = server_context()
 refusals = []
 
 def drive(view):
@@ -204,22 +237,14 @@ if hook == "sni_callback":
     context.sni_callback = lambda view, name, ctx: drive(view)
 else:
     context._msg_callback = lambda view, *args: drive(view)
-server = TCPServer("localhost", 0, lambda queue, data: data, ssl=context,
-                   backend=backend).start()
-client_context = ssl.create_default_context(cafile=ca)
+server = serve(context)
 for attempt in range(3):
     try:
-        with client_context.wrap_socket(socket.create_connection(
-                ("127.0.0.1", server.port), timeout=10), server_hostname="localhost") as c:
-            c.sendall(b"hello")
-            c.recv(5)
+        echo_over_tls(server.port, b"hello")
     except (ssl.SSLError, OSError):
         pass
 context.sni_callback = context._msg_callback = None
-with client_context.wrap_socket(socket.create_connection(
-        ("127.0.0.1", server.port), timeout=10), server_hostname="localhost") as c:
-    c.sendall(b"still serving")
-    assert c.recv(13) == b"still serving"
+assert echo_over_tls(server.port, b"still serving") == b"still serving"
 assert server.stop(timeout=10)
 assert refusals and all("the loop drives this TLS session" in str(r) for r in refusals)
 print("survived", len(refusals))
@@ -230,12 +255,7 @@ print("survived", len(refusals))
 @pytest.mark.parametrize("method", ["do_handshake", "read", "write", "unwrap", "pending"])
 def test_a_context_callback_that_drives_the_session_is_refused_not_a_crash(
         tls_files, backend, hook, method):
-    result = subprocess.run(
-        [sys.executable, "-c", DRIVING_CALLBACK, str(tls_files["ca"]),
-         str(tls_files["certfile"]), str(tls_files["keyfile"]), hook, method, backend],
-        capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "survived" in result.stdout
+    assert "survived" in run_tls_child(DRIVING_CALLBACK, tls_files, backend, hook, method)
 
 
 def test_a_context_callback_sees_the_session_it_may_switch_and_read(
@@ -292,14 +312,6 @@ def test_a_view_kept_past_its_callback_is_refused_in_another_thread(
 # OpenSSL was using (valgrind: an invalid read in SSL_do_handshake; handshakes failed
 # with LENGTH_MISMATCH). The view refuses any switch while the context has one.
 SWITCH_FROM_MSG_CALLBACK = r'''
-import socket, ssl, sys
-from simpletcp.tcpserver import TCPServer
-
-ca, certfile, keyfile, backend = sys.argv[1:]
-def server_context():
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certfile, keyfile)
-    return context
 context, other = server_context(), server_context()
 refusals = []
 
@@ -311,14 +323,9 @@ def switch(view, *args):
 
 context._msg_callback = switch
 context.sni_callback = lambda view, name, ctx: switch(view)
-server = TCPServer("localhost", 0, lambda queue, data: data, ssl=context,
-                   backend=backend).start()
-client_context = ssl.create_default_context(cafile=ca)
+server = serve(context)
 for attempt in range(10):
-    with client_context.wrap_socket(socket.create_connection(
-            ("127.0.0.1", server.port), timeout=10), server_hostname="localhost") as c:
-        c.sendall(b"hello")
-        assert c.recv(5) == b"hello"
+    assert echo_over_tls(server.port, b"hello") == b"hello"
 assert server.stop(timeout=10)
 assert refusals and all("_msg_callback" in str(r) for r in refusals)
 print("served", len(refusals))
@@ -326,9 +333,4 @@ print("served", len(refusals))
 
 
 def test_with_a_msg_callback_the_view_refuses_to_switch_the_context(tls_files, backend):
-    result = subprocess.run(
-        [sys.executable, "-c", SWITCH_FROM_MSG_CALLBACK, str(tls_files["ca"]),
-         str(tls_files["certfile"]), str(tls_files["keyfile"]), backend],
-        capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "served" in result.stdout
+    assert "served" in run_tls_child(SWITCH_FROM_MSG_CALLBACK, tls_files, backend)
