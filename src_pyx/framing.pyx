@@ -150,8 +150,8 @@ cdef bytes bytes_of(ReadBuffer buffer, const char *data, Py_ssize_t size):
 cdef inline void recycle_unheld(ReadBuffer buffer, bytes message) noexcept:
     """Keep `message`, a whole message's bytes, as room for a large message to come if
     it is large and only the caller holds it (so nothing can see it change)."""
-    if (buffer.keeps_large and refcount_of(<PyObject *>message) == 1
-            and PyBytes_GET_SIZE(message) >= DIRECT_READ_MINIMUM):
+    if (buffer.takes_large(PyBytes_GET_SIZE(message))
+            and refcount_of(<PyObject *>message) == 1):
         Py_INCREF(message)
         if not buffer.keep_large(<PyObject *>message):
             Py_DECREF(message)

@@ -39,6 +39,7 @@ cdef class ReadBuffer:
 
     cdef int allocate(self, Py_ssize_t slice_size) except -1
     cdef inline bint recycle(self, PyObject *chunk) noexcept
+    cdef inline bint takes_large(self, Py_ssize_t size) noexcept
     cdef bint keep_large(self, PyObject *chunk) noexcept
     cdef bytes take_large(self, Py_ssize_t capacity)
     cdef inline bytes take(self, Py_ssize_t offset, Py_ssize_t size)

@@ -86,9 +86,14 @@ cdef class ReadBuffer:
             self.recycled[self.recycled_count] = chunk
             self.recycled_count += 1
             return True
-        if self.keeps_large and bytes_size(chunk) >= DIRECT_READ_MINIMUM:
+        if self.takes_large(bytes_size(chunk)):
             return self.keep_large(chunk)
         return False
+
+    cdef inline bint takes_large(self, Py_ssize_t size) noexcept:
+        """Whether a bytes object of `size` bytes nobody holds is worth keeping as room
+        for a large message (keep_large): with framing=, from DIRECT_READ_MINIMUM on."""
+        return self.keeps_large and size >= DIRECT_READ_MINIMUM
 
     cdef bint keep_large(self, PyObject *chunk) noexcept:
         """Take over `chunk`, a large exact bytes object nobody else holds (the caller
