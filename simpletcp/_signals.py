@@ -17,7 +17,6 @@ This is policy, in Python: nothing here is on the loop's hot path.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import threading
@@ -87,15 +86,14 @@ class StopSignals:
             fd, self._write_fd = self._write_fd, -1; os.close(fd)  # noqa: E702
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
+        # The loop logs the request, not this handler: Python runs it wherever the main
+        # thread is, maybe inside a write to the log's stream, which cannot be re-entered.
         loop = self._loop
         name = signal.Signals(signum).name
         if not loop.stop_requested:
-            loop.log(logging.INFO, "%s: stopping", (name,))
-            loop.request_stop()
+            loop.request_stop(name)
         else:
-            loop.log(logging.WARNING, "%s again: closing %d connections without waiting",
-                     (name, loop.connection_count))
-            loop.request_abort()
+            loop.request_abort(name)
 
 
 @contextlib.contextmanager

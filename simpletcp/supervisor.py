@@ -78,6 +78,7 @@ class Supervisor:
         self._ran = False  # run() has begun: a supervisor runs once (its listener closes)
         self._stop_requested = False
         self._stops_asked = 0  # how many times stop was asked: the second one hurries
+        self._stop_signals: List[int] = []  # received, not yet logged (see _watch_signals)
         # The wake-up pipe (signals, stop()) is open while run() runs, and only then: a
         # supervisor that never runs holds no descriptor, and a stop() after run() must
         # not write into whatever has taken the pipe's descriptor number since. The lock
@@ -154,8 +155,11 @@ class Supervisor:
 
     def _watch_signals(self) -> SavedSignals:
         def on_stop_signal(signum: int, frame: object) -> None:
-            logger.info("%s: stopping %d workers", signal.Signals(signum).name,
-                        len(self.worker_pids))
+            # Nothing is logged here: Python runs this wherever the main thread is, and
+            # that may be inside a write to the log's stream, which refuses to be
+            # re-entered (RuntimeError): the stop would be lost with the log line. The
+            # loop logs it once woken (_log_stop_signals).
+            self._stop_signals.append(signum)
             self.stop()
 
         def on_child(signum: int, frame: object) -> None:
@@ -305,15 +309,27 @@ class Supervisor:
         # open, it would take connections into its backlog only to reset them at the end.
         # (A socket systemd passed stays open in systemd, for the next process.)
         self.listener.close()
+        self._log_stop_signals()
         self._signal_workers(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_period + STOP_MARGIN_SECONDS
         while self.worker_pids and time.monotonic() < deadline:
             self._wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._log_stop_signals()
             self._reap()
         if self.worker_pids:
             logger.warning("workers %s did not stop within the grace period; killing them",
                            self.worker_pids)
         logger.info("all workers stopped")
+
+    def _log_stop_signals(self) -> None:
+        """Log the stop signals received since last asked (the handler cannot)."""
+        while self._stop_signals:
+            name = signal.Signals(self._stop_signals.pop(0)).name
+            if self._stops_asked > 1 and not self._stop_signals:
+                logger.warning("%s again: workers %s close without waiting", name,
+                               self.worker_pids)
+            else:
+                logger.info("%s: stopping %d workers", name, len(self.worker_pids))
 
     def _kill_workers(self) -> None:
         if not self.worker_pids:

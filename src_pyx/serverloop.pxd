@@ -54,6 +54,8 @@ cdef class Loop:
     cdef bint wake_pending        # an eventfd write is on its way
     cdef readonly bint stop_requested
     cdef bint abort_requested     # a second Ctrl-C/SIGTERM: close everything without waiting
+    cdef str stop_asked_by        # the signal's name, for the loop to log (its handler cannot)
+    cdef str abort_asked_by
     cdef bint stopping
     cdef object stop_cause        # an exception of the application's that stopped the loop
     cdef bint accepting           # the listening socket is registered
@@ -101,6 +103,8 @@ cdef class Loop:
     # stopping
     cdef int stop_for(self, BaseException cause) except -1
     cdef int begin_stop(self) except -1
+    cdef int log_stop_request(self) except -1
+    cdef int log_abort_request(self) except -1
     cdef void teardown_connections(self, CloseReason reason)
     cdef void teardown(self)
     cdef void release_descriptors(self)

@@ -184,15 +184,22 @@ cdef class Loop:
             cause, self.stop_cause = self.stop_cause, None
             raise cause
 
-    def request_stop(self):
+    def request_stop(self, str signal_name=None):
         """Ask the loop to stop gracefully: safe from any thread, a callback or a signal
-        handler."""
+        handler. ``signal_name``: the stop signal that asks, which the loop logs as it
+        begins to stop; a signal handler must not log itself (it may run inside a write
+        to the log's stream, which refuses to be re-entered)."""
+        if signal_name is not None and self.stop_asked_by is None:
+            self.stop_asked_by = signal_name
         self.stop_requested = True
         self.wake()
 
-    def request_abort(self):
+    def request_abort(self, str signal_name=None):
         """Ask the loop to close every connection now, without waiting (a second stop
-        signal): safe from any thread, a callback or a signal handler."""
+        signal): safe from any thread, a callback or a signal handler. ``signal_name``
+        as for request_stop()."""
+        if signal_name is not None and self.abort_asked_by is None:
+            self.abort_asked_by = signal_name
         self.abort_requested = True
         self.wake()
 
@@ -246,9 +253,12 @@ cdef class Loop:
         cdef Poller poller = self.poller
         while True:
             if self.abort_requested:
+                self.log_stop_request()
+                self.log_abort_request()
                 self.teardown_connections(SERVER_ABORTED)
                 return 0
             if self.stop_requested and not self.stopping:
+                self.log_stop_request()
                 self.begin_stop()
             if self.scheduled_connections:
                 self.serve_scheduled()
@@ -651,6 +661,19 @@ cdef class Loop:
                 connection = <Connection>self.connections[fd]
                 connection.begin_close(SERVER_STOPPING)
                 self.handle(connection, WRITABLE)
+        return 0
+
+    cdef int log_stop_request(self) except -1:
+        if self.stop_asked_by is not None:
+            self.log(logging.INFO, "%s: stopping", (self.stop_asked_by,))
+            self.stop_asked_by = None
+        return 0
+
+    cdef int log_abort_request(self) except -1:
+        if self.abort_asked_by is not None:
+            self.log(logging.WARNING, "%s again: closing %d connections without waiting",
+                     (self.abort_asked_by, self.connection_count))
+            self.abort_asked_by = None
         return 0
 
     cdef void teardown_connections(self, CloseReason reason):

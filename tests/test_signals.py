@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import SIGNAL_AT_LINE, echo
+from support import SIGNAL_AT_LINE, TIMEOUT, child_server, echo, recv_until_eof
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -152,3 +152,63 @@ def test_run_gives_signal_handling_back_whatever_line_a_raising_handler_lands_on
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert int(result.stdout.split()[-1]) > 20  # install and uninstall were both covered
+
+
+# The application logs through a handler that, like a stream's buffered writer, refuses
+# to be re-entered: a stop signal whose Python handler logs while it is interrupted in
+# the middle of a write (as a full stderr pipe makes likely) would see its own log call
+# raise. SIGTERM is sent to itself inside the write of the record that holds sys.argv[3].
+LOGS_THROUGH_A_NON_REENTRANT_STREAM = """
+import logging, os, signal, sys
+from simpletcp.tcpserver import TCPServer
+
+backend, workers, signalled_while_writing = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+class NonReentrantStream(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.writing = False
+
+    def emit(self, record):
+        if self.writing:
+            raise RuntimeError("reentrant call inside the log stream")
+        self.writing = True
+        try:
+            message = self.format(record)
+            if signalled_while_writing in message:
+                os.kill(os.getpid(), signal.SIGTERM)
+            sys.stderr.write(message + "\\n")
+        except Exception:
+            self.handleError(record)  # as StreamHandler does
+        finally:
+            self.writing = False
+
+logging.getLogger().addHandler(NonReentrantStream())
+logging.getLogger().setLevel(logging.INFO)
+
+def reply(queue, data):
+    logging.getLogger("app").info("request of %d bytes", len(data))
+    queue.put(data)
+
+server = TCPServer("localhost", 0, reply, backend=backend, workers=workers)
+print(server.port, flush=True)
+server.run()
+"""
+
+
+@pytest.mark.parametrize("workers, signalled_while_writing",
+                         [(1, "request of"), (2, "worker 1 started")])
+def test_a_stop_signal_that_lands_inside_a_log_write_still_stops_the_server(
+        backend, workers, signalled_while_writing):
+    """Whatever the main thread was doing when the signal came, the stop is not lost and
+    is logged: in one process, inside a callback's log call; with workers, inside the
+    supervisor's own "worker started" line (a supervisor that lost it served on)."""
+    with child_server(LOGS_THROUGH_A_NON_REENTRANT_STREAM, backend, str(workers),
+                      signalled_while_writing) as (child, port):
+        if workers == 1:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+                client.sendall(b"ping")
+                assert recv_until_eof(client) == b"ping"  # replied, then closed
+        assert child.wait(TIMEOUT) == 0
+        log = child.stderr.read()
+        assert "SIGTERM: stopping" in log and "reentrant" not in log, log
