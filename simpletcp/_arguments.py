@@ -122,7 +122,49 @@ def check_ssl_context(context: object) -> Any:
                          "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) or "
                          "ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), then load_cert_chain(); "
                          "this one is for clients (PROTOCOL_TLS_CLIENT or check_hostname)")
+    check_has_certificate(context)
     return context
+
+
+def check_has_certificate(context: Any) -> None:
+    """A server's context must hold a certificate: without one, OpenSSL refuses every
+    client's hello (NO_SHARED_CIPHER), which would show only as failed handshakes, one
+    per connection. OpenSSL tells, in a hello from a client offering every cipher handed
+    to a server-side SSLObject that never sees the network (no descriptor; the context's
+    session statistics count one more accepted handshake).
+
+    Not asked where application code would run in it: an sni_callback (it may hand each
+    name the context that holds its certificate), a _msg_callback, a keylog file."""
+    import ssl
+    if (context.sni_callback is not None or getattr(context, "_msg_callback", None)
+            is not None or getattr(context, "keylog_filename", None)):
+        return
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    # Every cipher and version this OpenSSL has: a server kept to legacy ones on purpose
+    # (for old devices) holds a certificate all the same.
+    try:
+        client.set_ciphers("ALL:@SECLEVEL=0")
+        client.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    except (ssl.SSLError, ValueError):
+        pass
+    hello = ssl.MemoryBIO()
+    asking = client.wrap_bio(ssl.MemoryBIO(), hello)
+    try:
+        asking.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    answering_in = ssl.MemoryBIO()
+    answering_in.write(hello.read())
+    answering = context.wrap_bio(answering_in, ssl.MemoryBIO(), server_side=True)
+    try:
+        answering.do_handshake()
+    except ssl.SSLError as error:
+        if error.reason == "NO_SHARED_CIPHER":
+            raise ValueError("ssl: the context has no certificate to serve with (or none "
+                             "that its ciphers can use): load one with "
+                             "context.load_cert_chain(certfile, keyfile)") from None
 
 
 def check_server_hostname(context: Any, name: str) -> None:

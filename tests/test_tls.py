@@ -4,6 +4,7 @@ TLS 1.2 and 1.3, 10 MB each way, backpressure, half-close, close_notify on a cle
 and on stop(), per-connection facts (queue.tls), mutual TLS, ALPN, a TLS 1.3 key
 update, the PROXY header before the handshake, and the argument checks."""
 import logging
+import os
 import socket
 import ssl
 import subprocess
@@ -582,6 +583,49 @@ def test_a_client_side_context_is_refused(client_context):
         TCPServer("localhost", 0, echo, ssl=client_context)
     with pytest.raises(ValueError, match="server-side"):
         TCPServer("localhost", 0, echo, ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+
+
+def test_a_context_without_a_certificate_is_refused_with_nothing_bound():
+    # Served, every client's hello would fail (NO_SHARED_CIPHER): a log line per
+    # connection, and a server that looks up to its health check.
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match=r"^ssl: the context has no certificate.*"
+                                         r"load_cert_chain"):
+        TCPServer("localhost", 0, echo, ssl=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_certificate_its_ciphers_cannot_use_is_refused(server_context):
+    # TLS 1.2 only, with RSA ciphers only, and trustme's ECDSA certificate: no client
+    # can agree.
+    context = server_context
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    with pytest.raises(ValueError, match="no certificate to serve with"):
+        TCPServer("localhost", 0, echo, ssl=context)
+    context.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")  # one it can use
+    TCPServer("localhost", 0, echo, ssl=context).stop()
+
+
+def test_a_context_whose_sni_callback_hands_out_the_certificate_is_served(
+        serve, server_context, client_context):
+    """The certificate may live only in the contexts an sni_callback hands out, one per
+    name: the check at construction leaves such a context alone (it would call the
+    application's callback)."""
+    asked = []
+
+    def by_name(ssl_object, server_name, context):
+        asked.append(server_name)
+        ssl_object.context = server_context
+
+    bare = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    bare.sni_callback = by_name
+    server = serve(echo, ssl=bare)
+    assert asked == []
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+    assert asked == ["localhost"]
 
 
 @pytest.mark.parametrize("name", ["ssl_handshake_timeout", "ssl_shutdown_timeout"])
