@@ -10,11 +10,15 @@ from typing import Any, Callable, Dict, List, Optional
 
 from simpletcp import __version__
 from simpletcp import _listener, _tls
+from simpletcp import framing as _framing
 from simpletcp.tcpserver import (BACKENDS, DEFAULT_GRACE_PERIOD, DEFAULT_HIGH_WATER,
                                  DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_RECV_BYTES,
-                                 DEFAULT_SSL_HANDSHAKE_TIMEOUT, TCPServer)
+                                 DEFAULT_SSL_HANDSHAKE_TIMEOUT,
+                                 DEFAULT_SSL_SHUTDOWN_TIMEOUT, TCPServer)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: What --framing's MODULE:ATTRIBUTE may name as it is; anything else callable is called.
+FRAMER_TYPES = (_framing.Lines, _framing.LengthPrefixed, _framing.FixedSize, _framing.Framer)
 
 
 def echo(queue: Any, data: bytes) -> None:
@@ -27,6 +31,14 @@ class TargetError(Exception):
 
 
 def load_target(target: str) -> Callable[..., Any]:
+    """Import ``package.module:attribute.path`` and return that callable."""
+    obj = load_object(target)
+    if not callable(obj):
+        raise TargetError(f"{target!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def load_object(target: str) -> Any:
     """Import ``package.module:attribute.path`` and return that object."""
     module_name, sep, attribute_path = target.partition(":")
     if not sep or not _dotted_name(module_name) or not _dotted_name(attribute_path):
@@ -41,9 +53,44 @@ def load_target(target: str) -> Callable[..., Any]:
             obj = getattr(obj, name)
         except AttributeError:
             raise TargetError(f"module {module_name!r} has no attribute {attribute_path!r}") from None
-    if not callable(obj):
-        raise TargetError(f"{target!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
+
+
+def load_framing(spec: str, max_length: Optional[int]) -> Any:
+    """--framing and --max-length: the framer for TCPServer's ``framing``.
+
+    ``lines`` and ``length-prefixed`` (a 4-byte big-endian length) take --max-length;
+    ``fixed:SIZE`` is messages of SIZE bytes; MODULE:ATTRIBUTE is the application's
+    framer, or a class or function that makes one when called with no arguments (each
+    worker gets its own copy at the fork). TCPServer checks what comes out."""
+    if spec in ("lines", "length-prefixed"):
+        framer_class = _framing.Lines if spec == "lines" else _framing.LengthPrefixed
+        if max_length is None:
+            return framer_class()
+        return framer_class(max_length=max_length)
+    if max_length is not None:
+        raise ValueError("max_length applies to --framing lines and length-prefixed; a "
+                         "framer of fixed size or of the application's has its own")
+    kind, _, size = spec.partition(":")
+    if kind == "fixed":
+        if not size.isdigit():
+            raise ValueError(f"framing fixed:SIZE needs SIZE in bytes, got {spec!r}")
+        try:
+            return _framing.FixedSize(int(size))
+        except ValueError as error:
+            raise ValueError(f"framing {spec}: {error}") from None
+    try:
+        framer = load_object(spec)
+    except TargetError as error:
+        raise ValueError(f"framing must be lines, length-prefixed, fixed:SIZE or "
+                         f"MODULE:ATTRIBUTE: {error}") from None
+    if not isinstance(framer, FRAMER_TYPES) and callable(framer):
+        try:
+            framer = framer()
+        except TypeError as error:
+            raise TypeError(f"framing {spec} is not a framer, nor a class or function "
+                            f"that makes one when called with no arguments: {error}") from None
+    return framer
 
 
 def _dotted_name(text: str) -> bool:
@@ -93,10 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a connection has to send its PROXY header "
                              f"(default: {DEFAULT_PROXY_HEADER_TIMEOUT:g})")
     # gunicorn's names (the issue's); uvicorn's --ssl-* spellings work too.
+    parser.add_argument("--framing", default=None,
+                        metavar="lines|length-prefixed|fixed:SIZE|MODULE:ATTRIBUTE",
+                        help="call the callback once per whole message: per line, per "
+                             "message after a 4-byte big-endian length, per SIZE bytes, or "
+                             "as the application's framer (or what a class or function "
+                             "named so returns) cuts them (default: as bytes arrive)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="longest message --framing lines or length-prefixed accepts; "
+                             "a longer one closes its connection (default: 65536)")
     parser.add_argument("--certfile", "--ssl-certfile", default=None, metavar="PEM",
                         help="serve TLS: the server's certificate chain (PEM)")
     parser.add_argument("--keyfile", "--ssl-keyfile", default=None, metavar="PEM",
                         help="its private key (PEM; default: in --certfile)")
+    parser.add_argument("--keyfile-password", "--ssl-keyfile-password", default=None,
+                        metavar="PASSWORD",
+                        help="the password of an encrypted private key (note: other "
+                             "users may see a process's arguments)")
     parser.add_argument("--ca-certs", "--ssl-ca-certs", default=None, metavar="PEM",
                         help="CA certificates to verify client certificates with; a "
                              "client may present one (see --require-client-cert)")
@@ -107,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_SSL_HANDSHAKE_TIMEOUT,
                         help="seconds a TLS handshake may take "
                              f"(default: {DEFAULT_SSL_HANDSHAKE_TIMEOUT:g})")
+    parser.add_argument("--ssl-shutdown-timeout", type=float,
+                        default=DEFAULT_SSL_SHUTDOWN_TIMEOUT,
+                        help="seconds a TLS connection waits for the peer's close_notify "
+                             f"after its own (default: {DEFAULT_SSL_SHUTDOWN_TIMEOUT:g})")
     parser.add_argument("--recv-bytes", type=int, default=DEFAULT_RECV_BYTES,
                         help=f"most bytes handed to one callback (default: {DEFAULT_RECV_BYTES})")
     parser.add_argument("--backlog", type=int, default=None,
@@ -195,7 +259,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 parser.error(_naming_the_flag(f"{argument}: {exc}"))
 
     if args.certfile is None:
-        for given, flag in ((args.keyfile, "--keyfile"), (args.ca_certs, "--ca-certs"),
+        for given, flag in ((args.keyfile, "--keyfile"),
+                            (args.keyfile_password is not None, "--keyfile-password"),
+                            (args.ca_certs, "--ca-certs"),
                             (args.require_client_cert, "--require-client-cert")):
             if given:
                 parser.error(f"argument {flag}: needs --certfile (the server's certificate)")
@@ -210,7 +276,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         context = None
         if args.certfile is not None:
             context = _tls.server_context(args.certfile, args.keyfile, args.ca_certs,
-                                          args.require_client_cert)
+                                          args.require_client_cert, args.keyfile_password)
+        framing = None
+        if args.framing is not None:
+            framing = load_framing(args.framing, args.max_length)
+        elif args.max_length is not None:
+            raise ValueError("max_length needs --framing lines or length-prefixed")
         mode, port = args.mode, args.port
         if args.fd is not None:
             sock = listening_socket(args.fd)
@@ -227,7 +298,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             unix_permissions=args.unix_permissions, proxy_protocol=args.proxy_protocol,
             proxy_header_timeout=args.proxy_header_timeout,
             on_connect=events["on_connect"], on_disconnect=events["on_disconnect"],
-            ssl=context, ssl_handshake_timeout=args.ssl_handshake_timeout,
+            framing=framing, ssl=context, ssl_handshake_timeout=args.ssl_handshake_timeout,
+            ssl_shutdown_timeout=args.ssl_shutdown_timeout,
         )
     except (TypeError, ValueError) as exc:
         parser.error(_naming_the_flag(str(exc)))

@@ -9,11 +9,15 @@ from typing import Iterator, Optional, Tuple
 
 def server_context(certfile: str, keyfile: Optional[str] = None,
                    ca_certs: Optional[str] = None,
-                   require_client_cert: bool = False) -> ssl.SSLContext:
+                   require_client_cert: bool = False,
+                   keyfile_password: Optional[str] = None) -> ssl.SSLContext:
     """A server-side SSLContext with the standard library's defaults (TLS 1.2 and up,
     its cipher choice), the certificate chain of ``certfile`` (and its key, from
     ``keyfile`` or from ``certfile`` itself), and the CAs of ``ca_certs`` to verify
     client certificates with: asked for if given, required with ``require_client_cert``.
+    ``keyfile_password`` decrypts an encrypted key; without it, such a key is an error
+    (OpenSSL would ask for the password on the terminal, or fail with EINVAL where
+    there is none, as under systemd).
     OSError naming the file if one cannot be read, or what it was to hold if it does
     not (no valid PEM, a key that does not match the certificate)."""
     if require_client_cert and ca_certs is None:
@@ -23,12 +27,18 @@ def server_context(certfile: str, keyfile: Optional[str] = None,
     key_source = "its private key" if keyfile is None else f"the private key in {keyfile}"
     with _loading(f"the certificate chain in {certfile} and {key_source}",
                   certfile, keyfile):
-        context.load_cert_chain(certfile, keyfile)
+        context.load_cert_chain(certfile, keyfile, keyfile_password or _no_password)
     if ca_certs is not None:
         with _loading(f"the CA certificates in {ca_certs}", ca_certs):
             context.load_verify_locations(cafile=ca_certs)
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return context
+
+
+def _no_password() -> str:
+    """load_cert_chain's password, called only for an encrypted key."""
+    raise ssl.SSLError("the private key is encrypted: give its password "
+                       "(--keyfile-password)")
 
 
 @contextlib.contextmanager

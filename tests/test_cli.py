@@ -137,7 +137,8 @@ def test_help_documents_every_flag():
     assert result.returncode == 0
     for flag in ("--mode", "--port", "--recv-bytes", "--backlog", "--backend",
                  "--grace-period", "--high-water", "--low-water", "--connection-limit",
-                 "--idle-timeout", "--log-level", "MODULE:CALLABLE"):
+                 "--idle-timeout", "--log-level", "MODULE:CALLABLE", "--framing",
+                 "--max-length", "--keyfile-password", "--ssl-shutdown-timeout"):
         assert flag in result.stdout
 
 
@@ -226,3 +227,91 @@ def test_a_bad_event_target_is_a_usage_error_naming_its_flag(flag):
     assert result.returncode == 2
     assert f"argument {flag}: " in result.stderr
     assert "cannot import module 'no_such_module_xyz'" in result.stderr
+
+
+FRAMED_APP = '''
+from simpletcp.framing import Framer
+
+
+def shout(queue, message):
+    return message.upper() + b"\\n"
+
+
+def sizes(queue, message):
+    return b"%d," % len(message)
+
+
+class Bang(Framer):
+    """Messages that end with "!" (kept)."""
+
+    def frame(self, data, start):
+        end = data.find(b"!", start)
+        return None if end < 0 else end + 1 - start
+
+
+def bang_framer():
+    return Bang(max_length=100)
+
+
+FRAMED = "not a framer"
+'''
+
+
+@pytest.mark.parametrize("framing, sent, replies", [
+    # However the bytes arrive, the callback gets whole messages.
+    (["lines"], [b"hel", b"lo\nwor", b"ld\n"], b"HELLO\nWORLD\n"),
+    (["length-prefixed"], [b"\x00\x00", b"\x00\x03abc\x00\x00\x00\x01", b"d"], b"ABC\nD\n"),
+    (["fixed:3"], [b"ab", b"cdefg", b"hi"], b"ABC\nDEF\nGHI\n"),
+    (["framed_app:Bang"], [b"one!tw", b"o!"], b"ONE!\nTWO!\n"),  # a class: made once
+    (["framed_app:bang_framer"], [b"x!", b"y!"], b"X!\nY!\n"),  # a factory function
+])
+def test_framing_from_the_command_line(tmp_path, framing, sent, replies):
+    (tmp_path / "framed_app.py").write_text(FRAMED_APP)
+    with ServingCLI("framed_app:shout", "--port", "0", "--framing", *framing,
+                    cwd=tmp_path) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+            for piece in sent:
+                client.sendall(piece)
+                time.sleep(0.05)  # separate reads (a message cut anywhere is whole anyway)
+            assert recv_exactly(client, len(replies)) == replies
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("framing", ["lines", "length-prefixed"])
+def test_max_length_bounds_a_message_from_the_command_line(tmp_path, framing):
+    (tmp_path / "framed_app.py").write_text(FRAMED_APP)
+    message = {"lines": lambda size: b"x" * size + b"\n",
+               "length-prefixed": lambda size: size.to_bytes(4, "big") + b"x" * size}[framing]
+    with ServingCLI("framed_app:sizes", "--port", "0", "--framing", framing,
+                    "--max-length", "10", cwd=tmp_path) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+            client.sendall(message(10))
+            assert recv_exactly(client, 3) == b"10,"
+            client.sendall(message(11))  # one byte too long: the connection is closed
+            assert recv_until_eof(client) == b""
+        server.wait_for_log("closing connection")
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--framing", "fixed:"], "argument --framing: framing fixed:SIZE needs SIZE in bytes"),
+    (["--framing", "fixed:0"], "argument --framing: framing fixed:0: size must be"),
+    (["--framing", "words"], "argument --framing: framing must be lines, length-prefixed, "
+                             "fixed:SIZE or MODULE:ATTRIBUTE"),
+    (["--framing", "no_such_module_xyz:F"], "cannot import module 'no_such_module_xyz'"),
+    (["--framing", "framed_app:shout"], "argument --framing: framing framed_app:shout is not "
+                                        "a framer, nor a class or function that makes one"),
+    (["--framing", "framed_app:FRAMED"], "argument --framing: framing must be None or a "
+                                         "framer"),
+    (["--framing", "lines", "--max-length", "0"], "argument --max-length: max_length must be"),
+    (["--framing", "fixed:4", "--max-length", "10"],
+     "argument --max-length: max_length applies to --framing lines and length-prefixed"),
+    (["--max-length", "10"], "argument --max-length: max_length needs --framing"),
+])
+def test_framing_mistakes_are_usage_errors_naming_the_flag(tmp_path, flags, message):
+    (tmp_path / "framed_app.py").write_text(FRAMED_APP)
+    result = subprocess.run([sys.executable, "-m", "simpletcp", "--port", "0", *flags],
+                            capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr

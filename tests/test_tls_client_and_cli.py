@@ -97,7 +97,51 @@ def test_cli_require_client_cert(tls_files, tls_ca, client_context):
         server.wait_for_log("TLS handshake failed")
 
 
+@pytest.fixture
+def encrypted_keyfile(tls_files, tmp_path):
+    """The server's private key encrypted with the password "open sesame"."""
+    from cryptography.hazmat.primitives import serialization
+    key = serialization.load_pem_private_key(tls_files["keyfile"].read_bytes(), None)
+    path = tmp_path / "encrypted.key"
+    path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"open sesame")))
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--keyfile-password", "--ssl-keyfile-password"])
+def test_cli_an_encrypted_key_is_opened_with_its_password(tls_files, encrypted_keyfile,
+                                                          client_context, flag):
+    with ServingCLI("--port", "0", "--certfile", str(tls_files["certfile"]),
+                    "--keyfile", str(encrypted_keyfile), flag, "open sesame") as server:
+        with connect_tls(server_at("127.0.0.1", server.port), client_context) as client:
+            client.sendall(b"unlocked")
+            assert recv_exactly(client, 8) == b"unlocked"
+        assert server.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("password", [["--keyfile-password", "wrong"], []])
+def test_cli_an_encrypted_key_without_its_password_is_an_error_naming_it(
+        tls_files, encrypted_keyfile, password):
+    # In a session of its own: no terminal for OpenSSL to ask the password on (it would
+    # wait there for one), as under systemd or in a container.
+    result = subprocess.run(
+        [sys.executable, "-m", "simpletcp", "--port", "0", "--certfile",
+         str(tls_files["certfile"]), "--keyfile", str(encrypted_keyfile), *password],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        start_new_session=True)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("simpletcp: ") and "Traceback" not in result.stderr
+    assert f"the private key in {encrypted_keyfile}" in result.stderr
+    if not password:
+        assert "the private key is encrypted: give its password (--keyfile-password)" in \
+            result.stderr and "Enter PEM pass phrase" not in result.stderr
+
+
 @pytest.mark.parametrize("args, words", [
+    (["--keyfile-password", "pw"], "argument --keyfile-password: needs --certfile"),
+    (["--ssl-shutdown-timeout", "-1"],
+     "argument --ssl-shutdown-timeout: ssl_shutdown_timeout must be"),
     (["--keyfile", "k.pem"], "argument --keyfile: needs --certfile"),
     (["--ca-certs", "ca.pem"], "argument --ca-certs: needs --certfile"),
     (["--certfile", "c.pem", "--require-client-cert"],
