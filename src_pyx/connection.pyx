@@ -572,7 +572,8 @@ cdef class Connection:
         return 0
 
     cdef int on_linger_quiet(self) except -1:
-        """The peer of this lingering connection sent nothing for LINGER_QUIET_MS.
+        """The peer of this lingering connection sent nothing for LINGER_QUIET_MS (with
+        TLS, at most ssl_shutdown_timeout).
 
         It lingers on only while it is taking what was sent: fewer bytes unacknowledged
         than at the last look. A peer that has stopped reading (a chat member whose
@@ -746,7 +747,7 @@ cdef class Connection:
 
     cdef int start_lingering(self) except -1:
         """Shut the write side and drop input until the peer closes (see the top)."""
-        if (self.loop.now - self.last_active >= LINGER_QUIET_MS / 1000.0
+        if (self.loop.now - self.last_active >= self.loop.timers.linger_quiet_seconds
                 and self.unacknowledged() == 0):
             self.close(self.close_reason)  # quiet, and it has all it was sent: nothing to protect
             return 0

@@ -113,6 +113,8 @@ cdef class Loop:
             self.tls.shutdown_timeout = ssl_shutdown_timeout
             self.tls.attach(self.read_buffer)
             self.timers.tls_handshake_timeout = ssl_handshake_timeout
+            self.timers.linger_quiet_seconds = min(LINGER_QUIET_MS / 1000.0,
+                                                   ssl_shutdown_timeout)
         # Last: a poller means a whole loop (check_initialized).
         self.poller = make_poller(backend)
         self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)

@@ -28,7 +28,10 @@ cdef class Timers:
     # Per-connection timers of one duration each: a FIFO by last activity, so that the
     # next to expire is always the oldest and a touch (mark_active) is O(1).
     cdef ActivityList idle        # connections under the idle timeout
-    cdef ActivityList lingering   # lingering connections (LINGER_QUIET_MS)
+    cdef ActivityList lingering   # lingering connections (linger_quiet_seconds)
+    # How long a lingering peer may be quiet: LINGER_QUIET_MS, or with TLS a shorter
+    # ssl_shutdown_timeout (the whole linger's bound: a quiet peer must not outlast it).
+    cdef double linger_quiet_seconds
     cdef double idle_timeout      # seconds; 0: none
     # Deadlines (keeps_join_order: no byte either way extends them, so trickling cannot):
     # proxy_protocol: connections still owing their PROXY header, by accept time.

@@ -59,6 +59,7 @@ cdef class Timers:
         self.awaiting_proxy_header.keeps_join_order = True
         self.awaiting_tls_handshake = ActivityList.__new__(ActivityList)
         self.awaiting_tls_handshake.keeps_join_order = True
+        self.linger_quiet_seconds = LINGER_QUIET_MS / 1000.0
 
     cdef inline void start(self, TimerKind kind, double at) noexcept:
         self.deadline[<int>kind] = at
@@ -82,9 +83,9 @@ cdef class Timers:
 
     cdef inline bint linger_quiet(self, double now) noexcept:
         """Whether the least recently active lingering connection has been quiet for
-        LINGER_QUIET_MS."""
+        linger_quiet_seconds."""
         return (self.lingering.oldest is not None
-                and self.lingering.oldest.last_active + LINGER_QUIET_MS / 1000.0 <= now)
+                and self.lingering.oldest.last_active + self.linger_quiet_seconds <= now)
 
     cdef inline bint proxy_header_late(self, double now) noexcept:
         """Whether the connection accepted longest ago of those still owing their PROXY
@@ -114,7 +115,7 @@ cdef class Timers:
             if earliest == 0 or at < earliest:
                 earliest = at
         if self.lingering.oldest is not None:
-            at = self.lingering.oldest.last_active + LINGER_QUIET_MS / 1000.0
+            at = self.lingering.oldest.last_active + self.linger_quiet_seconds
             if earliest == 0 or at < earliest:
                 earliest = at
         if self.awaiting_proxy_header.oldest is not None:

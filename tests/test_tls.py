@@ -318,6 +318,24 @@ def test_queue_shutdown_sends_the_reply_then_close_notify(serve, server_context,
         assert client.recv(100) == b""
 
 
+@pytest.mark.parametrize("ssl_shutdown_timeout, bound", [(0.3, 1.5), (30.0, 4.0)])
+def test_a_peer_that_never_answers_close_notify_is_closed_within_ssl_shutdown_timeout(
+        serve, server_context, client_context, ssl_shutdown_timeout, bound):
+    """A peer that took everything and then keeps quiet is closed after 2 s at the most
+    (the lingering close's quiet bound), or after a shorter ssl_shutdown_timeout."""
+    closed = threading.Event()
+    server = serve(upper_until_bye, ssl=server_context, on_disconnect=lambda q: closed.set(),
+                   ssl_shutdown_timeout=ssl_shutdown_timeout)
+    with connect_tls(server, client_context, suppress_ragged_eofs=False) as client:
+        client.sendall(b"bye")
+        assert recv_exactly(client, 3) == b"BYE"
+        assert client.recv(100) == b""  # the server's close_notify; ours never goes
+        started = time.monotonic()
+        assert closed.wait(TIMEOUT)
+        waited = time.monotonic() - started
+    assert min(ssl_shutdown_timeout, 2.0) - 0.1 <= waited < bound, waited
+
+
 def test_stop_sends_queued_replies_then_close_notify(serve, server_context, client_context):
     hand_off = HandOff()
     server = serve(hand_off, ssl=server_context)
