@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib.util
 
 
@@ -292,6 +293,15 @@ def descriptor_limit(wanted: int) -> Iterator[None]:
 def open_descriptors(pid: "int | str" = "self") -> List[int]:
     """The descriptor numbers process ``pid`` has open."""
     return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def own_descriptors_before() -> List[int]:
+    """This process's open descriptors, to compare with after a test: its garbage is
+    collected first. An earlier test's reference cycle that holds a socket or a pipe (a
+    failed test's traceback, a Popen in a cycle) would otherwise be collected whenever
+    the collector next runs, perhaps mid-test, and change the count."""
+    gc.collect()
+    return open_descriptors()
 
 
 def rss_kib(pid: int) -> int:
