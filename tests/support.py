@@ -154,7 +154,8 @@ def closing_all(*socks: socket.socket) -> Iterator[None]:
 
 
 # An application that serves from the main thread of its process, so that signals reach
-# run(); run with child_server(SIGNALLED_SERVER, BACKEND, HANDLING[, BIG_MIB]). It echoes,
+# run(); run with child_server(SIGNALLED_SERVER, BACKEND, HANDLING[, BIG_MIB[, GRACE]]) (GRACE:
+# its grace period in seconds, TCPServer's default if not given). It echoes,
 # but b"busy" runs Python code in the callback for 1 s (announcing "busy" on stdout) and
 # For child programs: signal_at_line(path, number) has SIGUSR1 sent to the main thread
 # at the `number`th line run in the file `path` (a tracer's line events; a bare "try:"
@@ -211,7 +212,8 @@ if handling == "raising-handler":
 elif handling == "sigpipe-default":
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-server = TCPServer("localhost", 0, callback, backend=backend)
+grace = {"grace_period": float(sys.argv[4])} if len(sys.argv) > 4 else {}
+server = TCPServer("localhost", 0, callback, backend=backend, **grace)
 print(server.port, flush=True)
 server.run()
 print("run returned", flush=True)
