@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib.util
 
 
@@ -153,7 +154,8 @@ def closing_all(*socks: socket.socket) -> Iterator[None]:
 
 
 # An application that serves from the main thread of its process, so that signals reach
-# run(); run with child_server(SIGNALLED_SERVER, BACKEND, HANDLING[, BIG_MIB]). It echoes,
+# run(); run with child_server(SIGNALLED_SERVER, BACKEND, HANDLING[, BIG_MIB[, GRACE]]) (GRACE:
+# its grace period in seconds, TCPServer's default if not given). It echoes,
 # but b"busy" runs Python code in the callback for 1 s (announcing "busy" on stdout) and
 # For child programs: signal_at_line(path, number) has SIGUSR1 sent to the main thread
 # at the `number`th line run in the file `path` (a tracer's line events; a bare "try:"
@@ -210,7 +212,8 @@ if handling == "raising-handler":
 elif handling == "sigpipe-default":
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-server = TCPServer("localhost", 0, callback, backend=backend)
+grace = {"grace_period": float(sys.argv[4])} if len(sys.argv) > 4 else {}
+server = TCPServer("localhost", 0, callback, backend=backend, **grace)
 print(server.port, flush=True)
 server.run()
 print("run returned", flush=True)
@@ -292,6 +295,15 @@ def descriptor_limit(wanted: int) -> Iterator[None]:
 def open_descriptors(pid: "int | str" = "self") -> List[int]:
     """The descriptor numbers process ``pid`` has open."""
     return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def own_descriptors_before() -> List[int]:
+    """This process's open descriptors, to compare with after a test: its garbage is
+    collected first. An earlier test's reference cycle that holds a socket or a pipe (a
+    failed test's traceback, a Popen in a cycle) would otherwise be collected whenever
+    the collector next runs, perhaps mid-test, and change the count."""
+    gc.collect()
+    return open_descriptors()
 
 
 def rss_kib(pid: int) -> int:

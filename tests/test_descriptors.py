@@ -5,14 +5,14 @@ import threading
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import connect, echo, open_descriptors, recv_exactly
+from support import connect, echo, open_descriptors, own_descriptors_before, recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.mark.parametrize("life", ["never started", "started", "served a client"])
 def test_stopped_servers_still_referenced_hold_no_descriptor(backend, life):
-    before = open_descriptors()
+    before = own_descriptors_before()
     kept = []
     for _ in range(300 if life == "never started" else 100):
         server = TCPServer("localhost", 0, echo, backend=backend)
@@ -31,7 +31,7 @@ def test_stopped_servers_still_referenced_hold_no_descriptor(backend, life):
 def test_start_racing_stop_has_one_outcome_and_prints_nothing(backend, capfd):
     # stop() is final and wins any race: start() returns without error whether it ran
     # before, during or after the stop; the server ends stopped, holding no descriptor.
-    before = open_descriptors()
+    before = own_descriptors_before()
     failures = []
     unhandled = []
     previous_hook = threading.excepthook

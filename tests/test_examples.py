@@ -1,4 +1,5 @@
 """The examples/ servers and clients run as documented."""
+import re
 import signal
 import socket
 import subprocess
@@ -14,10 +15,20 @@ pytestmark = [
 ]
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def start_example(example, *args, **popen_keywords):
+    """python examples/EXAMPLE/server.py 0 ARGS: (the server, its port, its banner). Port 0
+    lets the kernel choose, and the banner names the port: a port found free first and
+    passed on could be taken meanwhile by another test's server or client."""
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / example / "server.py"), "0", *args],
+        stdout=subprocess.PIPE, text=True, **popen_keywords)
+    banner = server.stdout.readline()
+    listening = re.search(r"listening on 127\.0\.0\.1:(\d+)", banner)
+    if listening is None:
+        server.kill()
+        server.wait()
+        raise AssertionError(f"no listening line: {banner!r}")
+    return server, int(listening.group(1)), banner
 
 
 @pytest.mark.parametrize("example, expected", [
@@ -25,11 +36,8 @@ def free_port():
     ("echoreverse", ["!dlrow ,olleH", "desserts", "racecar"]),
 ])
 def test_example_client_talks_to_its_server(example, expected):
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(EXAMPLES / example / "server.py"), str(port)],
-                              stdout=subprocess.PIPE, text=True)
+    server, port, _ = start_example(example)
     try:
-        assert "listening on 127.0.0.1:%d" % port in server.stdout.readline()
         result = subprocess.run([sys.executable, str(EXAMPLES / example / "client.py"), str(port)],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
@@ -46,11 +54,8 @@ def test_example_client_talks_to_its_server(example, expected):
 ])
 def test_protocol_example_serves_as_its_readme_runs_it(example, request_bytes, reply_start):
     # python examples/NAME/server.py PORT, as in README.md; each answers, and stops on Ctrl-C.
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(EXAMPLES / example / "server.py"), str(port)],
-                              stdout=subprocess.PIPE, text=True)
+    server, port, _ = start_example(example)
     try:
-        assert "listening on 127.0.0.1:%d" % port in server.stdout.readline()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(request_bytes)
             reply = b""
@@ -68,12 +73,10 @@ def test_protocol_example_serves_as_its_readme_runs_it(example, request_bytes, r
 def test_the_shared_counter_counts_across_its_two_workers(tmp_path):
     """Each hit is counted once, in order, whichever worker takes it: the count lives in
     the store, not in either worker."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(EXAMPLES / "shared_counter" / "server.py"),
-                               str(port), str(tmp_path / "store.sqlite3")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server, port, banner = start_example("shared_counter", str(tmp_path / "store.sqlite3"),
+                                         stderr=subprocess.PIPE)
     try:
-        assert "listening on 127.0.0.1:%d with 2 workers" % port in server.stdout.readline()
+        assert f"listening on 127.0.0.1:{port} with 2 workers" in banner
         replies = []
         for _ in range(3):
             result = subprocess.run(

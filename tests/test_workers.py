@@ -15,8 +15,8 @@ import time
 import pytest
 
 from simpletcp.tcpserver import TCPServer
-from support import (TIMEOUT, ServingCLI, child_server, open_descriptors, process_gone,
-                     recv_exactly, recv_until_eof, refused, wait_for)
+from support import (TIMEOUT, ServingCLI, child_server, open_descriptors, own_descriptors_before,
+                     process_gone, recv_exactly, recv_until_eof, refused, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -292,7 +292,7 @@ def test_a_server_with_workers_cannot_start_in_a_thread_or_count_connections():
 
 
 def test_a_server_with_workers_that_never_runs_holds_no_descriptor():
-    before = open_descriptors()
+    before = own_descriptors_before()
     TCPServer("localhost", 0, lambda queue, data: None, workers=2).stop()
     with TCPServer("localhost", 0, lambda queue, data: None, workers=2):
         pass
