@@ -264,6 +264,14 @@ class Supervisor:
             # The supervisor's handlers and wake-up pipe are not the worker's: its loop
             # installs its own graceful-stop handlers where Python's defaults are.
             signal.set_wakeup_fd(-1)
+            # Ctrl-C at a terminal signals the whole foreground process group: the
+            # supervisor alone must get it, and stop each worker once (a second signal
+            # would make a worker close without waiting). One that reached this process
+            # before it left the group waits, blocked (see _start), even if ignored: SIG_IGN
+            # once out of the group discards it, else it would raise KeyboardInterrupt
+            # here once unblocked ("worker failed").
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -273,24 +281,29 @@ class Supervisor:
             # may have been held by another thread at the fork).
             fd, self._wake_read = self._wake_read, -1; os.close(fd)  # noqa: E702
             fd, self._wake_write = self._wake_write, -1; os.close(fd)  # noqa: E702
-            # Ctrl-C at a terminal signals the whole foreground process group: the
-            # supervisor alone must get it, and stop each worker once (a second signal
-            # would make a worker close without waiting).
-            os.setpgid(0, 0)
             die_with_parent(self._supervisor_pid)
             self.serve_worker()
             status = 0
         except BaseException:
             logger.exception("worker failed")
         finally:
-            # os._exit skips the interpreter's exit, which would flush these.
-            logging.shutdown()
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (AttributeError, OSError, ValueError):
-                    pass
-            os._exit(status)
+            # Nothing may take this process out of here into the supervisor's code (its
+            # run()'s finally would kill the other workers, and the application's code
+            # after run() would run in the worker too). Once the loop has given Ctrl-C
+            # back, a signal handler's exception (KeyboardInterrupt) can come out of any
+            # call: only those already on their way can still run once every signal is
+            # blocked, and they run just after the blocking call, inside this try.
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                # os._exit skips the interpreter's exit, which would flush these.
+                logging.shutdown()
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (AttributeError, OSError, ValueError):
+                        pass
+            finally:
+                os._exit(status)
 
     def _signal_workers(self, signum: int) -> None:
         for pid in self.worker_pids:
