@@ -318,3 +318,95 @@ def test_a_workers_sigint_at_whatever_line_neither_fails_it_nor_lets_it_out_of_r
     assert int(result.stdout.split()[-1]) > (10 if who == "group" else 60), result.stdout
     if who == "group":
         assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+# The supervisor of a server with workers, signalled at each line of
+# simpletcp/supervisor.py it runs in turn (a tracer sends the signal there; the workers
+# are not traced), from run()'s first line to its last: "raising" is an application's
+# SIGUSR1 handler that raises (its way to stop), "sigterm" a SIGTERM while the
+# application has a handler of its own that calls server.stop() (it has the signal
+# before run() takes it and after run() gives it back). Once the workers are started,
+# stop() is called if no signal came yet (from the tracer, as from another thread).
+SUPERVISOR_SIGNALLED_AT_EACH_LINE = """
+import faulthandler, logging, os, signal, sys, tempfile
+faulthandler.dump_traceback_later(250, exit=True)
+import simpletcp.supervisor
+from simpletcp.tcpserver import TCPServer
+
+backend, signalled = sys.argv[1:3]
+logging.basicConfig(level=logging.INFO)
+
+class Stop(Exception):
+    pass
+
+def stop(signum, frame):
+    raise Stop()
+
+def descriptors():
+    return sorted(os.listdir("/proc/self/fd"))
+
+def children():
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    found.append(pid)
+        except (OSError, ValueError):
+            pass
+    return found
+
+os.register_at_fork(after_in_child=lambda: sys.settrace(None))
+signal.signal(signal.SIGUSR1, stop)
+path = os.path.join(tempfile.mkdtemp(), "server.sock")
+number = 1
+while True:
+    before = descriptors()
+    server = TCPServer("unix:" + path, 0, lambda queue, data: None, backend=backend,
+                       workers=2)
+    signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
+    def stop_once_started(frame):
+        if frame.f_code.co_name == "_wait" and frame.f_back.f_code.co_name == "run" \\
+                and seen[0] < number:
+            server.stop()
+    seen = signal_at_line(simpletcp.supervisor.__file__, number,
+                          signal.SIGUSR1 if signalled == "raising" else signal.SIGTERM,
+                          stop_once_started)
+    try:
+        server.run()
+        raised = False
+    except Stop:
+        raised = True
+    sys.settrace(None)
+    assert raised == (signalled == "raising" and seen[0] >= number), number
+    assert server.worker_pids == [] and children() == [], (number, children())
+    assert not os.path.exists(path), number
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, number
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL, number
+    assert signal.set_wakeup_fd(-1) == -1, number
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set(), number
+    assert descriptors() == before, (number, before, descriptors())
+    if seen[0] < number:
+        break  # every line of supervisor.py that run() goes through has had its signal
+    number += 1
+print("lines tried:", number, flush=True)
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("signalled", ["raising", "sigterm"])
+def test_the_supervisor_signalled_at_whatever_line_stops_and_gives_everything_back(
+        backend, signalled):
+    """Wherever the signal lands, run() stops its workers, reaps them (no worker
+    serves on, no zombie), gives the signal handling back (the wake-up descriptor too),
+    closes every descriptor and removes the socket file; an exception of the
+    application's handler comes out of run(). (Before: raised between fork and noting
+    the pid, it left a worker serving that nothing stopped or reaped; raised while run()
+    took or gave back the handlers, it left the supervisor's in place, and the wake-up
+    descriptor to a closed pipe.)"""
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AT_LINE + SUPERVISOR_SIGNALLED_AT_EACH_LINE, backend,
+         signalled], capture_output=True, text=True, timeout=280, start_new_session=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert int(result.stdout.split()[-1]) > 100, result.stdout  # start and stop both covered
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
