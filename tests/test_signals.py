@@ -214,6 +214,35 @@ def test_a_stop_signal_that_lands_inside_a_log_write_still_stops_the_server(
         assert "SIGTERM: stopping" in log and "reentrant" not in log, log
 
 
+# For the child programs below: after run() returned, what it took is given back.
+GIVEN_BACK = """
+import os, signal
+
+def descriptors():
+    return sorted(os.listdir("/proc/self/fd"))
+
+def children():
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    found.append(pid)
+        except (OSError, ValueError):
+            pass
+    return found
+
+def assert_given_back(number, before, sigterm=signal.SIG_DFL):
+    assert children() == [], (number, children())  # no worker serves on, no zombie
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, number
+    assert signal.getsignal(signal.SIGTERM) == sigterm, number
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL, number
+    assert signal.set_wakeup_fd(-1) == -1, number
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set(), number
+    assert descriptors() == before, (number, before, descriptors())
+"""
+
+
 # A worker's own signals, at each line it runs of simpletcp's Python code (a tracer sends
 # the signal there), in a fresh supervisor each time: "group" is a terminal's Ctrl-C
 # (SIGINT to the supervisor's process group) at each line of the worker's start, "worker"
@@ -265,9 +294,6 @@ def sigint_at_line():
         return each_line
     sys.settrace(trace)
 
-def descriptors():
-    return sorted(os.listdir("/proc/self/fd"))
-
 os.register_at_fork(after_in_parent=lambda: run.__setitem__("forks", run["forks"] + 1),
                     after_in_child=sigint_at_line)
 number = 1
@@ -285,10 +311,7 @@ while True:
             print("a worker came out of run() at line", number, flush=True)
             os._exit(0)
     assert server.worker_pids == [], number
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, number
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, number
-    assert signal.set_wakeup_fd(-1) == -1, number
-    assert descriptors() == before, (number, before, descriptors())
+    assert_given_back(number, before)
     for fd in (sent_w, stop_r, stop_w):
         os.close(fd)
     sent = os.read(sent_r, 1)
@@ -311,7 +334,7 @@ def test_a_workers_sigint_at_whatever_line_neither_fails_it_nor_lets_it_out_of_r
     supervisor's code: it killed the other workers and returned from run() in the
     worker."""
     result = subprocess.run(
-        [sys.executable, "-c", SIGINT_AT_EACH_LINE_OF_A_WORKER, backend, who],
+        [sys.executable, "-c", GIVEN_BACK + SIGINT_AT_EACH_LINE_OF_A_WORKER, backend, who],
         capture_output=True, text=True, timeout=280, start_new_session=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "came out of run()" not in result.stdout, result.stdout[-2000:]
@@ -342,20 +365,6 @@ class Stop(Exception):
 def stop(signum, frame):
     raise Stop()
 
-def descriptors():
-    return sorted(os.listdir("/proc/self/fd"))
-
-def children():
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                    found.append(pid)
-        except (OSError, ValueError):
-            pass
-    return found
-
 os.register_at_fork(after_in_child=lambda: sys.settrace(None))
 signal.signal(signal.SIGUSR1, stop)
 path = os.path.join(tempfile.mkdtemp(), "server.sock")
@@ -364,7 +373,9 @@ while True:
     before = descriptors()
     server = TCPServer("unix:" + path, 0, lambda queue, data: None, backend=backend,
                        workers=2)
-    signal.signal(signal.SIGTERM, lambda signum, frame: server.stop())
+    def stop_on_sigterm(signum, frame):
+        server.stop()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     def stop_once_started(frame):
         if frame.f_code.co_name == "_wait" and frame.f_back.f_code.co_name == "run" \\
                 and seen[0] < number:
@@ -379,13 +390,8 @@ while True:
         raised = True
     sys.settrace(None)
     assert raised == (signalled == "raising" and seen[0] >= number), number
-    assert server.worker_pids == [] and children() == [], (number, children())
-    assert not os.path.exists(path), number
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, number
-    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL, number
-    assert signal.set_wakeup_fd(-1) == -1, number
-    assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set(), number
-    assert descriptors() == before, (number, before, descriptors())
+    assert server.worker_pids == [] and not os.path.exists(path), number
+    assert_given_back(number, before, sigterm=stop_on_sigterm)
     if seen[0] < number:
         break  # every line of supervisor.py that run() goes through has had its signal
     number += 1
@@ -405,8 +411,8 @@ def test_the_supervisor_signalled_at_whatever_line_stops_and_gives_everything_ba
     took or gave back the handlers, it left the supervisor's in place, and the wake-up
     descriptor to a closed pipe.)"""
     result = subprocess.run(
-        [sys.executable, "-c", SIGNAL_AT_LINE + SUPERVISOR_SIGNALLED_AT_EACH_LINE, backend,
-         signalled], capture_output=True, text=True, timeout=280, start_new_session=True)
+        [sys.executable, "-c", SIGNAL_AT_LINE + GIVEN_BACK + SUPERVISOR_SIGNALLED_AT_EACH_LINE,
+         backend, signalled], capture_output=True, text=True, timeout=280, start_new_session=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert int(result.stdout.split()[-1]) > 100, result.stdout  # start and stop both covered
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
