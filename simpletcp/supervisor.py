@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 
 logger = logging.getLogger("simpletcp")
@@ -87,7 +87,7 @@ class Supervisor:
         self._wake_lock = threading.RLock()
         self._supervisor_pid = os.getpid()
         # What run() replaced, each noted before it is replaced, to be put back.
-        self._signal_mask: Optional[Any] = None
+        self._signal_mask: Iterable[int] = ()  # the thread's, as run() found it
         self._previous_handlers: Dict[int, Any] = {}
         self._previous_wakeup_fd: Optional[int] = None
 
