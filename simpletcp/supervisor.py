@@ -25,13 +25,10 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 
 logger = logging.getLogger("simpletcp")
-
-#: What _watch_signals replaced (SIGINT, SIGTERM, SIGCHLD handlers, wake-up fd), to restore.
-SavedSignals = Tuple[Any, Any, Any, int]
 
 #: A worker that died this soon after it started is restarted after a back-off that
 #: doubles at each such death, from RESTART_DELAY_FIRST up to RESTART_DELAY_MAX; one
@@ -43,8 +40,10 @@ STABLE_SECONDS = 10.0
 #: After the grace period, how long the supervisor still waits for workers that were
 #: asked to stop before it kills them (their own loop ends at its grace period).
 STOP_MARGIN_SECONDS = 5.0
-#: The signals that stop the supervisor, and that it sends its workers to stop them.
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+#: Blocked while the supervisor takes or gives back what must not be half done when a
+#: signal handler of the application's raises (Python runs it wherever the main thread
+#: is): the signal handling, a worker's fork and the noting of its pid, the teardown.
+ALL_SIGNALS = signal.valid_signals()
 #: prctl(PR_SET_PDEATHSIG): a worker is sent SIGTERM when its supervisor dies.
 PR_SET_PDEATHSIG = 1
 
@@ -87,6 +86,10 @@ class Supervisor:
         self._wake_read = self._wake_write = -1
         self._wake_lock = threading.RLock()
         self._supervisor_pid = os.getpid()
+        # What run() replaced, each noted before it is replaced, to be put back.
+        self._signal_mask: Iterable[int] = ()  # the thread's, as run() found it
+        self._previous_handlers: Dict[int, Any] = {}
+        self._previous_wakeup_fd: Optional[int] = None
 
     @property
     def worker_pids(self) -> List[int]:
@@ -104,25 +107,54 @@ class Supervisor:
         if self._ran:
             raise RuntimeError("this Supervisor has already run; create a new one")
         self._ran = True
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # as it is
         try:
-            previous = self._watch_signals()
-            try:
-                for slot in self.slots:
-                    if self._stop_requested:
-                        break  # stopped while starting: no more workers to stop
-                    self._start(slot)
-                while not self._stop_requested:
-                    self._wait(self._next_restart_in())
-                    self._reap()
-                    self._restart_due()
-                self._stop_workers()
-            finally:
-                self._kill_workers()  # only if anything above failed half-way
-                self._unwatch_signals(previous)
+            signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
+            self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._watch_signals()
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._signal_mask)
+            for slot in self.slots:
+                if self._stop_requested:
+                    break  # stopped while starting: no more workers to stop
+                self._start(slot)
+            while not self._stop_requested:
+                self._wait(self._next_restart_in())
+                self._reap()
+                self._restart_due()
+            self._stop_workers()
         finally:
-            self.listener.close()
-            self._close_wake_pipe()
+            try:
+                self._release()
+            except BaseException:
+                self._release()  # a signal handler's exception cut it short: finish
+                raise
+
+    def _release(self) -> None:
+        """Kill the workers left (only if run() failed half-way), give the signal
+        handling back, close the wake-up pipe and the listener. Each step can be done
+        again (see run()).
+
+        An application's signal handler that raises (its way to stop, say SystemExit)
+        runs wherever the main thread is: a worker killed but not reaped, a handler not
+        put back, a wake-up descriptor left to a closed pipe (the next signal written
+        into whatever file took its number) would be the price of a step cut short.
+        So every signal waits while this runs (the handlers of those already on their
+        way run as the mask is set, and may raise: run() calls this again)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
+        self._kill_workers()
+        self._unwatch_signals()
+        self.listener.close()
+        self._close_wake_pipe()
+        self._discard_stop_signals()
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._signal_mask)
+
+    @staticmethod
+    def _discard_stop_signals() -> None:
+        """A stop signal that came while the supervisor stopped (blocked by _release)
+        was the supervisor's: the handler put back (the default's: death, or
+        KeyboardInterrupt) must not take it as the signals are unblocked."""
+        while signal.sigtimedwait((signal.SIGINT, signal.SIGTERM), 0) is not None:
+            pass
 
     def stop(self) -> None:
         """Ask the supervisor to stop its workers (from any thread or a signal handler).
@@ -150,10 +182,14 @@ class Supervisor:
         with self._wake_lock:
             # Each descriptor is forgotten and closed on one line, so that no signal
             # handler's stop() runs between the two.
-            fd, self._wake_read = self._wake_read, -1; os.close(fd)  # noqa: E702
-            fd, self._wake_write = self._wake_write, -1; os.close(fd)  # noqa: E702
+            if self._wake_read >= 0:
+                fd, self._wake_read = self._wake_read, -1; os.close(fd)  # noqa: E702
+            if self._wake_write >= 0:
+                fd, self._wake_write = self._wake_write, -1; os.close(fd)  # noqa: E702
 
-    def _watch_signals(self) -> SavedSignals:
+    def _watch_signals(self) -> None:
+        """Take SIGINT, SIGTERM, SIGCHLD and the wake-up descriptor (every signal
+        blocked: see run()), noting each thing replaced before replacing it."""
         def on_stop_signal(signum: int, frame: object) -> None:
             # Nothing is logged here: Python runs this wherever the main thread is, and
             # that may be inside a write to the log's stream, which refuses to be
@@ -165,18 +201,24 @@ class Supervisor:
         def on_child(signum: int, frame: object) -> None:
             pass  # set_wakeup_fd already woke the loop
 
-        previous = (signal.signal(signal.SIGINT, on_stop_signal),
-                    signal.signal(signal.SIGTERM, on_stop_signal),
-                    signal.signal(signal.SIGCHLD, on_child),
-                    signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False))
-        return previous
+        for signum, handler in ((signal.SIGINT, on_stop_signal),
+                                (signal.SIGTERM, on_stop_signal),
+                                (signal.SIGCHLD, on_child)):
+            self._previous_handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, handler)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
 
-    def _unwatch_signals(self, previous: SavedSignals) -> None:
-        sigint, sigterm, sigchld, wakeup_fd = previous
-        signal.signal(signal.SIGINT, sigint)
-        signal.signal(signal.SIGTERM, sigterm)
-        signal.signal(signal.SIGCHLD, sigchld)
-        signal.set_wakeup_fd(wakeup_fd)
+    def _unwatch_signals(self) -> None:
+        """Put back what _watch_signals replaced; each step can be done again."""
+        if self._previous_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            self._previous_wakeup_fd = None
+        for signum in list(self._previous_handlers):
+            previous = self._previous_handlers[signum]
+            if previous is not None:  # None: a handler not set from Python, left as it is
+                signal.signal(signum, previous)
+            del self._previous_handlers[signum]
 
     def _wait(self, timeout: Optional[float]) -> None:
         """Until a signal (a worker died, stop) or ``timeout`` seconds (a restart due)."""
@@ -237,23 +279,25 @@ class Supervisor:
     # ---- workers ------------------------------------------------------------------
 
     def _start(self, slot: WorkerSlot) -> None:
-        # The stop signals wait while the child still has the supervisor's handlers: one
-        # landing there would run the supervisor's handler in the worker, and the worker
-        # would serve on, deaf to the stop. The child unblocks them once its own are set.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        # Signals wait until the child has the worker's handlers: a stop signal landing
+        # there would run the supervisor's handler in the worker, and the worker would
+        # serve on, deaf to the stop. In the supervisor they wait until the pid is noted:
+        # an exception of the application's handler in between would leave a worker
+        # nobody stops or reaps.
         try:
-            pid = os.fork()
+            signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
+            pid = slot.pid = os.fork()
             if pid == 0:
                 self._become_worker()  # never returns
         except OSError as error:
             # For a moment (the process limit, memory): not a reason to take down the
             # workers that serve. Tried again as if the worker had died at once.
+            slot.pid = None
             self._schedule_restart(slot, 0.0, f"worker {slot.number} could not be started "
                                               f"({error})")
             return
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        slot.pid = pid
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._signal_mask)
         slot.started_at = time.monotonic()
         logger.info("worker %d started (pid %d)", slot.number, pid)
 
@@ -264,33 +308,46 @@ class Supervisor:
             # The supervisor's handlers and wake-up pipe are not the worker's: its loop
             # installs its own graceful-stop handlers where Python's defaults are.
             signal.set_wakeup_fd(-1)
+            # Ctrl-C at a terminal signals the whole foreground process group: the
+            # supervisor alone must get it, and stop each worker once (a second signal
+            # would make a worker close without waiting). One that reached this process
+            # before it left the group waits, blocked (see _start), even if ignored: SIG_IGN
+            # once out of the group discards it, else it would raise KeyboardInterrupt
+            # here once unblocked ("worker failed").
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # see _start
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._signal_mask)  # see _start
             # Forgotten as they are closed, so that nothing here writes to the numbers
             # once the worker's own descriptors take them (not _close_wake_pipe: its lock
             # may have been held by another thread at the fork).
             fd, self._wake_read = self._wake_read, -1; os.close(fd)  # noqa: E702
             fd, self._wake_write = self._wake_write, -1; os.close(fd)  # noqa: E702
-            # Ctrl-C at a terminal signals the whole foreground process group: the
-            # supervisor alone must get it, and stop each worker once (a second signal
-            # would make a worker close without waiting).
-            os.setpgid(0, 0)
             die_with_parent(self._supervisor_pid)
             self.serve_worker()
             status = 0
         except BaseException:
             logger.exception("worker failed")
         finally:
-            # os._exit skips the interpreter's exit, which would flush these.
-            logging.shutdown()
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (AttributeError, OSError, ValueError):
-                    pass
-            os._exit(status)
+            # Nothing may take this process out of here into the supervisor's code (its
+            # run()'s finally would kill the other workers, and the application's code
+            # after run() would run in the worker too). Once the loop has given Ctrl-C
+            # back, a signal handler's exception (KeyboardInterrupt) can come out of any
+            # call: only those already on their way can still run once every signal is
+            # blocked, and they run just after the blocking call, inside this try.
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                # os._exit skips the interpreter's exit, which would flush these.
+                logging.shutdown()
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (AttributeError, OSError, ValueError):
+                        pass
+            finally:
+                os._exit(status)
 
     def _signal_workers(self, signum: int) -> None:
         for pid in self.worker_pids:

@@ -447,6 +447,9 @@ class TCPServer:
         try:
             supervisor.run()
         finally:
+            # The supervisor's run() closes it, unless a signal handler's exception came
+            # out of its first lines, before it took it.
+            self._listener.close()
             self._remove_unix_socket()
             self._finished.set()
             logger.info("stopped serving %s", self._where())

@@ -157,24 +157,27 @@ def closing_all(*socks: socket.socket) -> Iterator[None]:
 # run(); run with child_server(SIGNALLED_SERVER, BACKEND, HANDLING[, BIG_MIB[, GRACE]]) (GRACE:
 # its grace period in seconds, TCPServer's default if not given). It echoes,
 # but b"busy" runs Python code in the callback for 1 s (announcing "busy" on stdout) and
-# For child programs: signal_at_line(path, number) has SIGUSR1 sent to the main thread
-# at the `number`th line run in the file `path` (a tracer's line events; a bare "try:"
-# or "finally:" is not counted: the tracer would raise before the statement, where
-# CPython never runs a handler). Returns [lines seen so far].
+# For child programs: signal_at_line(path, number) has SIGUSR1 (or `signum`) sent to the
+# main thread at the `number`th line run in the file `path` (a tracer's line events; a
+# bare "try:" or "finally:" is not counted: the tracer would raise before the statement,
+# where CPython never runs a handler); `on_call(frame)` is called at each function call
+# in that file. Returns [lines seen so far].
 SIGNAL_AT_LINE = """
 import linecache, signal, sys, threading
 
-def signal_at_line(path, number):
+def signal_at_line(path, number, signum=signal.SIGUSR1, on_call=None):
     seen = [0]
     def trace(frame, event, arg):
         if frame.f_code.co_filename != path:
             return None
+        if on_call is not None:
+            on_call(frame)
         def each_line(frame, event, arg):
             line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
             if event == "line" and line not in ("try:", "finally:"):
                 seen[0] += 1
                 if seen[0] == number:
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                    signal.pthread_kill(threading.main_thread().ident, signum)
             return each_line
         return each_line
     sys.settrace(trace)
