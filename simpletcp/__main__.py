@@ -90,6 +90,8 @@ def load_framing(spec: str, max_length: Optional[int]) -> Any:
         except TypeError as error:
             raise TypeError(f"framing {spec} is not a framer, nor a class or function "
                             f"that makes one when called with no arguments: {error}") from None
+    if framer is None:  # TCPServer(framing=None) would serve unframed, as if not asked
+        raise TypeError(f"framing {spec} gave None, not a framer")
     return framer
 
 

@@ -254,6 +254,11 @@ def bang_framer():
 
 
 FRAMED = "not a framer"
+NOTHING = None
+
+
+def no_framer():
+    return None
 '''
 
 
@@ -303,6 +308,11 @@ def test_max_length_bounds_a_message_from_the_command_line(tmp_path, framing):
                                         "a framer, nor a class or function that makes one"),
     (["--framing", "framed_app:FRAMED"], "argument --framing: framing must be None or a "
                                          "framer"),
+    # None is TCPServer's "no framing": served, the callback would get bytes unframed.
+    (["--framing", "framed_app:no_framer"], "argument --framing: framing "
+                                            "framed_app:no_framer gave None, not a framer"),
+    (["--framing", "framed_app:NOTHING"], "argument --framing: framing framed_app:NOTHING "
+                                          "gave None, not a framer"),
     (["--framing", "lines", "--max-length", "0"], "argument --max-length: max_length must be"),
     (["--framing", "fixed:4", "--max-length", "10"],
      "argument --max-length: max_length applies to --framing lines and length-prefixed"),
