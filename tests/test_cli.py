@@ -282,6 +282,22 @@ def test_framing_from_the_command_line(tmp_path, framing, sent, replies):
         assert server.stop() == 0
 
 
+@pytest.mark.parametrize("framing, sent", [
+    ("lines", [b"hel", b"lo\nwor", b"ld\n"]),
+    ("length-prefixed", [b"\x00\x00", b"\x00\x03abc\x00\x00\x00\x01", b"d"]),
+    ("fixed:3", [b"ab", b"cdefg", b"hi"]),
+])
+def test_the_built_in_echo_sends_messages_back_framed_as_they_came(framing, sent):
+    # Lines() and LengthPrefixed() hand the callback the message alone: an echo of that
+    # ran a client's lines together ("helloworld").
+    with ServingCLI("--port", "0", "--framing", framing) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+            for piece in sent:
+                client.sendall(piece)
+            assert recv_exactly(client, len(b"".join(sent))) == b"".join(sent)
+        assert server.stop() == 0
+
+
 @pytest.mark.parametrize("framing", ["lines", "length-prefixed"])
 def test_max_length_bounds_a_message_from_the_command_line(tmp_path, framing):
     (tmp_path / "framed_app.py").write_text(FRAMED_APP)
