@@ -26,6 +26,22 @@ def echo(queue: Any, data: bytes) -> None:
     queue.put(data)
 
 
+def echo_line(queue: Any, line: bytes) -> None:
+    """The built-in echo under --framing lines: the line back, with the newline that
+    Lines() took off (without it, the client read its lines run together)."""
+    queue.put(line + b"\n")
+
+
+def echo_length_prefixed(queue: Any, message: bytes) -> None:
+    """The built-in echo under --framing length-prefixed: the message back after its
+    length, as it came."""
+    queue.put(len(message).to_bytes(4, "big") + message)
+
+
+#: The built-in echo for each --framing that takes off part of what the client sent.
+FRAMED_ECHO = {"lines": echo_line, "length-prefixed": echo_length_prefixed}
+
+
 class TargetError(Exception):
     """The MODULE:CALLABLE argument does not name a callable."""
 
@@ -90,6 +106,8 @@ def load_framing(spec: str, max_length: Optional[int]) -> Any:
         except TypeError as error:
             raise TypeError(f"framing {spec} is not a framer, nor a class or function "
                             f"that makes one when called with no arguments: {error}") from None
+    if framer is None:  # TCPServer(framing=None) would serve unframed, as if not asked
+        raise TypeError(f"framing {spec} gave None, not a framer")
     return framer
 
 
@@ -280,6 +298,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         framing = None
         if args.framing is not None:
             framing = load_framing(args.framing, args.max_length)
+            if callback is echo:
+                callback = FRAMED_ECHO.get(args.framing, echo)
         elif args.max_length is not None:
             raise ValueError("max_length needs --framing lines or length-prefixed")
         mode, port = args.mode, args.port

@@ -129,9 +129,10 @@ def check_ssl_context(context: object) -> Any:
 def check_has_certificate(context: Any) -> None:
     """A server's context must hold a certificate: without one, OpenSSL refuses every
     client's hello (NO_SHARED_CIPHER), which would show only as failed handshakes, one
-    per connection. OpenSSL tells, in a hello from a client offering every cipher handed
-    to a server-side SSLObject that never sees the network (no descriptor; the context's
-    session statistics count one more accepted handshake).
+    per connection. OpenSSL tells, in a hello from a client offering every cipher and
+    every group (offering_every_group) handed to a server-side SSLObject that never sees
+    the network (no descriptor; the context's session statistics count one more accepted
+    handshake).
 
     Not asked where application code would run in it: an sni_callback (it may hand each
     name the context that holds its certificate), a _msg_callback, a keylog file."""
@@ -156,7 +157,7 @@ def check_has_certificate(context: Any) -> None:
     except ssl.SSLWantReadError:
         pass
     answering_in = ssl.MemoryBIO()
-    answering_in.write(hello.read())
+    answering_in.write(offering_every_group(hello.read()))
     answering = context.wrap_bio(answering_in, ssl.MemoryBIO(), server_side=True)
     try:
         answering.do_handshake()
@@ -165,6 +166,56 @@ def check_has_certificate(context: Any) -> None:
             raise ValueError("ssl: the context has no certificate to serve with (or none "
                              "that its ciphers can use): load one with "
                              "context.load_cert_chain(certfile, keyfile)") from None
+
+
+#: Every named group a TLS client may offer (IANA's registry: the elliptic curves 1-33,
+#: finite-field groups 256-260). Python sets one client group at most, and a server kept
+#: to TLS 1.2 with a curve outside OpenSSL's default list (set_ecdh_curve("secp224r1"),
+#: brainpool) has no ECDHE cipher for a client that does not offer it: NO_SHARED_CIPHER,
+#: certificate or not.
+EVERY_GROUP = tuple(range(1, 34)) + tuple(range(256, 261))
+SUPPORTED_GROUPS_EXTENSION = 10
+
+
+def offering_every_group(hello: bytes) -> bytes:
+    """``hello``, one TLS record holding a ClientHello, with its supported_groups
+    extension offering EVERY_GROUP (its own first, so its key share still matches).
+    The server answering it never gets as far as checking the transcript. ``hello``
+    itself if it is not laid out so."""
+    try:
+        record_end = 5 + int.from_bytes(hello[3:5], "big")
+        if hello[0] != 22 or hello[5] != 1 or record_end != len(hello):
+            return hello
+        offset = 9 + 2 + 32  # record and handshake headers, legacy version, random
+        offset += 1 + hello[offset]  # session id
+        offset += 2 + int.from_bytes(hello[offset:offset + 2], "big")  # cipher suites
+        offset += 1 + hello[offset]  # compression methods
+        extensions_start = offset + 2
+        extensions_end = extensions_start + int.from_bytes(hello[offset:offset + 2], "big")
+        if extensions_end != record_end:
+            return hello
+        offset = extensions_start
+        while offset + 4 <= extensions_end:
+            kind = int.from_bytes(hello[offset:offset + 2], "big")
+            data_end = offset + 4 + int.from_bytes(hello[offset + 2:offset + 4], "big")
+            if kind == SUPPORTED_GROUPS_EXTENSION:
+                own = hello[offset + 6:data_end]
+                offered = [int.from_bytes(own[i:i + 2], "big") for i in range(0, len(own), 2)]
+                groups = offered + [group for group in EVERY_GROUP if group not in offered]
+                listed = b"".join(group.to_bytes(2, "big") for group in groups)
+                extension = (kind.to_bytes(2, "big") + (len(listed) + 2).to_bytes(2, "big")
+                             + len(listed).to_bytes(2, "big") + listed)
+                grown = len(extension) - (data_end - offset)
+                body = bytearray(hello[9:offset] + extension + hello[data_end:])
+                extensions_length = extensions_end - extensions_start + grown
+                at = extensions_start - 2 - 9
+                body[at:at + 2] = extensions_length.to_bytes(2, "big")
+                handshake = b"\x01" + len(body).to_bytes(3, "big") + bytes(body)
+                return hello[:3] + len(handshake).to_bytes(2, "big") + handshake
+            offset = data_end
+    except IndexError:
+        pass
+    return hello
 
 
 def check_server_hostname(context: Any, name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 from typing import Iterator, Optional, Tuple
 
@@ -27,7 +28,10 @@ def server_context(certfile: str, keyfile: Optional[str] = None,
     key_source = "its private key" if keyfile is None else f"the private key in {keyfile}"
     with _loading(f"the certificate chain in {certfile} and {key_source}",
                   certfile, keyfile):
-        context.load_cert_chain(certfile, keyfile, keyfile_password or _no_password)
+        # The password's bytes as given on the command line (argv is decoded with the
+        # file system encoding; a password typed in Latin-1 is no UTF-8).
+        context.load_cert_chain(certfile, keyfile, _no_password if keyfile_password is None
+                                else os.fsencode(keyfile_password))
     if ca_certs is not None:
         with _loading(f"the CA certificates in {ca_certs}", ca_certs):
             context.load_verify_locations(cafile=ca_certs)
@@ -52,7 +56,10 @@ def _loading(what: str, *paths: Optional[str]) -> Iterator[None]:
     try:
         yield
     except ssl.SSLError as error:
-        raise ssl.SSLError(error.errno, f"cannot load {what}: {error}") from None
+        # One raised by Python code (_no_password) has only its message, which str()
+        # would show as a tuple; OpenSSL's own have an errno and their text.
+        reason = error.args[0] if len(error.args) == 1 else error
+        raise ssl.SSLError(error.errno, f"cannot load {what}: {reason}") from None
 
 
 # The most of a connection's first bytes read for the server name, and the most records

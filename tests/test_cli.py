@@ -254,6 +254,11 @@ def bang_framer():
 
 
 FRAMED = "not a framer"
+NOTHING = None
+
+
+def no_framer():
+    return None
 '''
 
 
@@ -274,6 +279,22 @@ def test_framing_from_the_command_line(tmp_path, framing, sent, replies):
                 client.sendall(piece)
                 time.sleep(0.05)  # separate reads (a message cut anywhere is whole anyway)
             assert recv_exactly(client, len(replies)) == replies
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("framing, sent", [
+    ("lines", [b"hel", b"lo\nwor", b"ld\n"]),
+    ("length-prefixed", [b"\x00\x00", b"\x00\x03abc\x00\x00\x00\x01", b"d"]),
+    ("fixed:3", [b"ab", b"cdefg", b"hi"]),
+])
+def test_the_built_in_echo_sends_messages_back_framed_as_they_came(framing, sent):
+    # Lines() and LengthPrefixed() hand the callback the message alone: an echo of that
+    # ran a client's lines together ("helloworld").
+    with ServingCLI("--port", "0", "--framing", framing) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+            for piece in sent:
+                client.sendall(piece)
+            assert recv_exactly(client, len(b"".join(sent))) == b"".join(sent)
         assert server.stop() == 0
 
 
@@ -303,6 +324,11 @@ def test_max_length_bounds_a_message_from_the_command_line(tmp_path, framing):
                                         "a framer, nor a class or function that makes one"),
     (["--framing", "framed_app:FRAMED"], "argument --framing: framing must be None or a "
                                          "framer"),
+    # None is TCPServer's "no framing": served, the callback would get bytes unframed.
+    (["--framing", "framed_app:no_framer"], "argument --framing: framing "
+                                            "framed_app:no_framer gave None, not a framer"),
+    (["--framing", "framed_app:NOTHING"], "argument --framing: framing framed_app:NOTHING "
+                                          "gave None, not a framer"),
     (["--framing", "lines", "--max-length", "0"], "argument --max-length: max_length must be"),
     (["--framing", "fixed:4", "--max-length", "10"],
      "argument --max-length: max_length applies to --framing lines and length-prefixed"),

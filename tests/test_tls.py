@@ -631,6 +631,27 @@ def test_a_certificate_its_ciphers_cannot_use_is_refused(server_context):
     TCPServer("localhost", 0, echo, ssl=context).stop()
 
 
+
+def test_a_tls_1_2_server_kept_to_a_curve_clients_rarely_offer_is_served(serve):
+    """A server kept to TLS 1.2 and one curve outside OpenSSL's default client list
+    (set_ecdh_curve) holds its certificate all the same: the check at construction offers
+    every group, and a client offering that curve is served."""
+    trustme = pytest.importorskip("trustme", reason="needs trustme: pip install '.[test]'")
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", key_type=trustme.KeyType.RSA).configure_cert(context)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ecdh_curve("secp224r1")
+    server = serve(echo, ssl=context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    client_context.maximum_version = ssl.TLSVersion.TLSv1_2
+    client_context.set_ecdh_curve("secp224r1")
+    with connect_tls(server, client_context) as client:
+        client.sendall(b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+        assert client.version() == "TLSv1.2"
+
 def test_a_context_whose_sni_callback_hands_out_the_certificate_is_served(
         serve, server_context, client_context):
     """The certificate may live only in the contexts an sni_callback hands out, one per

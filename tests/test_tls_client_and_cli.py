@@ -1,6 +1,7 @@
 """TLS for the client and the command line: ClientSocket(ssl=..., server_hostname=...)
 against a TLS server, and python -m simpletcp --certfile/--keyfile/--ca-certs/
 --require-client-cert (gunicorn's names; uvicorn's --ssl-* spellings are aliases)."""
+import os
 import signal
 import ssl
 import subprocess
@@ -136,6 +137,28 @@ def test_cli_an_encrypted_key_without_its_password_is_an_error_naming_it(
     if not password:
         assert "the private key is encrypted: give its password (--keyfile-password)" in \
             result.stderr and "Enter PEM pass phrase" not in result.stderr
+        assert "('the private key" not in result.stderr  # the message, not a tuple
+
+
+def test_cli_a_password_that_is_no_utf_8_opens_the_key_it_encrypted(tls_files, tmp_path,
+                                                                    client_context):
+    # Typed in a Latin-1 terminal: its bytes reach argv as they are, and are the key's
+    # password as they are.
+    from cryptography.hazmat.primitives import serialization
+    password = "\N{LATIN SMALL LETTER E WITH ACUTE}t\N{LATIN SMALL LETTER E WITH ACUTE}" \
+        .encode("latin-1")
+    key = serialization.load_pem_private_key(tls_files["keyfile"].read_bytes(), None)
+    keyfile = tmp_path / "latin-1.key"
+    keyfile.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password)))
+    with ServingCLI("--port", "0", "--certfile", str(tls_files["certfile"]),
+                    "--keyfile", str(keyfile), "--keyfile-password",
+                    os.fsdecode(password)) as server:
+        with connect_tls(server_at("127.0.0.1", server.port), client_context) as client:
+            client.sendall(b"unlocked")
+            assert recv_exactly(client, 8) == b"unlocked"
+        assert server.stop(signal.SIGTERM) == 0
 
 
 @pytest.mark.parametrize("args, words", [
