@@ -74,6 +74,7 @@ def c_epoll(bench_programs):
     stop_server(proc)
 
 
+@pytest.mark.c_program
 @pytest.mark.parametrize("connections, requests", [(10, 1000), (10, 3), (1, 50)])
 def test_a_counted_window_holds_exactly_the_requests_asked_for(bench_programs, c_epoll,
                                                                 connections, requests):
@@ -84,6 +85,9 @@ def test_a_counted_window_holds_exactly_the_requests_asked_for(bench_programs, c
     assert report["errors_total"] == 0
     assert report["requests"] == report["messages"] == requests
     assert report["counted"] is True
+
+
+@pytest.mark.c_program
 
 
 def test_the_load_generator_refuses_what_it_cannot_do(bench_programs):
@@ -136,6 +140,9 @@ class LineCheckingEcho:
                     conn.sendall(line)
 
 
+@pytest.mark.c_program
+
+
 def test_pipelined_lines_are_whole_lines_and_each_is_counted(bench_programs):
     server = LineCheckingEcho()
     with closing_all(server.listener):
@@ -146,6 +153,9 @@ def test_pipelined_lines_are_whole_lines_and_each_is_counted(bench_programs):
     assert report["requests"] == 40 and report["messages"] == 40 * 16
     # Each connection's first write proves it before the warm-up starts.
     assert server.lines == (4 + 8 + 40) * 16
+
+
+@pytest.mark.c_program
 
 
 def test_the_line_floor_answers_each_line_however_it_is_cut(bench_programs):
@@ -305,6 +315,9 @@ def c_uring(request, bench_programs):
     assert "stale" in stop_server(proc)  # it printed its counters: it stopped cleanly
 
 
+@pytest.mark.c_program
+
+
 def test_the_prototype_echoes_a_half_closed_stream_then_closes(c_uring):
     payload = os.urandom(1 << 20)
     with socket.create_connection(("127.0.0.1", c_uring), timeout=TIMEOUT) as client:
@@ -315,6 +328,9 @@ def test_the_prototype_echoes_a_half_closed_stream_then_closes(c_uring):
         client.shutdown(socket.SHUT_WR)
         assert echoed == payload
         assert recv_until_eof(client) == b""
+
+
+@pytest.mark.c_program
 
 
 def test_a_client_that_never_reads_does_not_stall_the_others(c_uring):
@@ -343,6 +359,9 @@ def test_a_client_that_never_reads_does_not_stall_the_others(c_uring):
         assert recv_exactly(stuck, sent) == b"s" * sent
 
 
+@pytest.mark.c_program
+
+
 def test_reset_connections_give_their_slots_back(c_uring):
     for _ in range(50):
         client = socket.create_connection(("127.0.0.1", c_uring), timeout=TIMEOUT)
@@ -352,6 +371,9 @@ def test_reset_connections_give_their_slots_back(c_uring):
     with socket.create_connection(("127.0.0.1", c_uring), timeout=TIMEOUT) as client:
         client.sendall(b"still here")
         assert recv_exactly(client, 10) == b"still here"
+
+
+@pytest.mark.c_program
 
 
 def test_the_prototype_under_load_echoes_every_byte(bench_programs, c_uring):
